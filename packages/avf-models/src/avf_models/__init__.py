@@ -1,0 +1,2 @@
+"""avf-models."""
+__version__ = "0.1.0"
