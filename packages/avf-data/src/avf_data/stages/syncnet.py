@@ -1,0 +1,428 @@
+"""SyncNet v2 (Chung & Zisserman, "Out of time", ACCV-W 2016) in torch, for stage 5.
+
+This is an independent re-implementation of the network that the public
+``syncnet_v2.model`` weights belong to (the model published with
+joonson/syncnet_python). Only facts about that model are reproduced here:
+
+* Layer structure and parameter names. The state dict keys are
+  ``netcnnaud.*`` / ``netfcaud.*`` (audio) and ``netcnnlip.*`` / ``netfclip.*``
+  (video), with the ``nn.Sequential`` indices of the official module, so the
+  official file loads 1:1 (see :data:`OFFICIAL_STATE_DICT_SHAPES`). The
+  official file was written before BatchNorm had a ``num_batches_tracked``
+  buffer; those buffers are optional when loading (they do not affect eval).
+* Audio input: python_speech_features-style MFCC (13 coefficients, 25 ms
+  rectangular window, 10 ms hop = 100 Hz, 26 mel filters, NFFT 512,
+  pre-emphasis 0.97, lifter 22, c0 replaced by log frame energy) computed on
+  16 kHz int16-scaled samples; one audio sample for the network is a
+  ``1 x 13 x 20`` MFCC block = 0.2 s = 5 video frames at 25 fps. Video
+  window ``i`` (frames ``i..i+4``) is paired with MFCC columns ``4i..4i+19``.
+* Video input: 5 consecutive 224x224 colour frames, **BGR** channel order
+  (the original reads frames with ``cv2.imread``) and raw 0..255 float values
+  (no mean/std normalisation), tensor layout ``N x 3 x 5 x 224 x 224``.
+  The 224x224 crop of the original pipeline is the *whole face* box extended
+  downwards, not a lower-half mouth crop: for a face box of half side ``bs``
+  centred at ``(cx, cy)`` it takes rows ``cy - bs .. cy + 1.8 bs`` and columns
+  ``cx - 1.4 bs .. cx + 1.4 bs`` (crop_scale 0.4), padding with grey value 110
+  outside the image. :func:`lip_input_from_face_crop` reproduces that
+  geometry from our stage-4 face crop (see ``face_crop_scale``).
+* Offset search: embeddings of video window ``i`` are compared (Euclidean
+  distance) with audio embeddings ``i + k`` for ``k`` in ``-vshift..vshift``
+  (audio embedding sequence zero-padded at both ends, as the original does);
+  distances are averaged over all windows per ``k``. The reported offset is
+  ``vshift - argmin`` = ``-k_best``: **negative offset = audio lags the video**
+  (audio delayed), positive = audio leads. Confidence = median over ``k`` of
+  the mean distance minus its minimum; ``min_distance`` is that minimum.
+  The original run_syncnet.py uses ``vshift = 15``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+import torch
+from torch import nn
+
+__all__ = [
+    "OFFICIAL_STATE_DICT_SHAPES",
+    "SyncNetV2",
+    "SyncNetWeightsError",
+    "load_syncnet_v2",
+    "mfcc_psf",
+    "lip_input_from_face_crop",
+    "offset_search",
+    "OffsetSearch",
+]
+
+SYNCNET_FPS = 25.0
+SYNCNET_SAMPLE_RATE = 16000
+SYNCNET_IMAGE_SIZE = 224
+FRAMES_PER_WINDOW = 5
+MFCC_PER_VIDEO_FRAME = 4  # 100 Hz MFCC / 25 fps video
+MFCC_PER_WINDOW = 20
+EMBEDDING_DIM = 1024
+PAD_GREY = 110  # value the original pipeline pads out-of-image crop pixels with
+
+
+def _conv_bn(prefix: str, idx: int, cin: int, cout: int, kernel: tuple[int, ...]) -> dict:
+    """Shapes of a conv (at ``idx``) followed by its BatchNorm (at ``idx + 1``)."""
+    return {
+        f"{prefix}.{idx}.weight": (cout, cin, *kernel),
+        f"{prefix}.{idx}.bias": (cout,),
+        f"{prefix}.{idx + 1}.weight": (cout,),
+        f"{prefix}.{idx + 1}.bias": (cout,),
+        f"{prefix}.{idx + 1}.running_mean": (cout,),
+        f"{prefix}.{idx + 1}.running_var": (cout,),
+    }
+
+
+def _fc(prefix: str, out_dim: int) -> dict:
+    return {
+        f"{prefix}.0.weight": (512, 512),
+        f"{prefix}.0.bias": (512,),
+        f"{prefix}.1.weight": (512,),
+        f"{prefix}.1.bias": (512,),
+        f"{prefix}.1.running_mean": (512,),
+        f"{prefix}.1.running_var": (512,),
+        f"{prefix}.3.weight": (out_dim, 512),
+        f"{prefix}.3.bias": (out_dim,),
+    }
+
+
+def _official_shapes() -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    # Audio CNN: Sequential indices of the conv layers in the official module.
+    for idx, cin, cout, k in [
+        (0, 1, 64, (3, 3)),
+        (4, 64, 192, (3, 3)),
+        (8, 192, 384, (3, 3)),
+        (11, 384, 256, (3, 3)),
+        (14, 256, 256, (3, 3)),
+        (18, 256, 512, (5, 4)),
+    ]:
+        shapes.update(_conv_bn("netcnnaud", idx, cin, cout, k))
+    shapes.update(_fc("netfcaud", EMBEDDING_DIM))
+    shapes.update(_fc("netfclip", EMBEDDING_DIM))
+    # Lip CNN (Conv3d, kernel T x H x W).
+    for idx, cin, cout, k in [
+        (0, 3, 96, (5, 7, 7)),
+        (4, 96, 256, (1, 5, 5)),
+        (8, 256, 256, (1, 3, 3)),
+        (11, 256, 256, (1, 3, 3)),
+        (14, 256, 256, (1, 3, 3)),
+        (18, 256, 512, (1, 6, 6)),
+    ]:
+        shapes.update(_conv_bn("netcnnlip", idx, cin, cout, k))
+    return shapes
+
+
+#: Every parameter / running-stat tensor of the official ``syncnet_v2.model``
+#: state dict with its shape (88 tensors: 13.6 M parameters + BN running stats).
+#: BatchNorm ``*.num_batches_tracked`` scalars are not listed: the official
+#: file predates them, and they are accepted but not required when loading.
+OFFICIAL_STATE_DICT_SHAPES: dict[str, tuple[int, ...]] = _official_shapes()
+
+
+class SyncNetV2(nn.Module):
+    """SyncNet v2: audio branch on 13x20 MFCC, lip branch on 5 x 224 x 224 BGR."""
+
+    def __init__(self, embedding_dim: int = EMBEDDING_DIM) -> None:
+        super().__init__()
+        self.netcnnaud = nn.Sequential(
+            nn.Conv2d(1, 64, kernel_size=3, stride=1, padding=1),  # 0
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=1, stride=1),
+            nn.Conv2d(64, 192, kernel_size=3, stride=1, padding=1),  # 4
+            nn.BatchNorm2d(192),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=(1, 2)),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),  # 8
+            nn.BatchNorm2d(384),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),  # 11
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),  # 14
+            nn.BatchNorm2d(256),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(256, 512, kernel_size=(5, 4), padding=0),  # 18: 5x4 -> 1x1
+            nn.BatchNorm2d(512),
+            nn.ReLU(),
+        )
+        self.netfcaud = nn.Sequential(
+            nn.Linear(512, 512),
+            nn.BatchNorm1d(512),
+            nn.ReLU(),
+            nn.Linear(512, embedding_dim),
+        )
+        self.netfclip = nn.Sequential(
+            nn.Linear(512, 512),
+            nn.BatchNorm1d(512),
+            nn.ReLU(),
+            nn.Linear(512, embedding_dim),
+        )
+        self.netcnnlip = nn.Sequential(
+            nn.Conv3d(3, 96, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=0),  # 0
+            nn.BatchNorm3d(96),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+            nn.Conv3d(96, 256, kernel_size=(1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)),  # 4
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),  # 8
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),  # 11
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),  # 14
+            nn.BatchNorm3d(256),
+            nn.ReLU(inplace=True),
+            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+            nn.Conv3d(256, 512, kernel_size=(1, 6, 6), padding=0),  # 18: 6x6 -> 1x1
+            nn.BatchNorm3d(512),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, 13, 20)`` MFCC blocks -> ``(N, 1024)``."""
+        mid = self.netcnnaud(mfcc)
+        return self.netfcaud(mid.flatten(1))
+
+    def lip_features(self, video: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, T, 224, 224)`` BGR 0..255 -> ``(B * (T - 4), 1024)``.
+
+        Only the first conv has a temporal extent (5, stride 1, no padding),
+        so running the stack over a ``T``-frame chunk yields exactly the
+        ``T - 4`` sliding 5-frame window outputs of the original, without
+        copying each window.
+        """
+        mid = self.netcnnlip(video)  # (B, 512, T-4, 1, 1)
+        mid = mid.permute(0, 2, 1, 3, 4).reshape(-1, 512)
+        return self.netfclip(mid)
+
+    def forward_lip(self, video: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, 5, 224, 224)`` windows -> ``(N, 1024)`` (the original API)."""
+        mid = self.netcnnlip(video)
+        return self.netfclip(mid.flatten(1))
+
+
+class SyncNetWeightsError(ValueError):
+    """The SyncNet weights file is missing, not a state dict, or does not match."""
+
+
+def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
+    """Build :class:`SyncNetV2` and load the official ``syncnet_v2.model`` into it.
+
+    The file must be a (possibly pickled-by-``torch.save``) mapping of tensor
+    names to tensors with exactly the official keys and shapes
+    (:data:`OFFICIAL_STATE_DICT_SHAPES`); ``num_batches_tracked`` buffers are
+    optional. Anything else raises :class:`SyncNetWeightsError` naming the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise SyncNetWeightsError(f"SyncNet weights file not found: {p}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise SyncNetWeightsError(
+            f"cannot read SyncNet weights {p}: not a torch.save'd state dict "
+            f"loadable with weights_only=True ({type(exc).__name__}: {exc})"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise SyncNetWeightsError(
+            f"SyncNet weights {p} is not a state dict of name -> tensor "
+            f"(got {type(state).__name__})"
+        )
+    # Tolerate checkpoints saved from a wrapper that stored the net as ``__S__``
+    # or through DataParallel.
+    for prefix in ("__S__.", "module."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+
+    expected = OFFICIAL_STATE_DICT_SHAPES
+    optional = {k for k in SyncNetV2().state_dict() if k.endswith("num_batches_tracked")}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected) - optional)
+    wrong = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs expected {expected[k]}"
+        for k in expected
+        if k in state and tuple(state[k].shape) != expected[k]
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatch {_short(wrong)}")
+    if problems:
+        raise SyncNetWeightsError(
+            f"SyncNet weights {p} do not match the official syncnet_v2 layout: " + "; ".join(problems)
+        )
+    model = SyncNetV2()
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in own:
+                own[k].copy_(v.to(own[k].dtype))
+    return model.to(device).eval()
+
+
+def _short(items: list[str], n: int = 6) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return "[" + ", ".join(items[:n]) + "]" + more
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def _hz2mel(hz):
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def _mel2hz(mel):
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def _mel_filterbank(nfilt: int, nfft: int, sample_rate: int) -> np.ndarray:
+    mel_points = np.linspace(_hz2mel(0.0), _hz2mel(sample_rate / 2.0), nfilt + 2)
+    bins = np.floor((nfft + 1) * _mel2hz(mel_points) / sample_rate)
+    fb = np.zeros((nfilt, nfft // 2 + 1))
+    k = np.arange(nfft // 2 + 1)
+    for j in range(nfilt):
+        lo, mid, hi = bins[j], bins[j + 1], bins[j + 2]
+        rise = (k >= lo) & (k < mid)
+        fall = (k >= mid) & (k < hi)
+        fb[j, rise] = (k[rise] - lo) / (mid - lo)
+        fb[j, fall] = (hi - k[fall]) / (hi - mid)
+    return fb
+
+
+def mfcc_psf(signal: np.ndarray, sample_rate: int = SYNCNET_SAMPLE_RATE, numcep: int = 13) -> np.ndarray:
+    """MFCC with python_speech_features' default settings; returns ``(numcep, n_frames)``.
+
+    ``signal`` is on the int16 scale (the original reads a 16-bit wav with
+    ``scipy.io.wavfile``), 25 ms frames, 10 ms hop, zero-padded at the end.
+    """
+    x = np.asarray(signal, dtype=np.float64).reshape(-1)
+    if x.size == 0:
+        x = np.zeros(1)
+    x = np.concatenate([x[:1], x[1:] - 0.97 * x[:-1]])
+    frame_len = int(round(0.025 * sample_rate))
+    step = int(round(0.010 * sample_rate))
+    n_frames = 1 if x.size <= frame_len else 1 + math.ceil((x.size - frame_len) / step)
+    padded = np.zeros((n_frames - 1) * step + frame_len)
+    padded[: x.size] = x
+    idx = np.arange(frame_len)[None, :] + step * np.arange(n_frames)[:, None]
+    frames = padded[idx]
+    nfft = 512
+    pspec = np.abs(np.fft.rfft(frames, nfft)) ** 2 / nfft
+    energy = pspec.sum(axis=1)
+    eps = np.finfo(float).eps
+    energy = np.where(energy == 0, eps, energy)
+    feat = pspec @ _mel_filterbank(26, nfft, sample_rate).T
+    feat = np.where(feat == 0, eps, feat)
+    feat = np.log(feat)
+    # DCT-II, orthonormal, first numcep coefficients.
+    n = feat.shape[1]
+    kk = np.arange(numcep)[:, None]
+    basis = np.cos(np.pi * kk * (2 * np.arange(n)[None, :] + 1) / (2 * n)) * np.sqrt(2.0 / n)
+    basis[0] /= np.sqrt(2.0)
+    cep = feat @ basis.T
+    lift = 1.0 + 11.0 * np.sin(np.pi * np.arange(numcep) / 22.0)
+    cep = cep * lift
+    cep[:, 0] = np.log(energy)
+    return cep.T.astype(np.float32)
+
+
+# --------------------------------------------------------------------------- video
+
+
+def lip_input_from_face_crop(
+    frames: np.ndarray, face_crop_scale: float = 1.8, size: int = SYNCNET_IMAGE_SIZE
+) -> np.ndarray:
+    """Map our square face crops to SyncNet's 224x224 BGR input geometry.
+
+    ``frames``: ``(T, H, W, 3)`` uint8 RGB, face centred in the crop, crop side
+    = ``face_crop_scale`` x face-box side. Returns ``(T, 3, size, size)``
+    float32 BGR 0..255 covering rows ``cy - bs .. cy + 1.8 bs`` and columns
+    ``cx +- 1.4 bs`` of the original pipeline (``bs`` = half the face box),
+    padded with grey 110 where that window leaves our crop.
+    """
+    import cv2
+
+    t, h, w = frames.shape[:3]
+    side = float(min(h, w))
+    bs = side / (2.0 * face_crop_scale)
+    cy, cx = h / 2.0, w / 2.0
+    y0, y1 = cy - bs, cy + 1.8 * bs
+    x0, x1 = cx - 1.4 * bs, cx + 1.4 * bs
+    # Affine map from output pixel centres to that window (one resample, no
+    # explicit padding copy); border = grey 110 like the original's np.pad.
+    sx = (x1 - x0) / size
+    sy = (y1 - y0) / size
+    m = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]], dtype=np.float64)
+    out = np.empty((t, 3, size, size), dtype=np.float32)
+    for i in range(t):
+        img = cv2.warpAffine(
+            np.ascontiguousarray(frames[i, :, :, ::-1]),  # RGB -> BGR
+            m,
+            (size, size),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(PAD_GREY, PAD_GREY, PAD_GREY),
+        )
+        out[i] = img.transpose(2, 0, 1)
+    return out
+
+
+# --------------------------------------------------------------------------- offset search
+
+
+@dataclass
+class OffsetSearch:
+    offset: int  # SyncNet convention: -k_best, negative = audio lags video
+    confidence: float  # median(mean dist) - min(mean dist)
+    min_distance: float
+    mean_dists: np.ndarray  # (2 * vshift + 1,), index j <-> k = j - vshift
+
+
+def offset_search(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int) -> OffsetSearch:
+    """The original offset search over ``-vshift..vshift`` (see module docstring)."""
+    n = min(len(video_emb), len(audio_emb))
+    v = video_emb[:n].float()
+    a = audio_emb[:n].float()
+    win = 2 * vshift + 1
+    a_pad = torch.nn.functional.pad(a, (0, 0, vshift, vshift))
+    # (n, win, D): audio embedding i + j - vshift for every video window i.
+    idx = torch.arange(n)[:, None] + torch.arange(win)[None, :]
+    dists = torch.nn.functional.pairwise_distance(
+        v[:, None, :].expand(-1, win, -1).reshape(-1, v.shape[1]),
+        a_pad[idx].reshape(-1, v.shape[1]),
+    ).reshape(n, win)
+    mdist = dists.mean(dim=0)
+    minval, minidx = torch.min(mdist, 0)
+    # torch.median of an odd-length vector is the middle value, as the original.
+    conf = torch.median(mdist) - minval
+    return OffsetSearch(
+        offset=int(vshift - int(minidx)),
+        confidence=float(conf),
+        min_distance=float(minval),
+        mean_dists=mdist.numpy(),
+    )
+
+
+EmbedFn = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
