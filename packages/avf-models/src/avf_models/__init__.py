@@ -1,2 +1,29 @@
-"""avf-models."""
+"""avf-models: AVF-MAE++ audio-visual masked autoencoders (dual masking, improved LGI-Former, IAV-CL).
+
+Public API::
+
+    create_model(name, stage="pretrain"|"finetune", num_classes=None, **overrides) -> nn.Module
+    load_pretrained_into_finetune(model, state_dict) -> LoadReport
+    convert_checkpoint(src, dst) / convert_official_state_dict(state_dict)
+    attention.set_backend("auto"|"sdpa"|"xformers")
+    features.log_mel_fbank(waveform_16k) -> (256, 128)
+    masking.PretrainMaskGenerator(config)(batch, generator=...) -> PretrainMasks
+"""
+
+from . import attention, features, masking
+from .config import CONFIGS, InputSpec, ModelConfig, get_config
+from .convert import (LoadReport, convert_checkpoint, convert_official_state_dict, load_checkpoint,
+                      load_pretrained_into_finetune)
+from .factory import MODEL_NAMES, count_parameters, create_model
+from .finetune import AVFMAEFinetune
+from .masking import PretrainMasks
+from .pretrain import AVFMAEPretrain, PretrainOutput
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AVFMAEFinetune", "AVFMAEPretrain", "CONFIGS", "InputSpec", "LoadReport", "MODEL_NAMES", "ModelConfig",
+    "PretrainMasks", "PretrainOutput", "attention", "convert_checkpoint", "convert_official_state_dict",
+    "count_parameters", "create_model", "features", "get_config", "load_checkpoint",
+    "load_pretrained_into_finetune", "masking",
+]
