@@ -1,0 +1,255 @@
+"""The driver of ``avf-data build``: input discovery, resume, engines, outputs.
+
+Output folder layout::
+
+    DIR/shards/<input-id>-000000.tar   WebDataset shards (one or more per input with clips)
+    DIR/manifest.jsonl                 one row per accepted clip
+    DIR/rejects.jsonl                  one row per rejected input / segment / clip / gap
+    DIR/stats.json                     per-stage counts and seconds, throughput, sync scorer
+    DIR/report.md, DIR/contact_sheet.png
+    DIR/done.jsonl                     resume log: one line per finished input (with its rows)
+    DIR/thumbs/                        small JPEGs used by the report
+    DIR/config.yaml                    the configuration of the last run
+
+Resume: an input is finished once its line is in ``done.jsonl``; that line is appended (and
+fsynced) only after the worker renamed the input's shard(s) into place. A rerun deletes
+``*.tmp`` leftovers, skips finished inputs and redoes the others (their stale shards are
+replaced; keys derive from the source path hash + clip index, so they never change).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .config import PIPELINE_VERSION, BuildConfig
+from .engines import Task, default_workers, run_local, run_ray
+from .media import path_text
+from .pipeline import STAGES, input_id
+
+VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp"}
+LIST_EXTS = {".txt", ".lst", ".list"}
+
+
+def resolve_inputs(items: list[str | os.PathLike]) -> list[str]:
+    """Expand INPUT arguments: video files, folders (recursive, by extension) and text files
+    listing one path per line (relative paths are relative to the list file; ``#`` comments)."""
+    out: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+
+    for item in items:
+        p = os.fspath(item)
+        if os.path.isdir(p):
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in files:
+                    if Path(name).suffix.lower() in VIDEO_EXTS and not name.startswith("."):
+                        found.append(os.path.join(root, name))
+            for f in sorted(found):
+                add(f)
+        elif Path(p).suffix.lower() in LIST_EXTS and os.path.isfile(p):
+            base = os.path.dirname(os.path.abspath(p))
+            with open(p, "rb") as fh:
+                for raw in fh.read().splitlines():
+                    line = os.fsdecode(raw.strip())
+                    if not line or line.startswith("#"):
+                        continue
+                    add(line if os.path.isabs(line) else os.path.join(base, line))
+        else:
+            add(p)  # a missing or unreadable file still becomes a reject row
+    return out
+
+
+# --------------------------------------------------------------------------- done-log
+
+
+def read_done(out: Path) -> dict[str, dict[str, Any]]:
+    """Finished inputs by input id. A torn last line (crash while appending) is ignored."""
+    done: dict[str, dict[str, Any]] = {}
+    path = out / "done.jsonl"
+    if not path.exists():
+        return done
+    with open(path, "rb") as fh:
+        for raw in fh:
+            try:
+                rec = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and "input_id" in rec:
+                done[rec["input_id"]] = rec
+    return done
+
+
+def _repair_done_log(out: Path) -> None:
+    """Drop a torn trailing line so that later appends start on a fresh line."""
+    path = out / "done.jsonl"
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+
+
+def _append_done(fh, rec: dict[str, Any]) -> None:
+    fh.write(json.dumps(rec, ensure_ascii=True) + "\n")
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _clean_tmp(out: Path) -> int:
+    n = 0
+    for p in list((out / "shards").glob("*.tmp")) if (out / "shards").exists() else []:
+        p.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over finished inputs (the part of stats.json that resumes add up)."""
+    stages = {s: {"in": 0, "out": 0, "seconds_in": 0.0, "seconds_out": 0.0} for s in STAGES}
+    reasons: Counter[str] = Counter()
+    reject_seconds: Counter[str] = Counter()
+    methods: Counter[str] = Counter()
+    tot = {"inputs": 0, "inputs_rejected": 0, "clips": 0, "frames_in": 0, "seconds_in": 0.0,
+           "seconds_accepted": 0.0, "seconds_rejected": 0.0, "processing_seconds": 0.0}
+    for rec in records:
+        if rec["input_id"].startswith("csvrows_"):  # bad CSV rows of a labelled import
+            for r in rec["rejects"]:
+                reasons[f"{r['stage']}: {_reason_kind(r['reason'])}"] += 1
+            continue
+        tot["inputs"] += 1
+        tot["frames_in"] += rec.get("frames", 0)
+        tot["seconds_in"] += rec.get("seconds", 0.0)
+        tot["processing_seconds"] += rec.get("proc_seconds", 0.0)
+        tot["clips"] += len(rec["manifest"])
+        tot["seconds_accepted"] += sum(r["seconds"] for r in rec["manifest"])
+        tot["seconds_rejected"] += sum(r["seconds"] for r in rec["rejects"])
+        if any(r["stage"] in ("decode", "error") for r in rec["rejects"]):
+            tot["inputs_rejected"] += 1
+        for name, d in rec.get("stages", {}).items():
+            agg = stages.setdefault(name, {"in": 0, "out": 0, "seconds_in": 0.0, "seconds_out": 0.0})
+            for k in agg:
+                agg[k] += d.get(k, 0)
+        for r in rec["rejects"]:
+            reasons[f"{r['stage']}: {_reason_kind(r['reason'])}"] += 1
+            reject_seconds[r["stage"]] += r["seconds"]
+        for m in rec.get("sync_methods", []):
+            methods[m] += 1
+    for d in stages.values():
+        d["seconds_in"] = round(d["seconds_in"], 3)
+        d["seconds_out"] = round(d["seconds_out"], 3)
+    for k in ("seconds_in", "seconds_accepted", "seconds_rejected", "processing_seconds"):
+        tot[k] = round(tot[k], 3)
+    return {**tot, "stages": stages, "rejects_by_reason": dict(reasons.most_common()),
+            "rejected_seconds_by_stage": {k: round(v, 3) for k, v in reject_seconds.items()},
+            "sync_methods": dict(methods)}
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons for counting: drop the numbers in parentheses."""
+    return reason.split(" (")[0].split(":")[0] if reason else "?"
+
+
+def write_outputs(out: Path, cfg: BuildConfig, run_info: dict[str, Any]) -> dict[str, Any]:
+    """(Re)generate manifest.jsonl, rejects.jsonl, stats.json and the report from done.jsonl."""
+    records = sorted(read_done(out).values(), key=lambda r: (r["source"], r["input_id"]))
+    manifest = [row for rec in records for row in rec["manifest"]]
+    rejects = [row for rec in records for row in rec["rejects"]]
+    _write_atomic(out / "manifest.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in manifest))
+    _write_atomic(out / "rejects.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects))
+    stats = aggregate(records)
+    methods = list(stats["sync_methods"])
+    stats["sync_scorer"] = (methods[0] if len(methods) == 1 else ", ".join(methods)) if methods else "not run"
+    stats["pipeline_version"] = PIPELINE_VERSION
+    stats["run"] = run_info
+    _write_atomic(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    from .report import write_report
+
+    write_report(out, stats, manifest, rejects, cfg)
+    return stats
+
+
+# --------------------------------------------------------------------------- build
+
+
+def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: BuildConfig | None = None, *,
+          workers: int | None = None, engine: str = "local", ray_address: str | None = None,
+          weights: str | None = None, labels: dict[str, dict[str, Any]] | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Curate ``inputs`` into ``out_dir``; returns the stats dict. Resumes an interrupted run.
+
+    ``labels`` (labelled import) maps an input path to the label fields of its samples.
+    """
+    import yaml
+    from tqdm import tqdm
+
+    cfg = cfg or BuildConfig()
+    out = Path(out_dir)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    _clean_tmp(out)
+    _repair_done_log(out)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    paths = resolve_inputs(inputs) if labels is None else list(inputs)
+    done = read_done(out)
+    todo: list[Task] = []
+    skipped = 0
+    for p in paths:
+        if input_id(p) in done:
+            skipped += 1
+        else:
+            todo.append((os.fspath(p), (labels or {}).get(os.fspath(p))))
+    workers = default_workers() if workers is None else workers
+    t0 = time.perf_counter()
+    frames = clips = 0
+    by_stage: Counter[str] = Counter()
+    if engine == "local":
+        results = run_local(todo, cfg, str(out), weights, workers)
+    elif engine == "ray":
+        results = run_ray(todo, cfg, str(out), weights, workers, ray_address)
+    else:
+        raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
+    bar = tqdm(total=len(todo), unit="input", desc="curating", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    with open(out / "done.jsonl", "a", encoding="utf-8") as log:
+        for rec in results:
+            _append_done(log, rec)
+            frames += rec.get("frames", 0)
+            clips += len(rec["manifest"])
+            for r in rec["rejects"]:
+                by_stage[r["stage"]] += 1
+            el = max(time.perf_counter() - t0, 1e-6)
+            bar.set_postfix_str(f"clips={clips} {clips / el:.2f} clips/s {frames / el:.0f} frames/s "
+                                + " ".join(f"rej:{k}={v}" for k, v in sorted(by_stage.items())), refresh=False)
+            bar.update(1)
+    bar.close()
+    wall = time.perf_counter() - t0
+    run_info = {"engine": engine, "workers": workers, "inputs_given": len(paths), "inputs_processed": len(todo),
+                "inputs_skipped_resume": skipped, "wall_seconds": round(wall, 3), "frames_processed": frames,
+                "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
+                "frames_per_second_per_core": round(frames / wall / max(1, workers), 2) if wall > 0 else 0.0,
+                "clips_per_second": round(clips / wall, 3) if wall > 0 else 0.0,
+                "syncnet_weights": path_text(weights) if weights else None}
+    return write_outputs(out, cfg, run_info)

@@ -1,0 +1,163 @@
+"""Typed configuration of ``avf-data build``: one dataclass per stage, nested in BuildConfig.
+
+Every field has a default, so a YAML file only lists what it changes, e.g.::
+
+    crop:
+      out_size: 224
+      margin: 1.6
+    silence:
+      max_clip_seconds: 10
+    sync:
+      min_confidence_fallback: 0.25
+
+Unknown keys are errors (with the list of valid ones), so typos do not pass silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .media import MediaConfig
+from .stages.crop import CropConfig
+from .stages.face_filter import FaceFilterConfig
+from .stages.scene import SceneConfig
+from .stages.silence import SilenceConfig
+
+PIPELINE_VERSION = "avf-data-curation/1"
+
+try:  # stage 5 is written by another module owner; keep the config usable without it
+    from .stages.sync import SyncConfig
+except ImportError:  # pragma: no cover - only while stage 5 is missing
+    @dataclass
+    class SyncConfig:  # type: ignore[no-redef]
+        max_offset_frames: int = 3
+        search_frames: int = 15
+        min_confidence_syncnet: float = 3.0
+        min_confidence_fallback: float = 0.3
+        device: str = "cpu"
+
+try:
+    from .stages.quality import QualityConfig
+except ImportError:  # pragma: no cover
+    @dataclass
+    class QualityConfig:  # type: ignore[no-redef]
+        pass
+
+
+@dataclass
+class OutputConfig:
+    """shard_max_count: clips per shard file (each input writes its own shard(s)).
+    thumbnails: save one small JPEG per accepted clip / rejected segment for the report.
+    report_examples: accepted and rejected examples shown on the contact sheet.
+    """
+
+    shard_max_count: int = 1000
+    thumbnails: bool = True
+    report_examples: int = 12
+
+
+@dataclass
+class BuildConfig:
+    """Everything ``avf-data build`` needs besides the input list and output folder."""
+
+    media: MediaConfig = field(default_factory=MediaConfig)
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    face: FaceFilterConfig = field(default_factory=FaceFilterConfig)
+    silence: SilenceConfig = field(default_factory=SilenceConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    # curate=False (``import --no-curate``): no detection at all; every input becomes one
+    # clip, centre-cropped to a square and resized to crop.out_size.
+    curate: bool = True
+    # Stage switches (the labelled import uses them for lenient curation).
+    enable_scene: bool = True
+    enable_face: bool = True
+    enable_silence: bool = True
+    enable_sync: bool = True
+    enable_quality: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "BuildConfig":
+        return _from_dict(cls, data or {}, "")
+
+
+def _from_dict(cls, data: dict[str, Any], where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {where or '<root>'!r} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {where + key!r}; valid keys: {', '.join(sorted(names))}")
+        hint = hints.get(key)
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _from_dict(hint, value or {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(hint, value, where + key)
+    return cls(**kwargs)
+
+
+def _coerce(hint, value, name):
+    if value is None:
+        return None
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+        hint = args[0]
+    try:
+        if hint is bool and not isinstance(value, bool):
+            raise ValueError
+        if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if hint is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if hint is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if hint in (str, bool) and isinstance(value, hint):
+            return value
+        if hint in (int, float, str, bool):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"config key {name!r} expects {hint.__name__}, got {value!r}") from None
+    return value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    """Read a YAML config (or defaults when ``path`` is None), then apply ``overrides``."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return BuildConfig.from_dict(data)
+
+
+def lenient(cfg: BuildConfig) -> BuildConfig:
+    """Options for labelled datasets (already cut clips): no scene or silence splitting,
+    whole clip kept up to 60 s, a looser face check, sync/quality measured but not enforced."""
+    cfg = dataclasses.replace(cfg)
+    cfg.enable_scene = False
+    cfg.enable_silence = False
+    cfg.enable_sync = False
+    cfg.enable_quality = False
+    cfg.face = dataclasses.replace(cfg.face, min_hit_fraction=0.34, good_score=cfg.face.threshold)
+    cfg.crop = dataclasses.replace(cfg.crop, max_missing=0.6, second_face_ratio=0.0, max_outside=0.6)
+    cfg.scene = dataclasses.replace(cfg.scene, min_segment_seconds=0.2)
+    return cfg

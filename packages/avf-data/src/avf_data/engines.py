@@ -1,0 +1,124 @@
+"""Execution engines: a local process pool (default) or Ray tasks.
+
+Both run :func:`avf_data.pipeline.process_input` once per input and yield results as they
+finish; the driver alone touches the done-log, so engines only differ in where the work runs.
+Every worker builds its sync scorer once (on its first input) and reuses it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any
+
+from .config import BuildConfig
+
+Task = tuple[str, dict[str, Any] | None]  # (path, label or None)
+
+_WORKER_CFG: BuildConfig | None = None
+_WORKER_ARGS: tuple[str | None, str | None] = (None, None)
+
+
+def _init_worker(cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> None:
+    global _WORKER_CFG, _WORKER_ARGS
+    os.environ["OMP_NUM_THREADS"] = "1"
+    _WORKER_CFG = BuildConfig.from_dict(cfg_dict)
+    _WORKER_ARGS = (out_dir, weights)
+    from .pipeline import get_context
+
+    get_context(_WORKER_CFG, weights)  # build the sync scorer once per process
+
+
+def _run_task(task: Task) -> dict[str, Any]:
+    from .pipeline import process_input
+
+    path, label = task
+    out_dir, weights = _WORKER_ARGS
+    assert _WORKER_CFG is not None
+    return process_input(path, out_dir, _WORKER_CFG, weights, label=label)
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover
+        return max(1, os.cpu_count() or 1)
+
+
+def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None,
+              workers: int) -> Iterator[dict[str, Any]]:
+    """Process pool; ``workers=0`` runs inline in this process (debugging)."""
+    cfg_dict = cfg.to_dict()
+    if workers <= 0:
+        _init_worker(cfg_dict, out_dir, weights)
+        for t in tasks:
+            yield _run_task(t)
+        return
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    ctx = mp.get_context(method)
+    workers = min(workers, max(1, len(tasks)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(cfg_dict, out_dir, weights)) as pool:
+        pending = set()
+        it = iter(tasks)
+        for t in it:  # keep a bounded queue so memory stays flat with many inputs
+            pending.add(pool.submit(_run_task, t))
+            if len(pending) >= 2 * workers:
+                break
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                yield fut.result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.add(pool.submit(_run_task, nxt))
+
+
+def _ray_task(path: str, label: dict[str, Any] | None, cfg_dict: dict[str, Any], out_dir: str | None,
+              weights: str | None) -> dict[str, Any]:
+    global _WORKER_CFG, _WORKER_ARGS
+    if _WORKER_CFG is None or _WORKER_CFG.to_dict() != cfg_dict or _WORKER_ARGS != (out_dir, weights):
+        _init_worker(cfg_dict, out_dir, weights)  # once per Ray worker process
+    return _run_task((path, label))
+
+
+def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None, workers: int,
+            address: str | None = None) -> Iterator[dict[str, Any]]:
+    """Ray tasks (one per input, 1 CPU each). Starts a local Ray instance unless ``address``."""
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover
+        raise SystemExit("the ray engine needs Ray: pip install 'avf-data[distributed]'") from exc
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=max(1, workers), **kwargs)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1, max_retries=1)(_ray_task)
+        cfg_dict = cfg.to_dict()
+        cfg_ref = ray.put(cfg_dict)
+        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", workers or 1)))
+        it = iter(tasks)
+        pending = []
+        for path, label in it:
+            pending.append(remote.remote(path, label, cfg_ref, out_dir, weights))
+            if len(pending) >= limit:
+                break
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(remote.remote(nxt[0], nxt[1], cfg_ref, out_dir, weights))
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,296 @@
+"""Media IO with PyAV only (no ffmpeg/ffprobe executables are needed).
+
+:func:`load_media` decodes an input file once into 25 fps RGB frames and 16 kHz mono audio,
+so every stage works on the same in-memory arrays. Problems with the file are raised as
+:class:`MediaError` whose message is the reject reason written to ``rejects.jsonl``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .shards import SAMPLE_RATE
+
+
+class MediaError(Exception):
+    """The input cannot be curated; ``str(err)`` is a short human-readable reason."""
+
+
+@dataclass
+class MediaConfig:
+    """How inputs are decoded.
+
+    fps: output frame rate; any input rate is resampled to it (nearest earlier frame).
+    sample_rate: output audio rate (mono).
+    max_pixels: inputs with more pixels per frame are rejected as "huge resolution".
+    max_work_side: frames whose longer side exceeds this are downscaled at decode time
+        (detection and 160 px crops do not need more; it bounds memory).
+    max_seconds: longer inputs are rejected (the whole input is held in memory).
+    min_seconds: shorter (or empty) inputs are rejected as zero length.
+    vfr_tolerance: relative spread of frame durations above which the input is called
+        variable frame rate. VFR inputs are resampled to constant rate like any other
+        unless ``reject_vfr`` is set.
+    """
+
+    fps: float = 25.0
+    sample_rate: int = SAMPLE_RATE
+    max_pixels: int = 4096 * 2304
+    max_work_side: int = 1280
+    max_seconds: float = 600.0
+    min_seconds: float = 0.04
+    vfr_tolerance: float = 0.5
+    reject_vfr: bool = True
+
+
+@dataclass
+class Media:
+    """A decoded input: constant-rate frames and aligned mono audio."""
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB at ``fps``
+    audio: np.ndarray  # (N,) float32 at ``sample_rate``; padded/trimmed to T / fps seconds
+    fps: float
+    sample_rate: int
+    source_fps: float
+    source_size: tuple[int, int]  # (width, height) before any downscale
+    audio_coverage: float  # fraction of the video duration that the audio track covered
+
+    @property
+    def num_frames(self) -> int:
+        return int(len(self.frames))
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
+    def audio_slice(self, start_frame: int, end_frame: int) -> np.ndarray:
+        """Audio samples matching frames ``[start_frame, end_frame)``."""
+        spf = self.sample_rate / self.fps
+        return self.audio[int(round(start_frame * spf)):int(round(end_frame * spf))]
+
+
+def path_text(path: str | os.PathLike | bytes) -> str:
+    """A printable, JSON-safe spelling of a path (non-UTF-8 bytes become ``\\udcXX`` escapes
+    and are then shown with backslashreplace)."""
+    text = os.fsdecode(path)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def probe_seconds(path: str | os.PathLike) -> float:
+    """Container duration in seconds (0.0 when unknown); used by the benchmark and stats."""
+    import av
+
+    try:
+        with av.open(os.fspath(path)) as c:
+            if c.duration:
+                return c.duration / 1_000_000
+            s = c.streams.video[0] if c.streams.video else None
+            if s is not None and s.duration and s.time_base:
+                return float(s.duration * s.time_base)
+    except Exception:
+        pass
+    return 0.0
+
+
+def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media:
+    """Decode ``path`` once: video resampled to ``cfg.fps``, audio to ``cfg.sample_rate`` mono.
+
+    Raises MediaError for: unreadable/corrupt files, missing video or audio stream, zero
+    length, variable frame rate (when ``reject_vfr``), huge resolution, too long inputs.
+    """
+    import av
+
+    cfg = cfg or MediaConfig()
+    fspath = os.fspath(path)
+    if isinstance(fspath, str):
+        try:
+            fspath.encode("utf-8")
+        except UnicodeEncodeError:
+            raise MediaError("path is not valid UTF-8; rename the file") from None
+    if not os.path.exists(fspath):
+        raise MediaError("file does not exist")
+    if os.path.getsize(fspath) == 0:
+        raise MediaError("zero length: empty file")
+    try:
+        container = av.open(fspath)
+    except Exception as exc:  # av.error.InvalidDataError and friends
+        raise MediaError(f"corrupt or unsupported file: cannot open ({type(exc).__name__}: {exc})") from None
+    with container:
+        if not container.streams.video:
+            raise MediaError("no video stream")
+        if not container.streams.audio:
+            raise MediaError("no audio track")
+        vstream = container.streams.video[0]
+        width, height = int(vstream.codec_context.width or 0), int(vstream.codec_context.height or 0)
+        if width * height > cfg.max_pixels:
+            raise MediaError(f"huge resolution {width}x{height} (> {cfg.max_pixels} pixels)")
+        if container.duration and container.duration / 1e6 > cfg.max_seconds:
+            raise MediaError(f"too long: {container.duration / 1e6:.1f} s > max_seconds {cfg.max_seconds}")
+        frames, times, src_fps = _decode_video(container, vstream, cfg, width, height)
+    if not frames:
+        raise MediaError("zero length: no decodable video frames")
+    times_arr = np.asarray(times, dtype=np.float64)
+    _check_vfr(times_arr, cfg)
+    duration = _video_duration(times_arr, src_fps)
+    if duration < cfg.min_seconds:
+        raise MediaError(f"zero length: {duration:.3f} s of video")
+    if duration > cfg.max_seconds:
+        raise MediaError(f"too long: {duration:.1f} s > max_seconds {cfg.max_seconds}")
+    out = _resample_frames(frames, times_arr, duration, cfg.fps)
+    audio, covered = _decode_audio(fspath, cfg.sample_rate)
+    n_samples = int(round(len(out) / cfg.fps * cfg.sample_rate))
+    coverage = min(1.0, covered / n_samples) if n_samples else 0.0
+    if len(audio) < n_samples:
+        audio = np.pad(audio, (0, n_samples - len(audio)))
+    audio = audio[:n_samples].astype(np.float32, copy=False)
+    return Media(frames=out, audio=audio, fps=cfg.fps, sample_rate=cfg.sample_rate,
+                 source_fps=src_fps, source_size=(width, height), audio_coverage=coverage)
+
+
+def _decode_video(container, vstream, cfg: MediaConfig, width: int, height: int):
+    import av
+
+    vstream.thread_type = "AUTO"
+    rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
+    src_fps = float(rate) if rate else 0.0
+    tb = vstream.time_base or Fraction(1, 1_000_000)
+    scale = 1.0
+    if max(width, height) > cfg.max_work_side > 0:
+        scale = cfg.max_work_side / max(width, height)
+    out_w = max(2, int(round(width * scale / 2)) * 2)
+    out_h = max(2, int(round(height * scale / 2)) * 2)
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    try:
+        for i, frame in enumerate(container.decode(vstream)):
+            if frame.pts is not None:
+                t = float(frame.pts * tb)
+            elif src_fps:
+                t = i / src_fps
+            else:
+                t = i / cfg.fps
+            if scale != 1.0:
+                img = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
+            else:
+                img = frame.to_ndarray(format="rgb24")
+            frames.append(img)
+            times.append(t)
+    except av.error.FFmpegError as exc:
+        if not frames:
+            raise MediaError(f"corrupt video stream: {exc}") from None
+        # A truncated file: keep what decoded; the missing tail is simply not part of the input.
+    if times:
+        t0 = times[0]
+        times = [t - t0 for t in times]
+        order = np.argsort(times, kind="stable")
+        if np.any(order != np.arange(len(order))):
+            frames = [frames[i] for i in order]
+            times = [times[i] for i in order]
+    if not src_fps and len(times) > 1:
+        src_fps = (len(times) - 1) / max(times[-1] - times[0], 1e-6)
+    return frames, times, src_fps or cfg.fps
+
+
+def _video_duration(times: np.ndarray, src_fps: float) -> float:
+    if len(times) == 1:
+        return 1.0 / src_fps
+    step = np.median(np.diff(times)) if len(times) > 1 else 1.0 / src_fps
+    return float(times[-1] - times[0] + step)
+
+
+def _check_vfr(times: np.ndarray, cfg: MediaConfig) -> None:
+    if len(times) < 3 or not cfg.reject_vfr:
+        return
+    d = np.diff(times)
+    med = float(np.median(d))
+    if med <= 0:
+        raise MediaError("broken timestamps: frames share one presentation time")
+    spread = (np.percentile(d, 95) - np.percentile(d, 5)) / med
+    if spread > cfg.vfr_tolerance:
+        raise MediaError(f"variable frame rate (frame durations vary by {spread:.0%}); "
+                         "re-encode to constant rate or set media.reject_vfr: false")
+
+
+def _resample_frames(frames: list[np.ndarray], times: np.ndarray, duration: float, fps: float) -> np.ndarray:
+    """Pick, for each output time k/fps, the last source frame shown at that time."""
+    n_out = max(1, int(math.floor(duration * fps + 1e-6)))
+    targets = np.arange(n_out) / fps + 1e-6
+    idx = np.searchsorted(times, targets, side="right") - 1
+    idx = np.clip(idx, 0, len(frames) - 1)
+    if len(idx) == len(frames) and np.array_equal(idx, np.arange(len(frames))):
+        return np.stack(frames)
+    return np.stack([frames[i] for i in idx])
+
+
+def _decode_audio(path: str, sample_rate: int) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream to mono float32 at ``sample_rate``; returns the audio and
+    the number of samples that came from the file (before any padding)."""
+    import av
+
+    chunks: list[np.ndarray] = []
+    try:
+        with av.open(path) as container:
+            astream = container.streams.audio[0]
+            start = astream.start_time
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            lead = 0
+            vs = container.streams.video[0] if container.streams.video else None
+            if vs is not None and vs.start_time is not None and start is not None:
+                # Align audio to the first video frame (time 0 of the resampled video).
+                offset = float(start * astream.time_base) - float(vs.start_time * vs.time_base)
+                lead = int(round(offset * sample_rate))
+            for frame in container.decode(astream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except av.error.FFmpegError as exc:
+        if not chunks:
+            raise MediaError(f"corrupt audio stream: {exc}") from None
+    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if not len(audio):
+        raise MediaError("audio track holds no samples")
+    if lead > 0:
+        audio = np.concatenate([np.zeros(lead, np.float32), audio])
+    elif lead < 0:
+        audio = audio[-lead:]
+    return audio.astype(np.float32, copy=False), len(audio)
+
+
+def write_av(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | None, fps: float = 25.0,
+             sample_rate: int = SAMPLE_RATE) -> Path:
+    """Write an mp4 (H.264 + AAC) with PyAV; a small helper for tests and tools."""
+    import av
+
+    path = Path(os.fsdecode(path)) if not isinstance(path, bytes) else path
+    with av.open(os.fspath(path), mode="w") as c:
+        vs = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        vs.width, vs.height = frames.shape[2], frames.shape[1]
+        vs.pix_fmt = "yuv420p"
+        vs.options = {"preset": "veryfast", "crf": "20"}
+        a_s = None
+        if audio is not None:
+            a_s = c.add_stream("aac", rate=sample_rate)
+            a_s.layout = "mono"
+        for img in frames:
+            for p in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        if a_s is not None:
+            a = np.asarray(audio, np.float32).reshape(1, -1)
+            step = 1024
+            for i in range(0, a.shape[1], step):
+                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + step]), format="flt", layout="mono")
+                af.sample_rate = sample_rate
+                af.pts = i
+                for p in a_s.encode(af):
+                    c.mux(p)
+            for p in a_s.encode():
+                c.mux(p)
+    return path

@@ -1,0 +1,107 @@
+"""Stage 1: scene cuts with PySceneDetect, then removal of short or incomplete segments.
+
+Frames are fed to the PySceneDetect detector straight from the already-decoded array (no
+second decode), downscaled to ``analysis_width`` which is how PySceneDetect itself speeds up
+detection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass
+class SceneConfig:
+    """detector: "adaptive" (AdaptiveDetector, default) or "content" (ContentDetector).
+    adaptive_threshold / min_content_val / window_width: AdaptiveDetector parameters.
+    content_threshold: ContentDetector threshold.
+    min_scene_frames: PySceneDetect's minimum distance between two cuts (frames).
+    min_segment_seconds: segments shorter than this are rejected ("too short").
+    analysis_width: frames are downscaled to this width for detection (0 = full size).
+    min_audio_coverage: a segment whose audio track ends early (covers less than this
+        fraction) is rejected as "incomplete".
+    """
+
+    detector: str = "adaptive"
+    adaptive_threshold: float = 3.0
+    min_content_val: float = 15.0
+    window_width: int = 2
+    content_threshold: float = 27.0
+    min_scene_frames: int = 15
+    min_segment_seconds: float = 1.0
+    analysis_width: int = 160
+    min_audio_coverage: float = 0.9
+
+
+def _make_detector(cfg: SceneConfig):
+    from scenedetect import AdaptiveDetector, ContentDetector
+
+    if cfg.detector == "adaptive":
+        return AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_frames,
+                                window_width=cfg.window_width, min_content_val=cfg.min_content_val)
+    if cfg.detector == "content":
+        return ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames)
+    raise ValueError(f"scene.detector must be 'adaptive' or 'content', not {cfg.detector!r}")
+
+
+def detect_cuts(frames: np.ndarray, fps: float, cfg: SceneConfig | None = None) -> list[int]:
+    """Frame indices where a new shot starts (excluding 0), detected on RGB ``frames``."""
+    from scenedetect import FrameTimecode
+
+    cfg = cfg or SceneConfig()
+    det = _make_detector(cfg)
+    n = len(frames)
+    if n < 2:
+        return []
+    h, w = frames.shape[1:3]
+    size = None
+    if cfg.analysis_width and w > cfg.analysis_width:
+        size = (cfg.analysis_width, max(2, int(round(h * cfg.analysis_width / w))))
+    cuts: list[int] = []
+    tc = None
+    for i in range(n):
+        img = frames[i]
+        if size is not None:
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        tc = FrameTimecode(i, fps=fps)
+        for c in det.process_frame(tc, img[..., ::-1]):  # detectors expect BGR
+            cuts.append(int(c.frame_num))
+    for c in det.post_process(tc):
+        cuts.append(int(c.frame_num))
+    return sorted({c for c in cuts if 0 < c < n})
+
+
+@dataclass
+class Segment:
+    start: int  # first frame
+    end: int  # one past the last frame
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def split_scenes(num_frames: int, cuts: list[int], fps: float, cfg: SceneConfig,
+                 audio_coverage: float = 1.0) -> tuple[list[Segment], list[tuple[Segment, str]]]:
+    """Cut ``[0, num_frames)`` at ``cuts``; returns kept segments and (segment, reason) rejects."""
+    bounds = [0, *cuts, num_frames]
+    kept: list[Segment] = []
+    rejected: list[tuple[Segment, str]] = []
+    min_frames = int(round(cfg.min_segment_seconds * fps))
+    covered_until = int(np.floor(audio_coverage * num_frames + 1e-6))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b <= a:
+            continue
+        seg = Segment(a, b)
+        if seg.length < min_frames:
+            rejected.append((seg, f"scene segment too short ({seg.length / fps:.2f} s < {cfg.min_segment_seconds} s)"))
+            continue
+        audio_part = max(0, min(b, covered_until) - a) / seg.length
+        if audio_part < cfg.min_audio_coverage:
+            rejected.append((seg, f"incomplete: audio covers {audio_part:.0%} of the segment"))
+            continue
+        kept.append(seg)
+    return kept, rejected
