@@ -1,0 +1,95 @@
+"""Typed view of one benchmark protocol: what is predicted, how folds are cut, what is scored.
+
+The data lives in ``registry.yaml`` so the paper's numbers can be read and diffed without
+reading code; these dataclasses validate it once at load time, so every consumer (score,
+report, splits, predict) can rely on the fields being present and consistent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FoldSchemeName = Literal["official", "subject", "session", "loso"]
+FoldAggregation = Literal["mean", "last", "pooled"]
+TaskKind = Literal["classification", "regression"]
+
+#: Models whose published numbers the registry carries, with their table titles.
+PUBLISHED_MODELS: dict[str, str] = {
+    "avf_mae_pp_b": "AVF-MAE++ (B)",
+    "avf_mae_pp_l": "AVF-MAE++ (L)",
+    "avf_mae_pp_h": "AVF-MAE++ (H)",
+    "hicmae_b": "HiCMAE-B",
+}
+
+
+@dataclass(frozen=True)
+class FoldScheme:
+    """How a dataset is cut into train/test folds.
+
+    ``count`` is None only for leave-one-subject-out, where it equals the number of
+    subjects in the metadata. ``group_column`` names the metadata column the folds must not
+    share (subject or session); ``test_split`` names the test partition of an official
+    single split.
+    """
+
+    scheme: FoldSchemeName
+    description: str
+    count: int | None = None
+    group_column: str | None = None
+    test_split: str | None = None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One scored benchmark protocol of the paper."""
+
+    name: str
+    dataset: str
+    task: Literal["cea", "dea", "mer"]
+    kind: TaskKind
+    folds: FoldScheme
+    fold_aggregation: FoldAggregation
+    metrics: tuple[str, ...]
+    primary_metric: str
+    source: str
+    classes: tuple[str, ...] = ()
+    dimensions: tuple[str, ...] = ()
+    label_merges: dict[str, str] = field(default_factory=dict)
+    dropped_labels: tuple[str, ...] = ()
+    published: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    published_class_recall: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    notes: str = ""
+    benchmark: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.benchmark:  # most benchmarks are scored by exactly one protocol
+            object.__setattr__(self, "benchmark", self.name)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def output_size(self) -> int:
+        """Width of the model head: classes for classification, dimensions for regression."""
+        return len(self.classes) if self.kind == "classification" else len(self.dimensions)
+
+    def map_label(self, raw: str) -> int | None:
+        """Raw dataset label -> class id after merges; None for a dropped label.
+
+        Matching is case-insensitive because datasets spell labels inconsistently
+        (``Happiness``, ``happy``, ``HAP``). Unknown labels raise, so a typo in a metadata file
+        cannot silently shrink a class.
+        """
+        key = raw.strip().lower()
+        if key in {d.lower() for d in self.dropped_labels}:
+            return None
+        merged = {k.lower(): v for k, v in self.label_merges.items()}.get(key, key)
+        lowered = [c.lower() for c in self.classes]
+        if merged in lowered:
+            return lowered.index(merged)
+        raise ValueError(
+            f"label {raw!r} is not a class of protocol {self.name} "
+            f"(classes: {', '.join(self.classes)}; merges: {self.label_merges or 'none'})"
+        )
