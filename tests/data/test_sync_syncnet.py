@@ -289,3 +289,20 @@ def test_syncnet_short_clips(loaded):
     frames, audio = _av(25)  # 1 s: 20 windows < 31 shifts, still scored
     r = scorer.score(frames, audio)
     assert r.valid and r.n_windows == 20 and "short clip" in r.note
+
+
+def test_syncnet_resamples_to_25fps_and_16khz(loaded, monkeypatch):
+    seen = {}
+
+    def fake_embed(frames, audio):
+        seen["frames"], seen["audio"] = frames, audio
+        return _KnownShift(0, n=10)(frames, audio)
+
+    monkeypatch.setattr(loaded, "embed", fake_embed)
+    rng = np.random.default_rng(0)
+    frames = np.arange(40, dtype=np.uint8)[:, None, None, None].repeat(8, 1).repeat(8, 2).repeat(3, 3)
+    audio = rng.standard_normal(48000 * 40 // 50).astype(np.float32)  # 0.8 s at 48 kHz
+    r = loaded.score(frames, audio, fps=50.0, sample_rate=48000)
+    assert r.offset_frames == 0 and r.valid
+    assert len(seen["frames"]) == 20 and list(seen["frames"][:3, 0, 0, 0]) == [0, 2, 4]
+    assert len(seen["audio"]) == 12800

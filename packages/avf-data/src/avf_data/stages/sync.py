@@ -25,8 +25,9 @@ Two scorers return the same :class:`SyncResult`:
     overlapping frames (at least ``max(12, n/2)`` frames must overlap, so
     short clips search a smaller range). ``confidence = peak correlation -
     median correlation over the shifts`` (dimensionless, in [0, 2]); a clip
-    whose mouth motion follows the audio has one clear peak (≈0.4-0.9 above
-    the median), unrelated or silent audio gives ≈0.1-0.3.
+    whose mouth motion follows the audio has one clear peak (demo clips
+    decoded from mp4 and cropped by stage 4: 0.45-0.85; synthetic: ~0.95),
+    unrelated speech or noise gives ≈0.1-0.25.
     ``min_distance`` is ``None`` for this method.
 
 Offset sign (both methods, SyncNet's convention): the best match pairs video
@@ -45,7 +46,7 @@ Rejection (:func:`sync_reject_reason`): ``|offset| > max_offset_frames`` or
   model (e.g. LatentSync's data pipeline, ``--sync_conf_threshold 3``); the
   official demo clip scores ≈10.
 * ``min_confidence_fallback = 0.3``: peak-minus-median correlation; chosen on
-  synthetic and demo clips (in-sync ≥0.5, shuffled/unrelated audio ≤0.25).
+  synthetic and demo clips (in-sync ≥0.45, unrelated audio ≤0.25).
 """
 
 from __future__ import annotations

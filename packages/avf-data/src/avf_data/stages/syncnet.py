@@ -41,8 +41,6 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 
 import torch
@@ -407,12 +405,10 @@ def offset_search(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int)
     a = audio_emb[:n].float()
     win = 2 * vshift + 1
     a_pad = torch.nn.functional.pad(a, (0, 0, vshift, vshift))
-    # (n, win, D): audio embedding i + j - vshift for every video window i.
-    idx = torch.arange(n)[:, None] + torch.arange(win)[None, :]
-    dists = torch.nn.functional.pairwise_distance(
-        v[:, None, :].expand(-1, win, -1).reshape(-1, v.shape[1]),
-        a_pad[idx].reshape(-1, v.shape[1]),
-    ).reshape(n, win)
+    # Column j: video window i vs audio embedding i + j - vshift (zero outside the clip).
+    dists = torch.stack(
+        [torch.nn.functional.pairwise_distance(v, a_pad[j : j + n]) for j in range(win)], dim=1
+    )  # (n, win)
     mdist = dists.mean(dim=0)
     minval, minidx = torch.min(mdist, 0)
     # torch.median of an odd-length vector is the middle value, as the original.
@@ -424,5 +420,3 @@ def offset_search(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int)
         mean_dists=mdist.numpy(),
     )
 
-
-EmbedFn = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
