@@ -57,8 +57,16 @@ def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights:
         for t in tasks:
             yield _run_task(t)
         return
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    ctx = mp.get_context(method)
+    # forkserver: workers fork from a clean single-threaded server that imported the heavy
+    # libraries once (the driver may run threads: tqdm, Ray, torch); spawn where unsupported.
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        try:
+            ctx.set_forkserver_preload(["avf_data._preload"])
+        except Exception:  # pragma: no cover
+            pass
+    else:  # pragma: no cover
+        ctx = mp.get_context("spawn")
     workers = min(workers, max(1, len(tasks)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(cfg_dict, out_dir, weights)) as pool:

@@ -77,6 +77,24 @@ def limit_threads() -> None:
         pass
 
 
+def preload_modules() -> None:
+    """Import the heavy libraries once; the local engine calls this before forking workers so
+    that every worker inherits them instead of importing them again."""
+    import importlib
+
+    for name in ("cv2", "av", "soundfile", "scipy.signal", "librosa", "librosa.feature", "librosa.effects",
+                 "scenedetect", "dlib", "onnxruntime", "retinaface", "avf_data.stages.sync",
+                 "avf_data.stages.quality"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    import librosa
+
+    librosa.feature.rms  # noqa: B018 - resolve the lazy submodules now
+    librosa.effects.split  # noqa: B018
+
+
 def get_context(cfg: BuildConfig, weights: str | None) -> WorkerContext:
     """The per-process context, built on first use (so once per worker process)."""
     key = f"{id(cfg)}:{weights}"

@@ -117,7 +117,7 @@ def crop_clip(frames: np.ndarray, cfg: CropConfig | None = None) -> CropResult:
         size = (cfg.detect_width, int(round(h * scale)))
     dets: list[list] = []
     for b in range(0, len(idx), max(1, cfg.batch)):
-        chunk = [frames[i] if size is None else cv2.resize(frames[i], size, interpolation=cv2.INTER_AREA)
+        chunk = [frames[i] if size is None else cv2.resize(frames[i], size, interpolation=cv2.INTER_LINEAR)
                  for i in idx[b:b + cfg.batch]]
         dets.extend(detect_batch(chunk, cfg.score_threshold))
     xs, cx, cy, side, scores = [], [], [], [], []
@@ -170,7 +170,7 @@ def crop_clip(frames: np.ndarray, cfg: CropConfig | None = None) -> CropResult:
         patch = frames[k, iy0:iy1, ix0:ix1]
         if inside < 1.0:
             patch = cv2.copyMakeBorder(patch, iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1, cv2.BORDER_REPLICATE)
-        interp = cv2.INTER_AREA if s > cfg.out_size else cv2.INTER_LINEAR
+        interp = cv2.INTER_AREA if s >= 2 * cfg.out_size else cv2.INTER_LINEAR
         out[k] = cv2.resize(patch, (cfg.out_size, cfg.out_size), interpolation=interp)
     if worst_outside > cfg.max_outside:
         res.reason = f"face too close to the frame edge ({worst_outside:.0%} of the crop outside)"

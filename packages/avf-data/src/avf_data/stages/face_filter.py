@@ -29,7 +29,7 @@ class FaceFilterConfig:
 
     num_samples: int = 3
     upsample: int = 1
-    detect_width: int = 640
+    detect_width: int = 480
     threshold: float = 0.3
     good_score: float = 0.5
     max_faces: int = 1

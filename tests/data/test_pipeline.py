@@ -1,0 +1,101 @@
+"""End to end on the demo inputs: outputs, per-input outcomes, the accounting invariant."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from avf_data.shards import iter_clips, iter_raw_samples, expand_shards
+
+
+def _by_source(rows, name):
+    return [r for r in rows if Path(r["source"]).stem == name]
+
+
+def test_outputs_exist(demo_build):
+    out = demo_build["out"]
+    for name in ("manifest.jsonl", "rejects.jsonl", "stats.json", "report.md", "contact_sheet.png", "done.jsonl"):
+        assert (out / name).is_file(), name
+    assert list((out / "shards").glob("*.tar")) and not list((out / "shards").glob("*.tmp"))
+
+
+def test_per_input_outcomes(demo_build):
+    man, rej = demo_build["manifest"], demo_build["rejects"]
+    assert len(_by_source(man, "single_face")) == 1
+    assert len(_by_source(man, "scene_cut")) == 2
+    assert len(_by_source(man, "long_silence")) == 2
+    assert any(r["stage"] == "silence" and r["seconds"] > 2.5 for r in _by_source(rej, "long_silence"))
+    for name, stage, text in [("two_faces", "face", "several faces"), ("no_face", "face", "no face"),
+                              ("corrupt", "decode", "corrupt"), ("shifted_audio", "sync", "")]:
+        assert not _by_source(man, name), name
+        assert any(r["stage"] == stage and text in r["reason"] for r in _by_source(rej, name)), name
+
+
+def test_shifted_audio_rejected_by_fallback_sync(demo_build):
+    rows = [r for r in _by_source(demo_build["rejects"], "shifted_audio") if r["stage"] == "sync"]
+    assert rows and rows[0]["sync"]["method"] == "fallback_motion_envelope"
+    assert rows[0]["sync"]["offset_frames"] <= -8  # audio delayed 0.5 s = 12 frames
+    assert demo_build["stats"]["sync_scorer"] == "fallback_motion_envelope"
+    assert "fallback_motion_envelope" in (demo_build["out"] / "report.md").read_text()
+
+
+def test_every_second_is_accounted_for(demo_build):
+    """accepted + rejected seconds == input seconds per source (within one frame); no overlap."""
+    done = [json.loads(line) for line in (demo_build["out"] / "done.jsonl").read_text().splitlines()]
+    assert {Path(r["source"]).stem for r in done} == set(demo_build["inputs"])
+    spans = defaultdict(list)
+    for r in demo_build["manifest"] + demo_build["rejects"]:
+        spans[r["source"]].append((r["start"], r["end"]))
+    for rec in done:
+        iv = sorted(spans[rec["source"]])
+        assert iv, rec["source"]
+        total = sum(b - a for a, b in iv)
+        assert abs(total - rec["seconds"]) < 0.04 + 1e-6, (rec["source"], total, rec["seconds"])
+        assert iv[0][0] == 0.0 and abs(iv[-1][1] - rec["seconds"]) < 0.04 + 1e-6
+        assert all(abs(a2 - b1) < 1e-6 for (_, b1), (a2, _) in zip(iv, iv[1:])), iv  # contiguous
+    st = demo_build["stats"]
+    assert abs(st["seconds_accepted"] + st["seconds_rejected"] - st["seconds_in"]) < 0.04 * st["inputs"]
+
+
+def test_samples_match_manifest_and_format(demo_build):
+    out = demo_build["out"]
+    keys = [s["__key__"] for s in iter_raw_samples(expand_shards(out / "shards"))]
+    assert sorted(keys) == sorted(r["key"] for r in demo_build["manifest"])
+    assert len(set(keys)) == len(keys)
+    row = _by_source(demo_build["manifest"], "single_face")[0]
+    clip = next(c for c in iter_clips(out / row["shard"]) if c.key == row["key"])
+    assert clip.frames.shape[1:] == (160, 160, 3) and clip.fps == 25 and clip.sample_rate == 16000
+    assert abs(len(clip.frames) / 25 - len(clip.audio) / 16000) < 0.04
+    meta = clip.meta
+    for k in ("source", "start", "end", "fps", "boxes", "detector", "sync", "sync_offset", "sync_confidence",
+              "blur", "pipeline_version"):
+        assert k in meta, k
+    assert len(meta["boxes"]) == len(clip.frames)
+    assert meta["sync"]["method"] == "fallback_motion_envelope"
+
+
+def test_stats_and_report(demo_build):
+    st = demo_build["stats"]
+    assert st["inputs"] == 7 and st["clips"] == 5
+    assert st["stages"]["decode"] == {"in": 7, "out": 6, "seconds_in": pytest.approx(st["seconds_in"]),
+                                      "seconds_out": pytest.approx(st["seconds_in"])}
+    assert st["stages"]["face"]["in"] - st["stages"]["face"]["out"] == 2
+    assert st["run"]["frames_per_second"] > 0 and st["run"]["wall_seconds"] > 0
+    report = (demo_build["out"] / "report.md").read_text()
+    assert "sync scorer" in report and "contact_sheet.png" in report
+    from PIL import Image
+
+    assert Image.open(demo_build["out"] / "contact_sheet.png").size[0] > 300
+
+
+def test_rerun_skips_finished_inputs(demo_build, tmp_path):
+    """A rerun into a finished folder processes nothing and leaves the outputs equal."""
+    from avf_data.build import build
+
+    before = (demo_build["out"] / "manifest.jsonl").read_text()
+    stats = build([str(p) for p in demo_build["inputs"].values()], demo_build["out"], workers=1, progress=False)
+    assert stats["run"]["inputs_processed"] == 0 and stats["run"]["inputs_skipped_resume"] == 7
+    assert (demo_build["out"] / "manifest.jsonl").read_text() == before
