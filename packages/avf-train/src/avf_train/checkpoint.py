@@ -1,0 +1,101 @@
+"""Checkpoints that load with ``torch.load(..., weights_only=True)``.
+
+Layout of a run folder::
+
+    RUN/config.yaml                    resolved config
+    RUN/checkpoints/step-00001000.pt   one file per save, the last ``keep_last`` are kept
+    RUN/checkpoint                     the latest checkpoint (a copy-free relative symlink)
+    RUN/metrics.jsonl, RUN/tb/         metrics
+
+Each file is a dict of tensors and plain Python types only: ``format`` (int), ``stage``,
+``model_name``, ``model`` (state_dict), ``optimizer``, ``scheduler``, ``scaler``, ``step``,
+``epoch``, ``rng`` (torch/cuda ByteTensors, numpy and python states as tensors/lists), ``data``
+(the loader's StreamState as a dict) and ``config`` (the nested config dict). Nothing needs
+unpickling of arbitrary classes, so ``weights_only=True`` always works.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """All RNG states as weights_only-safe values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "internal": [int(v) for v in internal],
+                   "gauss": None if py_gauss is None else float(py_gauss)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint file, ``RUN/checkpoint`` or a run folder -> the checkpoint file to read."""
+    p = Path(path)
+    if p.is_dir():
+        for candidate in (p / "checkpoint", p / "checkpoints" / "latest.pt"):
+            if candidate.exists():
+                return candidate.resolve()
+        ckpts = sorted((p / "checkpoints").glob("step-*.pt")) if (p / "checkpoints").is_dir() else []
+        if ckpts:
+            return ckpts[-1]
+        raise FileNotFoundError(f"no checkpoint in run folder {p} (expected {p}/checkpoint)")
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {p} does not exist")
+    return p.resolve()
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    file = resolve(path)
+    ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        # a bare state_dict (e.g. converted official weights): wrap it so callers see one shape
+        return {"format": 0, "stage": "unknown", "model": ckpt, "path": str(file)}
+    ckpt["path"] = str(file)
+    return ckpt
+
+
+def save(run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep_last: int = 3) -> Path:
+    """Write ``checkpoints/step-XXXXXXXX.pt`` atomically, repoint ``RUN/checkpoint``, prune old ones."""
+    run_dir = Path(run_dir)
+    folder = run_dir / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"step-{step:08d}.pt"
+    tmp = target.with_suffix(".pt.tmp")
+    torch.save({"format": FORMAT, **payload}, tmp)
+    os.replace(tmp, target)
+    link = run_dir / "checkpoint"
+    tmp_link = run_dir / ".checkpoint.tmp"
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(os.path.relpath(target, run_dir), tmp_link)
+    os.replace(tmp_link, link)
+    if keep_last > 0:
+        for old in sorted(folder.glob("step-*.pt"))[:-keep_last]:
+            old.unlink()
+    return target

@@ -1,0 +1,143 @@
+"""``avf-train``: pretrain | postpretrain | finetune | predict.
+
+Config precedence (later wins): the stage's paper defaults, ``RUN/config.yaml`` when resuming,
+``--config FILE.yaml``, the per-field flags below, then ``--set section.field=value`` (repeatable).
+Launch on several GPUs with ``torchrun --nproc_per_node N -m avf_train.cli pretrain ...``
+(or ``torchrun ... $(which avf-train) ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .config import MODEL_SIZES, TrainConfig, load_yaml, set_dotted, stage_defaults, update
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", help="run folder (config.yaml, checkpoints/, checkpoint, metrics.jsonl, tb/)")
+    p.add_argument("--config", help="YAML config applied on top of the stage defaults")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override any config field, e.g. --set optim.lr=1e-4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from RUN/checkpoint")
+    p.add_argument("--model", help=f"size ({'|'.join(MODEL_SIZES)}) or avf-models name")
+    p.add_argument("--batch-size", type=int, help="clips per process per micro-step (run.batch_size)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (schedule unchanged)")
+    p.add_argument("--lr", type=float, help="absolute peak lr (otherwise base_lr x global batch / 256)")
+    p.add_argument("--base-lr", type=float)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--clip-grad", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP (Huge)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avf-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="self-supervised AVF-MAE++ pre-training on unlabelled shards")
+    _common(p)
+    p.add_argument("--shards", help="unlabelled shards: glob, folder or comma-separated list")
+
+    for name, text in (("postpretrain", "supervised post-pre-training on the labelled hybrid"),
+                       ("finetune", "targeted fine-tuning on one dataset")):
+        p = sub.add_parser(name, help=text)
+        _common(p)
+        p.add_argument("--init", help="checkpoint file, RUN/checkpoint or run folder to start from")
+        p.add_argument("--data", help="labelled shards (avf-data import)")
+        p.add_argument("--val-data", help="held-out shards: predictions.jsonl is written after training")
+        p.add_argument("--task", choices=["cea", "dea", "mer"])
+        p.add_argument("--num-classes", type=int)
+        p.add_argument("--modality", choices=["av", "audio", "video"])
+
+    p = sub.add_parser("predict", help="test-time predictions (segments x crops views) as JSONL")
+    p.add_argument("--ckpt", required=True, help="post-pre-trained or fine-tuned checkpoint / run folder")
+    p.add_argument("--data", required=True, help="shards to predict")
+    p.add_argument("--out", required=True, help="output JSONL")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--segments", type=int)
+    p.add_argument("--crops", type=int)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Apply the precedence chain to get the run's full config."""
+    stage = args.command
+    cfg = stage_defaults(stage)
+    if args.resume and args.out and (Path(args.out) / "config.yaml").exists():
+        cfg = load_yaml(Path(args.out) / "config.yaml")
+    if args.config:
+        base = load_yaml(args.config)
+        if base.stage != stage:
+            raise SystemExit(f"--config {args.config} is for stage {base.stage!r}, not {stage!r}")
+        cfg = base
+    # task-driven defaults for the labelled stages
+    task = getattr(args, "task", None)
+    if task is not None:
+        cfg.finetune.task = task
+        if stage == "postpretrain":
+            cfg.data.label_map = {"cea": "cea13", "mer": "mer3"}.get(task, "")
+            if task == "dea":
+                raise SystemExit("post-pre-training has no labelled hybrid for DEA (paper §4.2)")
+    flags = {
+        "run.out": args.out, "model.name": args.model, "run.batch_size": args.batch_size,
+        "run.epochs": args.epochs, "run.max_steps": args.max_steps, "optim.lr": args.lr,
+        "optim.base_lr": args.base_lr, "data.num_workers": args.num_workers, "run.precision": args.precision,
+        "optim.grad_accum": args.grad_accum, "optim.clip_grad": args.clip_grad, "run.seed": args.seed,
+        "run.device": args.device, "data.shards": getattr(args, "shards", None) or getattr(args, "data", None),
+        "data.val_shards": getattr(args, "val_data", None), "finetune.init": getattr(args, "init", None),
+        "finetune.num_classes": getattr(args, "num_classes", None), "model.modality": getattr(args, "modality", None),
+    }
+    for key, value in flags.items():
+        if value is not None:
+            section, field = key.split(".")
+            update(cfg, {section: {field: value}})
+    if args.fsdp:
+        cfg.run.fsdp = True
+    for assignment in args.set:
+        set_dotted(cfg, assignment)
+    cfg.stage = stage
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "predict":
+            from .predict import predict
+
+            summary = predict(args.ckpt, args.data, args.out, batch_size=args.batch_size,
+                              num_workers=args.num_workers, segments=args.segments, crops=args.crops,
+                              device=args.device, precision=args.precision)
+            print(json.dumps(summary))
+            return 0
+        cfg = resolve_config(args)
+        from .trainer import train
+
+        result = train(cfg, resume=args.resume)
+        if cfg.stage != "pretrain" and cfg.data.val_shards and result.checkpoint is not None \
+                and os.environ.get("RANK", "0") == "0":
+            from .predict import predict
+
+            summary = predict(str(result.checkpoint), cfg.data.val_shards, result.run_dir / "predictions.jsonl",
+                              batch_size=cfg.run.batch_size, device=cfg.run.device)
+            print(json.dumps(summary))
+        return 0
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
+        print(f"avf-train: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""AdamW parameter groups (no decay on biases/norms, layer-wise lr decay) and the lr schedule.
+
+The schedule is a pure function of the optimizer step, so resuming only needs the step count:
+linear warmup from 0 to ``peak`` then half-cosine down to ``min_lr`` (the MAE/VideoMAE recipe,
+computed per step instead of per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import OptimArgs
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def num_layers(model: nn.Module) -> int:
+    """Depth used for layer decay: the largest ``blocks.i`` index of any encoder, plus one."""
+    if hasattr(model, "get_num_layers"):
+        return int(model.get_num_layers())
+    depth = 0
+    for name, _ in model.named_parameters():
+        if "fusion" in name or "decoder" in name:
+            continue
+        m = _BLOCK.search(name)
+        if m:
+            depth = max(depth, int(m.group(1)) + 1)
+    return depth
+
+
+def layer_id(name: str, depth: int) -> int:
+    """0 for embeddings, i+1 for encoder block i, depth+1 for everything after the encoders
+    (fusion, norms, head), following BEiT/VideoMAE's ``get_layer_id_for_vit``."""
+    if any(k in name for k in ("patch_embed", "pos_embed", "cls_token", "mask_token", "region_token")):
+        if "fusion" not in name and "decoder" not in name:
+            return 0
+    if "fusion" in name or "decoder" in name:
+        return depth + 1
+    m = _BLOCK.search(name)
+    if m:
+        return int(m.group(1)) + 1
+    return depth + 1
+
+
+def _no_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias") or name in skip or any(
+        k in name for k in ("pos_embed", "cls_token", "mask_token", "region_token"))
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """Groups keyed by (layer, decay); each carries ``lr_scale`` that the schedule multiplies in."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    depth = num_layers(model)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        decay = not _no_decay(name, param, skip)
+        lid = layer_id(name, depth) if layer_decay != 1.0 else 0
+        scale = layer_decay ** (depth + 1 - lid) if layer_decay != 1.0 else 1.0
+        group = groups.setdefault((lid, decay), {"params": [], "names": [], "lr_scale": scale,
+                                                 "weight_decay": weight_decay if decay else 0.0})
+        group["params"].append(param)
+        group["names"].append(name)
+    return [groups[k] for k in sorted(groups)]
+
+
+def build_optimizer(model: nn.Module, args: OptimArgs, lr: float) -> torch.optim.AdamW:
+    groups = param_groups(model, args.weight_decay, args.layer_decay)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+        g.pop("names")
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(args.betas), eps=args.eps, fused=fused or None)
+
+
+@dataclass
+class CosineSchedule:
+    """Warmup + cosine lr as a function of the optimizer step (0-based)."""
+
+    peak: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.peak * step / max(1, self.warmup_steps)
+        progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, progress)
+        return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        lr = self(step)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"peak": self.peak, "min_lr": self.min_lr, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
