@@ -40,3 +40,15 @@ def test_mouth_follows_speech():
     env = speech_envelope(load_speech(1))
     assert env.max() == 1.0 and (env == 0).mean() > 0.05  # pauses close the mouth
     assert 150 < len(env) < 250  # ~7.7 s at 25 fps
+
+
+def test_written_audio_is_not_delayed(tmp_path):
+    """AAC priming must not shift the speech against the mouth (it would bias every sync score)."""
+    from avf_data.demo import write_av
+
+    audio = np.zeros(32000, np.float32)
+    audio[16000:16040] = 0.9
+    write_av(tmp_path / "click.mp4", np.zeros((50, 64, 64, 3), np.uint8), audio)
+    with av.open(str(tmp_path / "click.mp4")) as container:
+        decoded = np.concatenate([f.to_ndarray().reshape(-1) for f in container.decode(container.streams.audio[0])])
+    assert abs(int(np.argmax(np.abs(decoded))) - 16000) < 40  # within 2.5 ms
