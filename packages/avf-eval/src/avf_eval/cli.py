@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "Needs the `predict` extra (avf-data, avf-models).")
     predict.add_argument("video", help="path to a video file with an audio track")
     predict.add_argument("--checkpoint", "-c", required=True, help="checkpoint written by avf-train (torch file)")
+    predict.add_argument("--protocol", "-p", help="name the outputs with this protocol's classes when the checkpoint has no names")
     predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     predict.add_argument("--format", choices=["text", "json"], default="text")
     return parser
@@ -162,7 +163,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         from avf_eval.predict import predict_video, render_prediction
     except ImportError as error:
         raise SystemExit(f"avf-eval predict needs the `predict` extra (avf-data, avf-models): {error}") from None
-    result = predict_video(args.video, args.checkpoint, device=args.device)
+    from avf_eval.protocols import get_protocol
+
+    protocol = get_protocol(args.protocol) if args.protocol else None
+    result = predict_video(args.video, args.checkpoint, device=args.device, protocol=protocol)
     print(render_prediction(result, args.format))
     return 0
 
