@@ -230,7 +230,8 @@ def load_pretrained_into_finetune(model: nn.Module, state_dict: dict[str, torch.
     if missing_backbone:
         raise CheckpointMismatchError(
             f"{len(missing_backbone)} backbone key(s) missing from the checkpoint:\n  " + "\n  ".join(missing_backbone))
-    model.load_state_dict(to_load, strict=False)
+    # a meta-device model (used to check keys without memory) takes the tensors by assignment
+    model.load_state_dict(to_load, strict=False, assign=any(p.is_meta for p in model.parameters()))
     report.loaded = sorted(to_load)
     report.missing = sorted(k for k in own if k not in to_load)
     return report
