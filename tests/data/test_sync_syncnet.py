@@ -306,3 +306,17 @@ def test_syncnet_resamples_to_25fps_and_16khz(loaded, monkeypatch):
     assert r.offset_frames == 0 and r.valid
     assert len(seen["frames"]) == 20 and list(seen["frames"][:3, 0, 0, 0]) == [0, 2, 4]
     assert len(seen["audio"]) == 12800
+
+
+@pytest.mark.gpu
+def test_syncnet_on_cuda_matches_cpu(weights_file, loaded):
+    frames, audio = _av(12)
+    gpu = build_sync_scorer(SyncConfig(device="cuda"), weights_file[0])
+    assert next(gpu.model.parameters()).is_cuda
+    v_gpu, a_gpu = gpu.embed(frames, audio)
+    v_cpu, a_cpu = loaded.embed(frames, audio)
+    assert v_gpu.device.type == "cpu"  # embeddings come back on the CPU
+    torch.testing.assert_close(v_gpu, v_cpu, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(a_gpu, a_cpu, rtol=1e-2, atol=1e-2)
+    r_gpu, r_cpu = gpu.score(frames, audio), loaded.score(frames, audio)
+    assert r_gpu.offset_frames == r_cpu.offset_frames

@@ -39,8 +39,10 @@ Rejection (:func:`sync_reject_reason`): ``|offset| > max_offset_frames`` or
 ``confidence < min_confidence_<method>`` or the clip could not be measured
 (too short, silent, no motion). Defaults:
 
-* ``max_offset_frames = 3`` (±120 ms at 25 fps): SyncNet's offset of an
-  in-sync talking face is normally within ±1-2 frames.
+* ``max_offset_frames = 3`` (±120 ms at 25 fps): leaves room for container /
+  codec delays (an AAC track decoded without priming trim lags by 1024
+  samples ≈ 1.6 frames at 16 kHz; the demo mp4s measure -2) while a 0.5 s
+  dubbing error (12-13 frames) is far outside.
 * ``min_confidence_syncnet = 3.0``: the official repository sets no threshold;
   3 is the cut-off commonly used to curate talking-face data with the same
   model (e.g. LatentSync's data pipeline, ``--sync_conf_threshold 3``); the
