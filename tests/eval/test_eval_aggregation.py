@@ -164,3 +164,26 @@ def test_inconsistent_views_and_duplicates(jsonl_writer) -> None:
     rows[1].update(label=0, view=0)
     with pytest.raises(PredictionFormatError, match="appears twice"):
         score_protocol(load_predictions([jsonl_writer("y.jsonl", rows)], protocol), protocol)
+
+
+def test_avf_train_rows_and_default_folds(jsonl_writer) -> None:
+    """avf-train's predict rows (no fold/epoch, `outputs`/`targets`, extra `probs`) score as they are."""
+    werewolf = get_protocol("werewolf-xl")
+    rng = np.random.default_rng(3)
+    files = []
+    for fold in range(1, 6):
+        rows = []
+        for i in range(10):
+            target = rng.normal(size=3).tolist()
+            for view in range(2):
+                rows.append({"key": f"{fold}_{i}", "label": -1, "view": view, "segment": view, "crop": 0,
+                             "targets": target, "outputs": rng.normal(size=3).tolist()})
+        files.append(jsonl_writer(f"fold{fold}.jsonl", rows))
+    result = score_protocol(load_predictions(files, werewolf), werewolf)
+    assert [f.fold for f in result.folds] == ["1", "2", "3", "4", "5"] and not result.warnings
+    assert all(f.num_videos == 10 for f in result.folds)
+
+    iemocap = get_protocol("iemocap")
+    rows = [{"key": "a", "label": 2, "view": v, "logits": [0, 0, 3, 0], "probs": [0.1, 0.1, 0.7, 0.1]} for v in range(4)]
+    result = score_protocol(load_predictions([jsonl_writer("c.jsonl", rows)], iemocap), iemocap)
+    assert result.summary["war"] == 1.0 and result.folds[0].num_videos == 1

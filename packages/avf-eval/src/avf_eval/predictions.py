@@ -10,12 +10,16 @@ epoch of one fold::
 * ``key``      clip id (required)
 * ``video``    id shared by the views of one video (default: ``key``)
 * ``view``     int view index (default 0)
-* ``fold``     fold id, int or str (default ``"1"``)
+* ``fold``     fold id, int or str (default: the file's position among the files given,
+  1, 2, ..., so ``fold1.jsonl ... fold5.jsonl`` without the field still make five folds)
 * ``epoch``    int (optional; without it the row belongs to the only model of its fold)
 * ``label``    int class id, or a list of floats for regression
 * ``logits``   raw scores, softmaxed per view before averaging, **or**
   ``prediction`` final outputs: probabilities (averaged as given) or a single int class id
   for classification, raw values for regression.
+
+avf-train's spellings ``outputs`` (for ``prediction``) and ``targets`` (for a regression
+``label``) are accepted; other extra fields (``probs``, ``segment``, ``crop``) are ignored.
 
 CSV files carry the same columns; list fields are either JSON lists in one cell
 (``"[0.1, 2.0]"``) or numbered columns ``logits_0, logits_1, ...``.
@@ -129,7 +133,26 @@ def _present(record: dict[str, Any], field: str) -> bool:
     return field in record and record[field] not in (None, "")
 
 
-def _parse(record: dict[str, Any], source: str, protocol: Protocol | None) -> _Row:
+#: Field spellings accepted besides the canonical ones (avf-train's predict writes these).
+ALIASES: dict[str, str] = {"outputs": "prediction", "targets": "label"}
+
+
+def _apply_aliases(record: dict[str, Any]) -> dict[str, Any]:
+    """``outputs`` -> ``prediction``; ``targets`` -> ``label`` when ``label`` is not a list.
+
+    avf-train writes regression rows as ``{"label": -1, "targets": [...], "outputs": [...]}``;
+    the list-valued ``targets`` is the real label there.
+    """
+    record = dict(record)
+    if _present(record, "outputs") and not _present(record, "prediction") and not _present(record, "logits"):
+        record["prediction"] = record.pop("outputs")
+    if _present(record, "targets") and not _looks_like_list(record.get("label")):
+        record["label"] = record.pop("targets")
+    return record
+
+
+def _parse(record: dict[str, Any], source: str, protocol: Protocol | None, default_fold: str = "1") -> _Row:
+    record = _apply_aliases(record)
     if not _present(record, "key"):
         raise _fail(source, "missing 'key' (the clip id)")
     key = str(record["key"])
@@ -161,7 +184,7 @@ def _parse(record: dict[str, Any], source: str, protocol: Protocol | None) -> _R
         key=key,
         video=str(record["video"]) if _present(record, "video") else key,
         view=_int(record["view"], "view", source) if _present(record, "view") else 0,
-        fold=_fold_id(record["fold"]) if _present(record, "fold") else "1",
+        fold=_fold_id(record["fold"]) if _present(record, "fold") else default_fold,
         epoch=_int(record["epoch"], "epoch", source) if _present(record, "epoch") else -1,
         label=label,
         output=output,
@@ -269,9 +292,9 @@ def load_predictions(paths: Iterable[str | Path], protocol: Protocol | None = No
     files = [Path(p) for p in paths]
     if not files:
         raise PredictionFormatError("no predictions files given")
-    for path in files:
+    for index, path in enumerate(files, start=1):
         before = len(rows)
-        rows.extend(_parse(record, source, protocol) for source, record in _records(path))
+        rows.extend(_parse(record, source, protocol, str(index)) for source, record in _records(path))
         if len(rows) == before:
             raise PredictionFormatError(f"{path}: no prediction rows")
     kinds = {isinstance(r.label, tuple) for r in rows}
