@@ -1,0 +1,41 @@
+"""Bad inputs become reject rows with clear reasons; the run goes on."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from conftest import read_jsonl  # noqa: E402
+
+
+def test_bad_inputs_are_rejected_and_run_goes_on(tmp_path, canvas):
+    from avf_data.build import build
+    from avf_data.demo import write_av
+
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = np.repeat(canvas((160, 96), head=60)[None], 10, axis=0)
+    tone = (0.2 * np.sin(np.arange(8000) / 16000 * 2 * np.pi * 200)).astype(np.float32)
+    write_av(src / "no_audio.mp4", frames, None)
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "corrupt.mp4").write_bytes(os.urandom(2048))
+    raw = os.fsencode(str(src)) + b"/caf\xe9.mp4"  # Latin-1 name: not valid UTF-8
+    write_av(src / "tmp.mp4", frames, tone)
+    os.rename(src / "tmp.mp4", raw)
+    (src / "notes.txt").write_text("ignored: not a video\n")  # folders only pick video files
+    listing = tmp_path / "list.txt"
+    listing.write_text("# inputs\nmissing.mp4\n")
+    out = tmp_path / "out"
+    stats = build([str(src), str(listing)], out, workers=1, progress=False)
+    rejects = read_jsonl(out / "rejects.jsonl")
+    by_name = {os.path.basename(r["source"]): r for r in rejects}
+    assert by_name["no_audio.mp4"]["reason"] == "no audio track"
+    assert by_name["empty.mp4"]["reason"].startswith("zero length")
+    assert by_name["corrupt.mp4"]["reason"].startswith("corrupt")
+    assert by_name["missing.mp4"]["reason"] == "file does not exist"
+    bad_name = [r for r in rejects if "caf" in r["source"]]
+    assert bad_name and "UTF-8" in bad_name[0]["reason"] and "\\udce9" in bad_name[0]["source"]
+    assert all(r["stage"] == "decode" for r in rejects)
+    assert stats["inputs"] == 5 and stats["inputs_rejected"] == 5 and stats["clips"] == 0
+    assert (out / "report.md").exists() and (out / "manifest.jsonl").read_text() == ""

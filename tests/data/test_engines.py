@@ -1,0 +1,37 @@
+"""The Ray engine produces the same outputs as the local process pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl  # noqa: E402
+
+
+def _strip(rows):
+    return sorted((tuple(sorted((k, repr(v)) for k, v in r.items())) for r in rows))
+
+
+@pytest.mark.slow
+def test_ray_engine_matches_local(demo_build, tmp_path):
+    ray = pytest.importorskip("ray")
+    from avf_data.build import build
+
+    names = ["single_face", "two_faces", "long_silence", "corrupt"]
+    inputs = [str(demo_build["inputs"][n]) for n in names]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        stats = build(inputs, tmp_path / "ray", engine="ray", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    assert stats["run"]["engine"] == "ray"
+    man = read_jsonl(tmp_path / "ray" / "manifest.jsonl")
+    rej = read_jsonl(tmp_path / "ray" / "rejects.jsonl")
+    local_man = [r for r in demo_build["manifest"] if Path(r["source"]).stem in names]
+    local_rej = [r for r in demo_build["rejects"] if Path(r["source"]).stem in names]
+    assert [r["key"] for r in man] and sorted(r["key"] for r in man) == sorted(r["key"] for r in local_man)
+    assert _strip(man) == _strip(local_man)
+    assert _strip(rej) == _strip(local_rej)
+    assert sorted(p.name for p in (tmp_path / "ray" / "shards").glob("*.tar")) == sorted(
+        {Path(r["shard"]).name for r in local_man})

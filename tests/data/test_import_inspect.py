@@ -1,0 +1,104 @@
+"""Labelled import (CSV -> labelled shards + classes.json), inspect, config and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from avf_data.shards import iter_clips
+
+from conftest import read_jsonl  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def labelled(demo_build, tmp_path_factory):
+    from avf_data.cli import main
+
+    d = demo_build["inputs"]
+    tmp = tmp_path_factory.mktemp("import")
+    csv = tmp / "labels.csv"
+    csv.write_text(
+        "path,label,subject,fold,target_valence,target_arousal\n"
+        f"{d['single_face']},happy,s1,0,0.5,0.2\n"
+        f"{d['scene_cut']},sad,s2,1,-0.4,0.1\n"
+        f"{d['no_face']},sad,s3,1,0.0,0.0\n"
+        "missing.mp4,happy,s4,0,0,0\n"
+        f"{d['two_faces']},,s5,0,0,0\n"
+        f"{d['long_silence']},happy,s6,x,0,0\n")
+    out = tmp / "out"
+    assert main(["import", str(csv), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    return out
+
+
+def test_import_writes_labelled_shards(labelled):
+    classes = json.loads((labelled / "classes.json").read_text())
+    assert classes["classes"] == ["happy", "sad"]
+    manifest = read_jsonl(labelled / "manifest.jsonl")
+    by_label = {r["label_name"]: r for r in manifest}
+    assert set(by_label) == {"happy", "sad"}
+    # lenient options: the scene_cut video stays one clip (no scene/silence split)
+    assert len([r for r in manifest if "scene_cut" in r["source"]]) == 1
+    clips = list(iter_clips(labelled / "shards"))
+    assert len(clips) == 2
+    for c in clips:
+        assert c.label == classes["classes"].index(c.meta["label_name"])
+        assert c.meta["subject"] in ("s1", "s2") and isinstance(c.meta["fold"], int)
+        assert len(c.meta["targets"]) == 2 and c.frames.shape[1:] == (160, 160, 3)
+
+
+def test_import_bad_rows_are_rejects(labelled):
+    rejects = read_jsonl(labelled / "rejects.jsonl")
+    reasons = " | ".join(r["reason"] for r in rejects)
+    assert "empty label" in reasons and "fold" in reasons and "file does not exist" in reasons
+    assert any(r["stage"] == "face" and "no_face" in r["source"] for r in rejects)
+
+
+def test_import_no_curate(demo_build, tmp_path):
+    from avf_data.importer import import_csv
+
+    csv = tmp_path / "l.csv"
+    csv.write_text(f"{demo_build['inputs']['no_face']},2\n{demo_build['inputs']['two_faces']},0\n")
+    stats = import_csv(csv, tmp_path / "o", curate=False, workers=1, progress=False)
+    assert stats["clips"] == 2 and stats["classes"] == ["0", "1", "2"]
+    clips = {c.meta["label"]: c for c in iter_clips(tmp_path / "o" / "shards")}
+    assert set(clips) == {0, 2} and clips[2].frames.shape[1:] == (160, 160, 3)
+
+
+def test_inspect(demo_build, labelled, capsys):
+    from avf_data.cli import main
+    from avf_data.inspect_cmd import summarize
+
+    info = summarize(demo_build["out"])
+    assert info["samples"] == 5 and info["duplicate_keys"] == 0
+    assert info["stats"]["sync_scorer"] == "fallback_motion_envelope"
+    assert info["example"]["frames"][1:] == [160, 160, 3]
+    assert main(["inspect", str(labelled)]) == 0
+    text = capsys.readouterr().out
+    assert "2 samples" in text and "classes" in text
+
+
+def test_config_yaml(tmp_path):
+    from avf_data.config import BuildConfig, load_config
+
+    p = tmp_path / "c.yaml"
+    p.write_text("crop:\n  out_size: 224\n  margin: 2\nsilence:\n  max_clip_seconds: 10\nworkers_typo: 1\n")
+    with pytest.raises(ValueError, match="unknown config key 'workers_typo'"):
+        load_config(p)
+    p.write_text("crop:\n  out_size: 224\n  margin: 2\nsilence:\n  max_clip_seconds: 10\n")
+    cfg = load_config(p)
+    assert cfg.crop.out_size == 224 and cfg.crop.margin == 2.0 and cfg.silence.max_clip_seconds == 10.0
+    assert BuildConfig.from_dict(cfg.to_dict()) == cfg
+    p.write_text("crop:\n  out_size: big\n")
+    with pytest.raises(ValueError, match="out_size"):
+        load_config(p)
+
+
+def test_cli_help_teaches(capsys):
+    from avf_data.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = capsys.readouterr().out
+    for word in ("--demo", "--engine", "--syncnet-weights", "manifest.jsonl", "rejects.jsonl", "RetinaFace"):
+        assert word in text
