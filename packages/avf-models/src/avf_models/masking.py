@@ -8,6 +8,7 @@ device (CPU by default) and moved to ``device`` afterwards.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -38,17 +39,23 @@ def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float, generator: t
     return spatial[:, None, :].expand(batch, t, h * w).reshape(batch, t * h * w)
 
 
+@functools.lru_cache(maxsize=8)
 def running_cell_patterns(grid: tuple[int, int, int], ratio: float = 0.5) -> torch.Tensor:
     """The 4 running-cell maps (VideoMAE V2) as a bool tensor (4, T*H*W).
 
     A 2x2 cell holds the queue [1]*k + [0]*(4-k) with k = int(4*ratio).  For start offset p and
     temporal slot t the cell is the queue rotated by p+t+1, and it is tiled over the H x W grid, so each
     frame is exactly ``ratio`` hidden and every position cycles through hidden/visible over time.
+    Cached per (grid, ratio) and always built on CPU; treat the result as read-only.
     """
     t, h, w = grid
     if h % 2 or w % 2:
         raise ValueError("running-cell masking needs an even spatial grid")
-    k = int(4 * ratio)
+    with torch.device("cpu"):
+        return _build_running_cell(t, h, w, int(4 * ratio))
+
+
+def _build_running_cell(t: int, h: int, w: int, k: int) -> torch.Tensor:
     queue = torch.tensor([1] * k + [0] * (4 - k), dtype=torch.bool)
     maps = []
     for p in range(4):
