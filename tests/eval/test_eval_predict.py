@@ -81,3 +81,57 @@ def test_bad_checkpoint_messages(tmp_path: Path, demo_videos: dict[str, Path]) -
         load_model(bare)
     with pytest.raises(ValueError, match="does not exist"):
         load_model(tmp_path / "missing.pt")
+
+
+def _avf_train_run(tmp_path: Path, task: str, num_classes: int, label_map: str) -> Path:
+    """A run folder written with avf-train's own config and checkpoint helpers."""
+    config = pytest.importorskip("avf_train.config")
+    ckpt_io = pytest.importorskip("avf_train.checkpoint")
+    from avf_models import create_model
+
+    cfg = config.stage_defaults("finetune")
+    cfg.model.name = "tiny"
+    cfg.finetune.task = task
+    cfg.finetune.num_classes = num_classes if not label_map else 0
+    cfg.data.label_map = label_map
+    overrides = {"task": "regression"} if task == "dea" else {}
+    model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=num_classes, **overrides)
+    payload = {"stage": "finetune", "model_name": config.resolve_model_name(cfg.model.name), "model": model.state_dict(),
+               "step": 10, "epoch": 1.0, "config": config.to_dict(cfg)}
+    ckpt_io.save(tmp_path / "run", 10, payload)
+    return tmp_path / "run"
+
+
+def test_avf_train_checkpoint_layout(tmp_path: Path) -> None:
+    from avf_eval.predict.views import clip_views
+
+    loaded = load_model(_avf_train_run(tmp_path, "cea", 13, "cea13"))
+    assert loaded.model_name == "avfmae_pp_tiny" and len(loaded.names) == 13
+    assert loaded.names_source == "training label map" and "Happy" in loaded.names
+    assert (loaded.views.segments, loaded.views.crops, loaded.views.stride) == (2, 2, 4)
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (80, 160, 160, 3), dtype=np.uint8)
+    video, audio = clip_views(frames, 25.0, rng.normal(scale=0.1, size=16000 * 4).astype(np.float32), 16000, loaded.views)
+    assert video.shape == (2, 3, 16, 160, 160) and audio.shape == (2, 1, 256, 128)  # square crops coincide
+    with torch.no_grad():
+        assert loaded.model(video, audio).shape == (2, 13)
+
+
+def test_avf_train_regression_checkpoint_uses_protocol_names(tmp_path: Path) -> None:
+    loaded = load_model(_avf_train_run(tmp_path, "dea", 3, ""), protocol=get_protocol("werewolf-xl"))
+    assert loaded.task == "regression" and loaded.names == ("arousal", "valence", "dominance")
+    with pytest.raises(ValueError, match="regression model but protocol dfew is classification"):
+        load_model(tmp_path / "run", protocol=get_protocol("dfew"))
+    with pytest.raises(ValueError, match="3 outputs but protocol avcaffe-arousal names 4"):
+        load_model(_avf_train_run(tmp_path / "b", "cea", 3, ""), protocol=get_protocol("avcaffe-arousal"))
+
+
+def test_render_text() -> None:
+    from avf_eval.predict import ClipPrediction, VideoPrediction, render_prediction
+
+    result = VideoPrediction(video="v.mp4", checkpoint="c.pt", model_name="m", task="classification",
+                             names=["a", "b", "c"], names_source="checkpoint",
+                             clips=[ClipPrediction("k0", 0.0, 2.0, 2, [0.2, 0.7, 0.1])], scores=[0.2, 0.7, 0.1],
+                             rejects=[{"stage": "silence", "reason": "silence (0.5 s)", "start": 2.0, "end": 2.5}])
+    text = render_prediction(result)
+    assert result.top == "b" and "b 70.0%" in text and "silence" in text

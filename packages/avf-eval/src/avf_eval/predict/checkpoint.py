@@ -99,6 +99,11 @@ def _label_map_names(spec: str) -> tuple[str, ...] | None:
 
 
 def _names(ckpt: dict[str, Any], config: dict[str, Any], task: str, count: int, protocol: Protocol | None) -> tuple[tuple[str, ...], str]:
+    if protocol is not None:
+        if protocol.kind != task:
+            raise CheckpointError(f"the checkpoint is a {task} model but protocol {protocol.name} is {protocol.kind}")
+        if protocol.output_size != count:
+            raise CheckpointError(f"the model has {count} outputs but protocol {protocol.name} names {protocol.output_size}")
     stored = ckpt.get("dimensions") if task == "regression" else ckpt.get("class_names")
     candidates: list[tuple[Any, str]] = [(stored, "checkpoint")]
     candidates.append((_label_map_names(str(_section(config, "data").get("label_map") or "")), "training label map"))
@@ -107,8 +112,6 @@ def _names(ckpt: dict[str, Any], config: dict[str, Any], task: str, count: int, 
     for names, source in candidates:
         if names and len(names) == count:
             return tuple(str(n) for n in names), source
-        if names and source.startswith("protocol"):
-            raise CheckpointError(f"the model has {count} outputs but protocol {protocol.name} names {len(names)}")  # type: ignore[union-attr]
     prefix = "dim" if task == "regression" else "class"
     return tuple(f"{prefix}_{i}" for i in range(count)), "unnamed (pass --protocol to name them)"
 
