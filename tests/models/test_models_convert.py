@@ -135,3 +135,21 @@ def test_cli_info_and_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     bad = _save_official(sd, tmp_path / "bad.pth")
     assert cli.main(["convert", str(bad), str(tmp_path / "x.pth")]) == 2
     assert "head.bias" in capsys.readouterr().err
+
+
+def test_load_model_from_converted_and_official(tmp_path: Path) -> None:
+    from avf_models import load_model
+
+    torch.manual_seed(0)
+    pre = create_model("avfmae_pp_tiny")
+    official = {ours_to_official_key(k): v for k, v in pre.state_dict().items()}
+    src = _save_official(official, tmp_path / "tiny_official.pth", return_intermediate_features=[0, 1])
+    # official file, same stage
+    m = load_model(src)
+    assert m.config.embed_dim == 64 and m.config.skip_layers == (0, 1)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), pre.state_dict().values()))
+    # converted file, into a fine-tuning model with a new head
+    convert_checkpoint(src, tmp_path / "ours.pth")
+    ft = load_model(tmp_path / "ours.pth", stage="finetune", num_classes=5)
+    assert ft.head.out_features == 5
+    assert torch.equal(ft.encoder.norm.weight, pre.encoder.norm.weight)

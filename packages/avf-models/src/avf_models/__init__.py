@@ -4,16 +4,18 @@ Public API::
 
     create_model(name, stage="pretrain"|"finetune", num_classes=None, **overrides) -> nn.Module
     load_pretrained_into_finetune(model, state_dict) -> LoadReport
+    load_model(path, stage=None, **overrides) -> nn.Module   (our converted or official .pth)
+    optim.param_groups(model, weight_decay, layer_decay) -> AdamW groups (official rules)
     convert_checkpoint(src, dst) / convert_official_state_dict(state_dict)
     attention.set_backend("auto"|"sdpa"|"xformers")
     features.log_mel_fbank(waveform_16k) -> (256, 128)
     masking.PretrainMaskGenerator(config)(batch, generator=...) -> PretrainMasks
 """
 
-from . import attention, features, masking
+from . import attention, features, masking, optim
 from .config import CONFIGS, InputSpec, ModelConfig, get_config
 from .convert import (LoadReport, convert_checkpoint, convert_official_state_dict, load_checkpoint,
-                      load_pretrained_into_finetune)
+                      load_model, load_pretrained_into_finetune)
 from .factory import MODEL_NAMES, count_parameters, create_model
 from .finetune import AVFMAEFinetune
 from .masking import PretrainMasks
@@ -25,5 +27,5 @@ __all__ = [
     "AVFMAEFinetune", "AVFMAEPretrain", "CONFIGS", "InputSpec", "LoadReport", "MODEL_NAMES", "ModelConfig",
     "PretrainMasks", "PretrainOutput", "attention", "convert_checkpoint", "convert_official_state_dict",
     "count_parameters", "create_model", "features", "get_config", "load_checkpoint",
-    "load_pretrained_into_finetune", "masking",
+    "load_model", "load_pretrained_into_finetune", "masking", "optim",
 ]

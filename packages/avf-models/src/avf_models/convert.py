@@ -235,3 +235,37 @@ def load_pretrained_into_finetune(model: nn.Module, state_dict: dict[str, torch.
     report.loaded = sorted(to_load)
     report.missing = sorted(k for k in own if k not in to_load)
     return report
+
+
+def load_model(path: str | Path, stage: str | None = None, map_location: str | torch.device = "cpu",
+               **overrides: object) -> nn.Module:
+    """Build a model from a checkpoint file and load it strictly.
+
+    Works for files written by ``convert_checkpoint`` (config stored inside) and for official
+    checkpoints (converted in memory).  ``stage="finetune"`` on a pre-training file builds a fine-tuning
+    model and loads the backbone with ``load_pretrained_into_finetune``; then pass e.g.
+    ``num_classes=7``.  Other ``overrides`` are ModelConfig fields (drop_path_rate, modality, ...).
+    """
+    from .finetune import AVFMAEFinetune
+    from .pretrain import AVFMAEPretrain
+
+    sd, container = load_checkpoint(path)
+    sd = convert_official_state_dict(sd)
+    if isinstance(container.get("config"), dict):
+        stored = dict(container["config"])
+        for k in ("region_size", "region_size_audio", "skip_layers"):
+            stored[k] = tuple(stored[k])
+        cfg, file_stage = ModelConfig(**stored), container.get("stage", "pretrain")
+    else:
+        cfg, file_stage = infer_config(sd, container.get("args"))
+    stage = stage or file_stage
+    if stage == "finetune" and file_stage == "pretrain":
+        overrides.setdefault("drop_path_rate", 0.1)
+        model = AVFMAEFinetune(dataclasses.replace(cfg, **overrides).validate())
+        load_pretrained_into_finetune(model, sd)
+        return model.to(map_location)
+    cfg = dataclasses.replace(cfg, **overrides).validate()
+    model = AVFMAEPretrain(cfg) if stage == "pretrain" else AVFMAEFinetune(cfg)
+    check_state_dict(model, sd)
+    model.load_state_dict(sd)
+    return model.to(map_location)
