@@ -133,6 +133,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     reasons: Counter[str] = Counter()
     reject_seconds: Counter[str] = Counter()
     methods: Counter[str] = Counter()
+    timing: Counter[str] = Counter()
     tot = {"inputs": 0, "inputs_rejected": 0, "clips": 0, "frames_in": 0, "seconds_in": 0.0,
            "seconds_accepted": 0.0, "seconds_rejected": 0.0, "processing_seconds": 0.0}
     for rec in records:
@@ -158,6 +159,8 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
             reject_seconds[r["stage"]] += r["seconds"]
         for m in rec.get("sync_methods", []):
             methods[m] += 1
+        for k, v in rec.get("timing", {}).items():
+            timing[k] += v
     for d in stages.values():
         d["seconds_in"] = round(d["seconds_in"], 3)
         d["seconds_out"] = round(d["seconds_out"], 3)
@@ -165,7 +168,8 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         tot[k] = round(tot[k], 3)
     return {**tot, "stages": stages, "rejects_by_reason": dict(reasons.most_common()),
             "rejected_seconds_by_stage": {k: round(v, 3) for k, v in reject_seconds.items()},
-            "sync_methods": dict(methods)}
+            "sync_methods": dict(methods),
+            "stage_cpu_seconds": {k: round(v, 3) for k, v in timing.items()}}
 
 
 def _reason_kind(reason: str) -> str:
@@ -224,6 +228,7 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
     workers = default_workers() if workers is None else workers
     t0 = time.perf_counter()
     frames = clips = 0
+    busy = 0.0
     by_stage: Counter[str] = Counter()
     if engine == "local":
         results = run_local(todo, cfg, str(out), weights, workers)
@@ -237,6 +242,7 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
         for rec in results:
             _append_done(log, rec)
             frames += rec.get("frames", 0)
+            busy += rec.get("proc_seconds", 0.0)
             clips += len(rec["manifest"])
             for r in rec["rejects"]:
                 by_stage[r["stage"]] += 1
@@ -251,5 +257,7 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
                 "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
                 "frames_per_second_per_core": round(frames / wall / max(1, workers), 2) if wall > 0 else 0.0,
                 "clips_per_second": round(clips / wall, 3) if wall > 0 else 0.0,
+                # throughput of one busy worker (excludes pool start-up and idle time)
+                "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
                 "syncnet_weights": path_text(weights) if weights else None}
     return write_outputs(out, cfg, run_info)

@@ -33,6 +33,7 @@ class MediaConfig:
         (detection and 160 px crops do not need more; it bounds memory).
     max_seconds: longer inputs are rejected (the whole input is held in memory).
     min_seconds: shorter (or empty) inputs are rejected as zero length.
+    decode_threads: codec threads per decode (1 suits a pool with one worker per core).
     vfr_tolerance: relative spread of frame durations above which the input is called
         variable frame rate. VFR inputs are resampled to constant rate like any other
         unless ``reject_vfr`` is set.
@@ -46,6 +47,7 @@ class MediaConfig:
     min_seconds: float = 0.04
     vfr_tolerance: float = 0.5
     reject_vfr: bool = True
+    decode_threads: int = 1
 
 
 @dataclass
@@ -155,7 +157,9 @@ def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media
 def _decode_video(container, vstream, cfg: MediaConfig, width: int, height: int):
     import av
 
-    vstream.thread_type = "AUTO"
+    if cfg.decode_threads != 1:
+        vstream.thread_type = "AUTO"
+        vstream.codec_context.thread_count = max(0, cfg.decode_threads)
     rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
     src_fps = float(rate) if rate else 0.0
     tb = vstream.time_base or Fraction(1, 1_000_000)

@@ -129,6 +129,12 @@ class InputResult:
     sync_methods: list[str] = field(default_factory=list)
     proc_seconds: float = 0.0
     decode_seconds: float = 0.0
+    timing: dict[str, float] = field(default_factory=dict)  # seconds spent per stage
+
+    def tick(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.timing[stage] = round(self.timing.get(stage, 0.0) + now - t0, 4)
+        return now
 
     def count(self, stage: str, n_in: int, n_out: int, s_in: float, s_out: float) -> None:
         d = self.stages.setdefault(stage, {"in": 0, "out": 0, "seconds_in": 0.0, "seconds_out": 0.0})
@@ -200,6 +206,7 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
             res.reject("decode", 0.0, dur, str(exc))
             return _finish(res, t0)
         res.decode_seconds = round(time.perf_counter() - t0, 4)
+        res.tick("decode", t0)
         res.seconds = round(media.seconds, 6)
         res.frames = media.num_frames
         res.count("decode", 1, 1, media.seconds, media.seconds)
@@ -215,11 +222,13 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
                    traceback=traceback.format_exc(limit=4))
         return _finish(res, t0)
     if out is not None and samples:
+        tw = time.perf_counter()
         shard_dir = out / "shards"
         with ShardWriter(shard_dir, prefix=iid, max_count=max(1, cfg.output.shard_max_count)) as writer:
             for s, row in zip(samples, res.manifest):
                 row["shard"] = writer.write(s).relative_to(out).as_posix()
         res.shards = [p.relative_to(out).as_posix() for p in writer.written]
+        res.tick("write", tw)
     return _finish(res, t0)
 
 
@@ -242,6 +251,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
             extra["thumb"] = _thumb(thumbs, f"{res.input_id}/r{len(res.rejects):03d}", frames[thumb_frame])
         res.reject(stage, sec(a), sec(b), reason, **extra)
 
+    tt = time.perf_counter()
     # ---- stage 1: scene cut
     n = media.num_frames
     if cfg.enable_scene:
@@ -254,6 +264,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
     for seg, reason in rejected:
         reject_frames("scene", seg.start, seg.end, reason, (seg.start + seg.end) // 2)
     res.count("scene", 1, len(segments), sec(n), sec(sum(s.length for s in segments)))
+    tt = res.tick("scene", tt)
 
     # ---- stage 2: dlib face filter per segment
     kept: list[tuple[Segment, list[float]]] = []
@@ -269,6 +280,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
             kept.append((seg, _clean(fc.scores)))
     res.count("face", len(segments), len(kept), sec(sum(s.length for s in segments)),
               sec(sum(s.length for s, _ in kept)))
+    tt = res.tick("face", tt)
 
     # ---- stage 3: silence split
     clips: list[tuple[int, int, Segment, list[float]]] = []
@@ -287,6 +299,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
                 clips.append((a, b, seg, dlib_scores))
     res.count("silence", len(kept), len(clips), sec(sum(s.length for s, _ in kept)),
               sec(sum(b - a for a, b, _, _ in clips)))
+    tt = res.tick("silence", tt)
 
     # ---- stages 4 and 5 per clip
     samples: list[ClipSample] = []
@@ -297,7 +310,9 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
         c = counts["crop"]
         c[0] += 1
         c[2] += L
+        tt = time.perf_counter()
         crop = crop_clip(frames[a:b], cfg.crop)
+        tt = res.tick("crop", tt)
         if crop.reason:
             reject_frames("crop", a, b, crop.reason, (a + b) // 2, key=key)
             continue
@@ -329,6 +344,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
             if r.method not in res.sync_methods:
                 res.sync_methods.append(r.method)
             reason = sync_reject_reason(r, cfg.sync)
+            tt = res.tick("sync", tt)
             if reason and cfg.enable_sync:
                 reject_frames("sync", a, b, reason, (a + b) // 2, key=key, sync=sj)
                 continue
@@ -351,6 +367,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
             meta["blur"] = float(q.blur)
             meta["motion"] = float(q.motion)
             reason = quality_reject_reason(q, cfg.quality)
+            tt = res.tick("quality", tt)
             if reason and cfg.enable_quality:
                 reject_frames("quality", a, b, reason, (a + b) // 2, key=key, blur=meta["blur"])
                 continue

@@ -90,7 +90,8 @@ def write_report(out: Path, stats: dict[str, Any], manifest: list[dict[str, Any]
         f"- last run: engine `{run.get('engine')}`, {run.get('workers')} workers, "
         f"{run.get('inputs_processed')} inputs processed ({run.get('inputs_skipped_resume')} already done), "
         f"{run.get('wall_seconds')} s wall, {run.get('frames_per_second')} frames/s "
-        f"({run.get('frames_per_second_per_core')} per worker)", "",
+        f"({run.get('frames_per_second_per_core')} per worker incl. start-up; "
+        f"{run.get('frames_per_worker_second')} per busy worker-second)", "",
         "## Stages", "",
         "| stage | in | out | seconds in | seconds out |", "|---|---:|---:|---:|---:|",
     ]
