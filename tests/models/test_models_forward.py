@@ -236,3 +236,11 @@ def test_bad_input_shape_is_explained(tiny) -> None:
 def test_config_rejects_indivisible_audio_ratio() -> None:
     with pytest.raises(ValueError, match="0.8125"):
         get_config("avfmae_pp_base", mask_ratio_audio=0.8)
+
+
+def test_masks_with_wrong_counts_are_rejected(tiny) -> None:
+    video, audio = _inputs()
+    masks = tiny.generate_masks(2, generator=torch.Generator().manual_seed(0))
+    masks.audio[0, torch.nonzero(masks.audio[0])[0]] = False  # one extra visible audio token
+    with pytest.raises(RuntimeError, match="audio"):
+        tiny(video, audio, masks=masks)

@@ -104,12 +104,30 @@ class AVFMAEPretrain(nn.Module):
         skips_d = [proj(s) + pos_vis for s in skips]
         return torch.cat((x_vis, x_mask), dim=1), skips_d
 
+    def _check_masks(self, masks: PretrainMasks, batch: int) -> None:
+        """Visible counts must equal the config's static counts (token grouping depends on them).
+
+        Uses ``torch._assert_async``: it raises at once on CPU and without a host sync on CUDA (a device
+        assert), and it compiles into the graph.
+        """
+        c = self.config
+        expected = ((masks.video, c.num_patches - c.num_visible, "video"),
+                    (masks.audio, c.num_patches_audio - c.num_visible_audio, "audio"),
+                    (masks.video_decoder, c.num_patches - c.num_decode, "video_decoder"),
+                    (masks.audio_decoder, c.num_patches_audio - c.num_decode_audio, "audio_decoder"))
+        for m, hidden, name in expected:
+            if m.shape[0] != batch or m.dim() != 2:
+                raise ValueError(f"mask {name} has shape {tuple(m.shape)}, expected ({batch}, N)")
+            torch._assert_async((m.sum(dim=1) == hidden).all(),
+                                f"mask {name}: every sample must hide exactly {hidden} tokens")
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor, masks: PretrainMasks | None = None,
                 generator: torch.Generator | None = None) -> PretrainOutput:
         c = self.config
         b = video.shape[0]
         if masks is None:
             masks = self.generate_masks(b, device=video.device, generator=generator)
+        self._check_masks(masks, b)
         vis_v = visible_indices(masks.video, c.num_visible)
         vis_a = visible_indices(masks.audio, c.num_visible_audio)
         dec_v = visible_indices(masks.video_decoder, c.num_decode)
