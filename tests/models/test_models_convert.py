@@ -74,7 +74,7 @@ def test_loading_is_weights_only(tmp_path: Path) -> None:
             return (print, ("pwned",))
 
     torch.save({"model": {"x": torch.zeros(1)}, "payload": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="weights_only"):
         load_checkpoint(tmp_path / "evil.pth")
 
 

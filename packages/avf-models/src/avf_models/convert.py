@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +98,13 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     Accepts the official container (``{'model': ..., 'args': Namespace, ...}``), one with ``'module'``
     or ``'state_dict'``, our converted files, or a bare state dict.
     """
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(
+            f"{path}: the checkpoint holds Python objects other than tensors, containers and "
+            f"argparse.Namespace, so it is not loaded (weights_only=True). Details: {e}") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     for key in ("model", "module", "state_dict"):

@@ -26,7 +26,8 @@ class AVFMAEFinetune(nn.Module):
     layer-weighted region tokens are mean-pooled, then fc_norm(C) and head.  These variants are not in
     the official release; their backbone keys still load from the official checkpoints.
 
-    ``task="regression"`` applies ``head_activation`` after the head and ``compute_loss`` uses MSE;
+    ``task="regression"`` applies ``head_activation`` after the head (as HiCMAE's regression script does;
+    the official AVF-MAE++ release has no regression path) and ``compute_loss`` uses MSE;
     classification uses cross-entropy (hard labels or soft/mixup targets).
     """
 
