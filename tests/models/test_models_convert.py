@@ -153,3 +153,11 @@ def test_load_model_from_converted_and_official(tmp_path: Path) -> None:
     ft = load_model(tmp_path / "ours.pth", stage="finetune", num_classes=5)
     assert ft.head.out_features == 5
     assert torch.equal(ft.encoder.norm.weight, pre.encoder.norm.weight)
+
+
+def test_hicmae_finetune_checkpoints_are_refused_clearly() -> None:
+    from avf_models.convert import infer_config
+
+    sd = {k: torch.empty(s) for k, s in official_keys("hicmae_B_finetune_nc11")}
+    with pytest.raises(CheckpointMismatchError, match="HiCMAE fine-tuning"):
+        infer_config(sd)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from avf_models import get_config
-from avf_models.masking import (PretrainMaskGenerator, random_mask, running_cell_mask, running_cell_patterns,
-                                tube_mask, visible_indices)
+from avf_models.masking import (PretrainMaskGenerator, PretrainMasks, random_mask, running_cell_mask,
+                                running_cell_patterns, tube_mask, visible_indices)
 
 GRID = (8, 10, 10)
 
@@ -89,3 +89,13 @@ def test_visible_indices_sorted_and_exact() -> None:
     assert idx.shape == (3, 80)
     assert (idx[:, 1:] > idx[:, :-1]).all()
     assert (~torch.gather(m, 1, idx)).all()
+
+
+def test_masks_cat_and_dict_round_trip() -> None:
+    gen = PretrainMaskGenerator(get_config("avfmae_pp_tiny"))
+    parts = [gen(1, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    whole = PretrainMasks.cat(parts)
+    assert whole.video.shape == (3, 800) and whole.audio_decoder.shape == (3, 128)
+    assert torch.equal(whole.audio[2], parts[2].audio[0])
+    again = PretrainMasks(**whole.as_dict())
+    assert torch.equal(again.video_decoder, whole.video_decoder)

@@ -177,7 +177,8 @@ class IAVCL(nn.Module):
         self.er = ERLayer(dim)
         self.hafe = HAFELayer(dim, num_heads, mlp_ratio, 0.5 * drop_path_rate)
 
-    def forward(self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor):
+    def forward(self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor) -> tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         v_units, a_units = [], []
         for blk in self.blocks:
             v, a = blk(v, a)
@@ -201,7 +202,8 @@ class CSFusion(nn.Module):
         self.norm = layer_norm(dim)
         self.norm_audio = layer_norm(dim)
 
-    def forward(self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor | None = None):
+    def forward(self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor | None = None) -> tuple[
+            torch.Tensor, torch.Tensor, None, list[torch.Tensor], list[torch.Tensor]]:
         for blk, blk_a in zip(self.blocks, self.blocks_audio):
             v, a = blk(v, a), blk_a(a, v)
         return self.norm(v), self.norm_audio(a), None, [], []

@@ -91,6 +91,17 @@ class PretrainMasks:
     video_decoder: torch.Tensor
     audio_decoder: torch.Tensor
 
+    @classmethod
+    def cat(cls, parts: list["PretrainMasks"]) -> "PretrainMasks":
+        """Concatenate along the batch (e.g. per-sample masks made in data-loader workers)."""
+        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                     ("video", "audio", "video_decoder", "audio_decoder")))
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """Plain dict (collate-friendly); rebuild with ``PretrainMasks(**d)``."""
+        return {"video": self.video, "audio": self.audio, "video_decoder": self.video_decoder,
+                "audio_decoder": self.audio_decoder}
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "PretrainMasks":
         return PretrainMasks(*(m.to(device, non_blocking=non_blocking) for m in
                                (self.video, self.audio, self.video_decoder, self.audio_decoder)))
