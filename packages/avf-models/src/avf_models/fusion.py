@@ -207,5 +207,3 @@ class CSFusion(nn.Module):
         for blk, blk_a in zip(self.blocks, self.blocks_audio):
             v, a = blk(v, a), blk_a(a, v)
         return self.norm(v), self.norm_audio(a), None, [], []
-
-

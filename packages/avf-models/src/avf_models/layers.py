@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 import torch
 from torch import nn
 
@@ -121,7 +119,5 @@ def init_linear_xavier(module: nn.Module) -> None:
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Linearly increasing stochastic-depth rates, one per layer."""
     if depth <= 1:
-        return [0.0] * depth if rate == 0 else [0.0]
+        return [0.0] * depth
     return [rate * i / (depth - 1) for i in range(depth)]
-
-

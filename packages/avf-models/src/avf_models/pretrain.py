@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -161,4 +161,4 @@ class AVFMAEPretrain(nn.Module):
         return PretrainOutput(loss, loss_v, loss_a, loss_c, pred_v, pred_a, masks)
 
     def extra_repr(self) -> str:
-        return f"config={asdict(self.config)['name']}"
+        return f"config={self.config.name}"
