@@ -99,3 +99,19 @@ def test_rerun_skips_finished_inputs(demo_build, tmp_path):
     stats = build([str(p) for p in demo_build["inputs"].values()], demo_build["out"], workers=1, progress=False)
     assert stats["run"]["inputs_processed"] == 0 and stats["run"]["inputs_skipped_resume"] == 7
     assert (demo_build["out"] / "manifest.jsonl").read_text() == before
+
+
+def test_long_inputs_are_curated_in_chunks(demo_inputs):
+    """chunk_seconds bounds memory; accounting and keys still hold across chunk boundaries."""
+    from avf_data.config import BuildConfig
+    from avf_data.pipeline import process_input
+
+    cfg = BuildConfig()
+    cfg.media.chunk_seconds = 3.0
+    r = process_input(str(demo_inputs["long_silence"]), None, cfg)
+    assert len(r["manifest"]) == 2
+    spans = sorted((x["start"], x["end"]) for x in r["manifest"] + r["rejects"])
+    assert spans[0][0] == 0.0 and abs(spans[-1][1] - r["seconds"]) < 1e-6
+    assert all(abs(a2 - b1) < 1e-6 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+    keys = [x["key"] for x in r["manifest"]]
+    assert len(set(keys)) == len(keys)

@@ -31,7 +31,9 @@ class MediaConfig:
     max_pixels: inputs with more pixels per frame are rejected as "huge resolution".
     max_work_side: frames whose longer side exceeds this are downscaled at decode time
         (detection and 160 px crops do not need more; it bounds memory).
-    max_seconds: longer inputs are rejected (the whole input is held in memory).
+    max_seconds: longer inputs are rejected.
+    chunk_seconds: the pipeline holds at most this much decoded video in memory; longer
+        inputs are curated chunk by chunk (a chunk boundary acts as a scene cut).
     min_seconds: shorter (or empty) inputs are rejected as zero length.
     decode_threads: codec threads per decode (1 suits a pool with one worker per core).
     vfr_tolerance: relative spread of frame durations above which the input is called
@@ -43,7 +45,8 @@ class MediaConfig:
     sample_rate: int = SAMPLE_RATE
     max_pixels: int = 4096 * 2304
     max_work_side: int = 1280
-    max_seconds: float = 600.0
+    max_seconds: float = 4 * 3600.0
+    chunk_seconds: float = 60.0
     min_seconds: float = 0.04
     vfr_tolerance: float = 0.5
     reject_vfr: bool = True
@@ -61,6 +64,7 @@ class Media:
     source_fps: float
     source_size: tuple[int, int]  # (width, height) before any downscale
     audio_coverage: float  # fraction of the video duration that the audio track covered
+    start_frame: int = 0  # offset of this chunk in the whole input (see iter_media)
 
     @property
     def num_frames(self) -> int:
@@ -100,14 +104,22 @@ def probe_seconds(path: str | os.PathLike) -> float:
 
 
 def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media:
-    """Decode ``path`` once: video resampled to ``cfg.fps``, audio to ``cfg.sample_rate`` mono.
+    """Decode ``path`` once into one :class:`Media`: video resampled to ``cfg.fps``, audio to
+    ``cfg.sample_rate`` mono. Raises MediaError (see :func:`iter_media`)."""
+    chunks = list(iter_media(path, cfg, chunk_frames=0))
+    if len(chunks) == 1:
+        return chunks[0]
+    first = chunks[0]
+    return Media(frames=np.concatenate([c.frames for c in chunks]), audio=np.concatenate([c.audio for c in chunks]),
+                 fps=first.fps, sample_rate=first.sample_rate, source_fps=first.source_fps,
+                 source_size=first.source_size,
+                 audio_coverage=float(np.mean([c.audio_coverage for c in chunks])))
 
-    Raises MediaError for: unreadable/corrupt files, missing video or audio stream, zero
-    length, variable frame rate (when ``reject_vfr``), huge resolution, too long inputs.
-    """
+
+def open_checked(path: str | os.PathLike, cfg: MediaConfig):
+    """Open ``path`` with PyAV after the cheap checks; returns the container."""
     import av
 
-    cfg = cfg or MediaConfig()
     fspath = os.fspath(path)
     if isinstance(fspath, str):
         try:
@@ -122,7 +134,7 @@ def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media
         container = av.open(fspath)
     except Exception as exc:  # av.error.InvalidDataError and friends
         raise MediaError(f"corrupt or unsupported file: cannot open ({type(exc).__name__}: {exc})") from None
-    with container:
+    try:
         if not container.streams.video:
             raise MediaError("no video stream")
         if not container.streams.audio:
@@ -133,71 +145,122 @@ def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media
             raise MediaError(f"huge resolution {width}x{height} (> {cfg.max_pixels} pixels)")
         if container.duration and container.duration / 1e6 > cfg.max_seconds:
             raise MediaError(f"too long: {container.duration / 1e6:.1f} s > max_seconds {cfg.max_seconds}")
-        frames, times, src_fps = _decode_video(container, vstream, cfg, width, height)
-    if not frames:
-        raise MediaError("zero length: no decodable video frames")
-    times_arr = np.asarray(times, dtype=np.float64)
-    _check_vfr(times_arr, cfg)
-    duration = _video_duration(times_arr, src_fps)
-    if duration < cfg.min_seconds:
-        raise MediaError(f"zero length: {duration:.3f} s of video")
-    if duration > cfg.max_seconds:
-        raise MediaError(f"too long: {duration:.1f} s > max_seconds {cfg.max_seconds}")
-    out = _resample_frames(frames, times_arr, duration, cfg.fps)
-    audio, covered = _decode_audio(fspath, cfg.sample_rate)
-    n_samples = int(round(len(out) / cfg.fps * cfg.sample_rate))
-    coverage = min(1.0, covered / n_samples) if n_samples else 0.0
-    if len(audio) < n_samples:
-        audio = np.pad(audio, (0, n_samples - len(audio)))
-    audio = audio[:n_samples].astype(np.float32, copy=False)
-    return Media(frames=out, audio=audio, fps=cfg.fps, sample_rate=cfg.sample_rate,
-                 source_fps=src_fps, source_size=(width, height), audio_coverage=coverage)
+    except MediaError:
+        container.close()
+        raise
+    return container
+
+
+def iter_media(path: str | os.PathLike, cfg: MediaConfig | None = None, chunk_frames: int = 0):
+    """Decode ``path`` once, yielding consecutive :class:`Media` chunks of ``chunk_frames``
+    output frames (0 = everything in one chunk); ``chunk.start_frame`` is its offset.
+
+    Memory stays bounded by one chunk of frames (audio is decoded whole: it is small).
+    Raises MediaError for: unreadable/corrupt files, missing video or audio stream, zero
+    length, variable frame rate (when ``reject_vfr``), huge resolution, too long inputs; the
+    VFR and length checks may only fire after some chunks were yielded.
+    """
+    cfg = cfg or MediaConfig()
+    fspath = os.fspath(path)
+    container = open_checked(fspath, cfg)
+    with container:
+        vstream = container.streams.video[0]
+        width, height = int(vstream.codec_context.width or 0), int(vstream.codec_context.height or 0)
+        audio, covered = _decode_audio(fspath, cfg.sample_rate)
+        fps = cfg.fps
+        spf = cfg.sample_rate / fps
+        src_fps = 0.0
+        buf: list[np.ndarray] = []
+        start = 0
+
+        def emit(final: bool):
+            nonlocal buf, start
+            frames = np.stack(buf)
+            a0, a1 = int(round(start * spf)), int(round((start + len(frames)) * spf))
+            chunk_audio = audio[a0:a1]
+            if len(chunk_audio) < a1 - a0:
+                chunk_audio = np.pad(chunk_audio, (0, a1 - a0 - len(chunk_audio)))
+            cov = min(1.0, max(0, covered - a0) / max(1, a1 - a0))
+            m = Media(frames=frames, audio=chunk_audio.astype(np.float32, copy=False), fps=fps,
+                      sample_rate=cfg.sample_rate, source_fps=src_fps, source_size=(width, height),
+                      audio_coverage=cov, start_frame=start)
+            start += len(frames)
+            buf = []
+            return m
+
+        times: list[float] = []
+        prev = None
+        k = 0
+        for img, t, src_fps in _decode_video(container, vstream, cfg, width, height):
+            times.append(t)
+            if len(times) == 100:
+                _check_vfr(np.asarray(times), cfg)
+            if t > cfg.max_seconds:
+                raise MediaError(f"too long: more than max_seconds {cfg.max_seconds} s of video")
+            if prev is not None:
+                while k / fps + 1e-6 < t:
+                    buf.append(prev)
+                    k += 1
+                    if chunk_frames and len(buf) >= chunk_frames:
+                        yield emit(False)
+            prev = img
+        if prev is None:
+            raise MediaError("zero length: no decodable video frames")
+        times_arr = np.asarray(times, dtype=np.float64)
+        _check_vfr(times_arr, cfg)
+        duration = _video_duration(times_arr, src_fps or fps)
+        if duration < cfg.min_seconds:
+            raise MediaError(f"zero length: {duration:.3f} s of video")
+        n_out = max(1, int(math.floor(duration * fps + 1e-6)))
+        while k < n_out:
+            buf.append(prev)
+            k += 1
+            if chunk_frames and len(buf) >= chunk_frames and k < n_out:
+                yield emit(False)
+        if buf:
+            yield emit(True)
 
 
 def _decode_video(container, vstream, cfg: MediaConfig, width: int, height: int):
+    """Yield (rgb frame at work resolution, time in s from the first frame, source fps)."""
     import av
 
     if cfg.decode_threads != 1:
         vstream.thread_type = "AUTO"
         vstream.codec_context.thread_count = max(0, cfg.decode_threads)
     rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
-    src_fps = float(rate) if rate else 0.0
+    src_fps = float(rate) if rate else cfg.fps
     tb = vstream.time_base or Fraction(1, 1_000_000)
     scale = 1.0
     if max(width, height) > cfg.max_work_side > 0:
         scale = cfg.max_work_side / max(width, height)
     out_w = max(2, int(round(width * scale / 2)) * 2)
     out_h = max(2, int(round(height * scale / 2)) * 2)
-    frames: list[np.ndarray] = []
-    times: list[float] = []
+    t0 = None
+    last = -1.0
+    i = 0
     try:
-        for i, frame in enumerate(container.decode(vstream)):
+        for frame in container.decode(vstream):
             if frame.pts is not None:
                 t = float(frame.pts * tb)
-            elif src_fps:
-                t = i / src_fps
             else:
-                t = i / cfg.fps
+                t = i / src_fps
+            i += 1
+            if t0 is None:
+                t0 = t
+            t -= t0
+            if t <= last:  # out-of-order or duplicate timestamp: keep the stream monotonic
+                continue
+            last = t
             if scale != 1.0:
                 img = frame.to_ndarray(format="rgb24", width=out_w, height=out_h)
             else:
                 img = frame.to_ndarray(format="rgb24")
-            frames.append(img)
-            times.append(t)
+            yield img, t, src_fps
     except av.error.FFmpegError as exc:
-        if not frames:
+        if t0 is None:
             raise MediaError(f"corrupt video stream: {exc}") from None
         # A truncated file: keep what decoded; the missing tail is simply not part of the input.
-    if times:
-        t0 = times[0]
-        times = [t - t0 for t in times]
-        order = np.argsort(times, kind="stable")
-        if np.any(order != np.arange(len(order))):
-            frames = [frames[i] for i in order]
-            times = [times[i] for i in order]
-    if not src_fps and len(times) > 1:
-        src_fps = (len(times) - 1) / max(times[-1] - times[0], 1e-6)
-    return frames, times, src_fps or cfg.fps
 
 
 def _video_duration(times: np.ndarray, src_fps: float) -> float:
@@ -218,17 +281,6 @@ def _check_vfr(times: np.ndarray, cfg: MediaConfig) -> None:
     if spread > cfg.vfr_tolerance:
         raise MediaError(f"variable frame rate (frame durations vary by {spread:.0%}); "
                          "re-encode to constant rate or set media.reject_vfr: false")
-
-
-def _resample_frames(frames: list[np.ndarray], times: np.ndarray, duration: float, fps: float) -> np.ndarray:
-    """Pick, for each output time k/fps, the last source frame shown at that time."""
-    n_out = max(1, int(math.floor(duration * fps + 1e-6)))
-    targets = np.arange(n_out) / fps + 1e-6
-    idx = np.searchsorted(times, targets, side="right") - 1
-    idx = np.clip(idx, 0, len(frames) - 1)
-    if len(idx) == len(frames) and np.array_equal(idx, np.arange(len(frames))):
-        return np.stack(frames)
-    return np.stack([frames[i] for i in idx])
 
 
 def _decode_audio(path: str, sample_rate: int) -> tuple[np.ndarray, int]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .config import PIPELINE_VERSION, BuildConfig
-from .media import Media, MediaError, load_media, path_text, probe_seconds
+from .media import Media, MediaError, iter_media, path_text, probe_seconds
 from .shards import ClipSample, ShardWriter
 from .stages.crop import crop_clip
 from .stages.face_filter import check_faces
@@ -194,30 +194,45 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
     if out is not None:
         for stale in glob.glob(os.path.join(glob.escape(str(out / "shards")), f"{iid}-*.tar*")):
             os.remove(stale)  # left by an interrupted run that never logged this input
-    samples: list[ClipSample] = []
-    try:
-        try:
-            media = load_media(path, cfg.media)
-        except MediaError as exc:
-            dur = probe_seconds(path) if os.path.exists(os.fspath(path)) else 0.0
-            dur = round(np.floor(dur * cfg.media.fps + 1e-6) / cfg.media.fps, 6)
-            res.seconds = dur
-            res.count("decode", 1, 0, dur, 0.0)
-            res.reject("decode", 0.0, dur, str(exc))
-            return _finish(res, t0)
-        res.decode_seconds = round(time.perf_counter() - t0, 4)
-        res.tick("decode", t0)
-        res.seconds = round(media.seconds, 6)
-        res.frames = media.num_frames
-        res.count("decode", 1, 1, media.seconds, media.seconds)
-        if cfg.curate:
-            samples = _curate(media, res, ctx, thumbs, label)
-        else:
-            samples = _whole_clip(media, res, ctx, thumbs, label)
-    except Exception as exc:  # a bug or an unexpected library error: the input is rejected, the run goes on
+    samples: list[dict[str, Any]] = []  # encoded (mp4/wav bytes): small, unlike raw crops
+
+    def reject_input(reason: str) -> dict[str, Any]:
         res.manifest.clear()
-        res.rejects = [r for r in res.rejects if r["stage"] == "decode"]
-        samples = []
+        res.rejects.clear()
+        res.stages.clear()
+        dur = probe_seconds(path) if os.path.exists(os.fspath(path)) else 0.0
+        dur = round(np.floor(dur * cfg.media.fps + 1e-6) / cfg.media.fps, 6)
+        res.seconds, res.frames = dur, 0
+        res.count("decode", 1, 0, dur, 0.0)
+        res.reject("decode", 0.0, dur, reason)
+        return _finish(res, t0)
+
+    chunk_frames = int(round(cfg.media.chunk_seconds * cfg.media.fps)) if cfg.media.chunk_seconds > 0 else 0
+    clip_index = 0
+    try:
+        chunks = iter_media(path, cfg.media, chunk_frames=chunk_frames)
+        while True:
+            td = time.perf_counter()
+            media = next(chunks, None)
+            res.tick("decode", td)
+            if media is None:
+                break
+            res.frames += media.num_frames
+            res.seconds = round(res.frames / media.fps, 6)
+            if cfg.curate:
+                clip_index = _curate(media, res, ctx, thumbs, label, clip_index, samples)
+            else:
+                clip_index = _whole_clip(media, res, ctx, thumbs, label, clip_index, samples)
+            del media
+        res.decode_seconds = res.timing.get("decode", 0.0)
+        res.count("decode", 1, 1, res.seconds, res.seconds)
+    except MediaError as exc:
+        samples.clear()
+        return reject_input(str(exc))
+    except Exception as exc:  # a bug or an unexpected library error: the input is rejected, the run goes on
+        samples.clear()
+        res.manifest.clear()
+        res.rejects.clear()
         res.reject("error", 0.0, res.seconds, f"internal error: {type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc(limit=4))
         return _finish(res, t0)
@@ -238,10 +253,14 @@ def _finish(res: InputResult, t0: float) -> dict[str, Any]:
 
 
 def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | None,
-            label: dict[str, Any] | None) -> list[ClipSample]:
+            label: dict[str, Any] | None, clip_base: int, samples: list[dict[str, Any]]) -> int:
+    """Stages 1-5 on one chunk of an input; appends encoded samples; returns the next clip index.
+    Frame indices are chunk-relative; rows get absolute seconds."""
     cfg = ctx.cfg
     fps = media.fps
-    sec = lambda f: f / fps  # noqa: E731
+    f0 = media.start_frame
+    sec = lambda f: (f + f0) / fps  # noqa: E731
+    dur = lambda f: f / fps  # noqa: E731
     frames = media.frames
     work_h, work_w = frames.shape[1:3]
     to_src = media.source_size[0] / work_w  # boxes are reported in source pixels
@@ -263,7 +282,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
                                           media.audio_coverage)
     for seg, reason in rejected:
         reject_frames("scene", seg.start, seg.end, reason, (seg.start + seg.end) // 2)
-    res.count("scene", 1, len(segments), sec(n), sec(sum(s.length for s in segments)))
+    res.count("scene", 1, len(segments), dur(n), dur(sum(s.length for s in segments)))
     tt = res.tick("scene", tt)
 
     # ---- stage 2: dlib face filter per segment
@@ -278,8 +297,8 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
                           dlib_scores=_clean(fc.scores))
         else:
             kept.append((seg, _clean(fc.scores)))
-    res.count("face", len(segments), len(kept), sec(sum(s.length for s in segments)),
-              sec(sum(s.length for s, _ in kept)))
+    res.count("face", len(segments), len(kept), dur(sum(s.length for s in segments)),
+              dur(sum(s.length for s, _ in kept)))
     tt = res.tick("face", tt)
 
     # ---- stage 3: silence split
@@ -297,16 +316,15 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
                 reject_frames("silence", a, b, p.reason)
             else:
                 clips.append((a, b, seg, dlib_scores))
-    res.count("silence", len(kept), len(clips), sec(sum(s.length for s, _ in kept)),
-              sec(sum(b - a for a, b, _, _ in clips)))
+    res.count("silence", len(kept), len(clips), dur(sum(s.length for s, _ in kept)),
+              dur(sum(b - a for a, b, _, _ in clips)))
     tt = res.tick("silence", tt)
 
     # ---- stages 4 and 5 per clip
-    samples: list[ClipSample] = []
     counts = {s: [0, 0, 0.0, 0.0] for s in ("crop", "sync", "quality")}
-    for idx, (a, b, seg, dlib_scores) in enumerate(clips):
+    for idx, (a, b, seg, dlib_scores) in enumerate(clips, start=clip_base):
         key = clip_key(res.input_id, idx)
-        L = sec(b - a)
+        L = dur(b - a)
         c = counts["crop"]
         c[0] += 1
         c[2] += L
@@ -381,7 +399,9 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
             lab = label.get("label")
         sample = ClipSample(key=key, frames=crop.frames, audio=audio, meta=meta, fps=fps,
                             sample_rate=media.sample_rate, label=lab)
-        samples.append(sample)
+        te = time.perf_counter()
+        samples.append(sample.to_wds())  # encode now: raw crops of many clips would not fit
+        tt = res.tick("encode", te)
         row = {"key": key, "shard": None, "source": res.source, "input_id": res.input_id, "clip_index": idx,
                "start": meta["start"], "end": meta["end"], "seconds": round(L, 6), "num_frames": int(b - a),
                "sync_offset": meta.get("sync_offset"), "sync_confidence": meta.get("sync_confidence"),
@@ -394,11 +414,11 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
         res.manifest.append(row)
     for stage, (i, o, si, so) in counts.items():
         res.count(stage, i, o, si, so)
-    return samples
+    return clip_base + len(clips)
 
 
 def _whole_clip(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | None,
-                label: dict[str, Any] | None) -> list[ClipSample]:
+                label: dict[str, Any] | None, clip_base: int, samples: list[dict[str, Any]]) -> int:
     """No curation: the whole input as one clip, centre square crop resized to out_size."""
     import cv2
 
@@ -411,9 +431,12 @@ def _whole_clip(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path
                        for f in media.frames])
     scale = media.source_size[0] / w
     box = [round(v * scale, 1) for v in (x0, y0, x0 + side, y0 + side)]
-    key = clip_key(res.input_id, 0)
-    meta = {"source": res.source, "input_id": res.input_id, "clip_index": 0, "start": 0.0,
-            "end": round(media.seconds, 6), "fps": media.fps, "sample_rate": media.sample_rate, "num_frames": n,
+    key = clip_key(res.input_id, clip_base)
+    start = media.start_frame / media.fps
+    end = round(start + media.seconds, 6)
+    start = round(start, 6)
+    meta = {"source": res.source, "input_id": res.input_id, "clip_index": clip_base, "start": start,
+            "end": end, "fps": media.fps, "sample_rate": media.sample_rate, "num_frames": n,
             "crop_size": size, "pipeline_version": PIPELINE_VERSION, "curated": False, "boxes": [box] * n,
             "source_fps": round(media.source_fps, 3), "source_size": list(media.source_size),
             "blur": _laplacian_var(frames)}
@@ -421,16 +444,18 @@ def _whole_clip(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path
         meta.update(label)
     for stage in ("scene", "face", "silence", "crop", "sync", "quality"):
         res.count(stage, 1, 1, media.seconds, media.seconds)
-    row = {"key": key, "shard": None, "source": res.source, "input_id": res.input_id, "clip_index": 0,
-           "start": 0.0, "end": meta["end"], "seconds": meta["end"], "num_frames": n, "sync_offset": None,
+    row = {"key": key, "shard": None, "source": res.source, "input_id": res.input_id, "clip_index": clip_base,
+           "start": start, "end": end, "seconds": round(media.seconds, 6), "num_frames": n, "sync_offset": None,
            "sync_confidence": None, "sync_method": "none", "blur": meta["blur"], "face_side": None}
     if label is not None:
         row.update({k: label.get(k) for k in ("label", "label_name", "subject", "fold", "targets") if k in label})
     if thumbs is not None:
-        row["thumb"] = _thumb(thumbs, f"{res.input_id}/a000", frames[n // 2])
+        row["thumb"] = _thumb(thumbs, f"{res.input_id}/a{clip_base:03d}", frames[n // 2])
     res.manifest.append(row)
-    return [ClipSample(key=key, frames=frames, audio=media.audio, meta=meta, fps=media.fps,
-                       sample_rate=media.sample_rate, label=None if label is None else label.get("label"))]
+    samples.append(ClipSample(key=key, frames=frames, audio=media.audio, meta=meta, fps=media.fps,
+                              sample_rate=media.sample_rate,
+                              label=None if label is None else label.get("label")).to_wds())
+    return clip_base + 1
 
 
 def _clean(values: list[float]) -> list[float | None]:
