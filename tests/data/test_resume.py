@@ -61,3 +61,18 @@ def test_kill_and_resume(demo_build, tmp_path):
     # same keys as the uninterrupted demo build for these inputs: nothing missing
     expected = sorted(r["key"] for r in demo_build["manifest"] if Path(r["source"]).stem in names)
     assert sorted(keys) == expected
+
+
+@pytest.mark.slow
+def test_worker_crash_is_retried_then_rejected(demo_build, tmp_path):
+    """A worker process that dies (segfault, OOM kill) does not stop the run."""
+    inputs = [str(demo_build["inputs"][n]) for n in ("two_faces", "no_face")]
+    out = tmp_path / "out"
+    env = dict(os.environ, AVF_DATA_TEST_CRASH_ON="no_face.mp4")
+    r = subprocess.run([sys.executable, "-m", "avf_data.cli", "build", *inputs, "--out", str(out), "--workers", "2",
+                        "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rejects = read_jsonl(out / "rejects.jsonl")
+    crashed = [x for x in rejects if x["stage"] == "error"]
+    assert len(crashed) == 1 and "no_face" in crashed[0]["source"] and "crashed" in crashed[0]["reason"]
+    assert any(x["stage"] == "face" and "two_faces" in x["source"] for x in rejects)

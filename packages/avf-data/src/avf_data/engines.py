@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .config import BuildConfig
@@ -36,6 +37,9 @@ def _run_task(task: Task) -> dict[str, Any]:
     from .pipeline import process_input
 
     path, label = task
+    crash_on = os.environ.get("AVF_DATA_TEST_CRASH_ON")  # test hook: simulate a native crash
+    if crash_on and os.path.basename(path) == crash_on:
+        os._exit(70)
     out_dir, weights = _WORKER_ARGS
     assert _WORKER_CFG is not None
     return process_input(path, out_dir, _WORKER_CFG, weights, label=label)
@@ -68,21 +72,56 @@ def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights:
     else:  # pragma: no cover
         ctx = mp.get_context("spawn")
     workers = min(workers, max(1, len(tasks)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(cfg_dict, out_dir, weights)) as pool:
-        pending = set()
-        it = iter(tasks)
-        for t in it:  # keep a bounded queue so memory stays flat with many inputs
-            pending.add(pool.submit(_run_task, t))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                yield fut.result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending.add(pool.submit(_run_task, nxt))
+    attempts: dict[int, int] = {}
+    queue = list(enumerate(tasks))
+    while queue:
+        crashed: list[tuple[int, Task]] = []
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(cfg_dict, out_dir, weights)) as pool:
+            pending: dict = {}
+            it = iter(queue)
+            for item in it:  # a bounded queue keeps memory flat with many inputs
+                pending[pool.submit(_run_task, item[1])] = item
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    item = pending.pop(fut)
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        crashed.append(item)
+                        continue
+                    yield result
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        try:
+                            pending[pool.submit(_run_task, nxt[1])] = nxt
+                        except BrokenProcessPool:
+                            crashed.append(nxt)
+            crashed.extend(it)  # not submitted because the pool broke
+        # A worker died (segfault in a native library, out-of-memory kill): retry the inputs
+        # that were in flight in a fresh pool; an input caught in three crashes is rejected.
+        queue = []
+        for i, task in crashed:
+            attempts[i] = attempts.get(i, 0) + 1
+            if attempts[i] >= 3:
+                yield _crash_result(task[0])
+            else:
+                queue.append((i, task))
+
+
+def _crash_result(path: str) -> dict[str, Any]:
+    from .media import path_text, probe_seconds
+    from .pipeline import InputResult, input_id
+
+    res = InputResult(input_id=input_id(path), source=path_text(path))
+    dur = probe_seconds(path) if os.path.exists(path) else 0.0
+    res.seconds = round(int(dur * 25 + 1e-6) / 25, 6)
+    res.count("decode", 1, 0, res.seconds, 0.0)
+    res.reject("error", 0.0, res.seconds, "worker process crashed while curating this input (3 tries)")
+    return res.to_dict()
 
 
 def _ray_task(path: str, label: dict[str, Any] | None, cfg_dict: dict[str, Any], out_dir: str | None,
