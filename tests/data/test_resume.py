@@ -17,6 +17,22 @@ from avf_data.shards import expand_shards, iter_raw_samples
 from conftest import read_jsonl  # noqa: E402  (tests/data is on sys.path under pytest's default import mode)
 
 
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of a process group that are not zombies (Linux /proc)."""
+    live = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            live.append(int(entry))
+    return live
+
+
 @pytest.mark.slow
 def test_kill_and_resume(demo_build, tmp_path):
     names = ["single_face", "scene_cut", "long_silence", "two_faces", "shifted_audio"]
@@ -31,7 +47,7 @@ def test_kill_and_resume(demo_build, tmp_path):
     try:
         while time.time() < deadline and proc.poll() is None:
             if done_log.exists() and done_log.read_text().count("\n") >= 1:
-                os.killpg(proc.pid, signal.SIGKILL)  # the driver, its fork server and workers
+                os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must notice and exit
                 killed_mid_run = True
                 break
             time.sleep(0.05)
@@ -40,6 +56,15 @@ def test_kill_and_resume(demo_build, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert killed_mid_run, proc.stderr.read().decode()[-2000:]
+    # orphaned workers notice the driver's death and exit within about a second
+    leftovers = _live_group_members(proc.pid)
+    until = time.time() + 10
+    while leftovers and time.time() < until:
+        time.sleep(0.2)
+        leftovers = _live_group_members(proc.pid)
+    if leftovers:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert not leftovers, f"worker processes outlived the killed driver: {leftovers}"
     n_done = done_log.read_text().count("\n")
     assert 1 <= n_done < len(inputs)
     # a half-written shard as a crash would leave it

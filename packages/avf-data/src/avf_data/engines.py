@@ -23,9 +23,28 @@ _WORKER_CFG: BuildConfig | None = None
 _WORKER_ARGS: tuple[str | None, str | None] = (None, None)
 
 
-def _init_worker(cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> None:
+def _watch_driver(pid: int) -> None:
+    """Exit when the driver is gone (kill -9): pool workers would otherwise wait forever."""
+    import time
+
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # pragma: no cover - pid reused by another user's process
+            os._exit(0)
+
+
+def _init_worker(cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None,
+                 driver_pid: int | None = None) -> None:
     global _WORKER_CFG, _WORKER_ARGS
     os.environ["OMP_NUM_THREADS"] = "1"
+    if driver_pid is not None and driver_pid != os.getpid():
+        import threading
+
+        threading.Thread(target=_watch_driver, args=(driver_pid,), daemon=True, name="avf-watch-driver").start()
     _WORKER_CFG = BuildConfig.from_dict(cfg_dict)
     _WORKER_ARGS = (out_dir, weights)
     from .pipeline import get_context
@@ -77,7 +96,7 @@ def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights:
     while queue:
         crashed: list[tuple[int, Task]] = []
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(cfg_dict, out_dir, weights)) as pool:
+                                 initargs=(cfg_dict, out_dir, weights, os.getpid())) as pool:
             pending: dict = {}
             it = iter(queue)
             for item in it:  # a bounded queue keeps memory flat with many inputs
