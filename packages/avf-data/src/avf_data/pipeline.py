@@ -105,7 +105,10 @@ def get_context(cfg: BuildConfig, weights: str | None) -> WorkerContext:
         try:
             from .stages.sync import build_sync_scorer
 
-            ctx.scorer = build_sync_scorer(cfg.sync, weights or None)
+            sync_cfg = cfg.sync
+            if hasattr(sync_cfg, "face_crop_scale"):  # SyncNet rebuilds its crop from our crop geometry
+                sync_cfg = dataclasses.replace(sync_cfg, face_crop_scale=cfg.crop.margin)
+            ctx.scorer = build_sync_scorer(sync_cfg, weights or None)
         except ImportError as exc:
             ctx.scorer_error = f"sync stage unavailable: {exc}"
         _CTX.clear()
