@@ -112,6 +112,10 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; expected user errors (missing shards, wrong-stage checkpoints, bad config
+    fields, shape mismatches) become one ``avf-train: error:`` line and exit status 2."""
+    from .trainer import StageError, train
+
     args = build_parser().parse_args(argv)
     try:
         if args.command == "predict":
@@ -122,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
                               device=args.device, precision=args.precision)
             print(json.dumps(summary))
             return 0
-        cfg = resolve_config(args)
-        from .trainer import train
-
+        try:
+            cfg = resolve_config(args)
+        except (KeyError, ValueError) as exc:
+            raise StageError(f"config: {exc}") from exc
         result = train(cfg, resume=args.resume)
         if cfg.stage != "pretrain" and cfg.data.val_shards and result.checkpoint is not None \
                 and os.environ.get("RANK", "0") == "0":
@@ -134,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                               batch_size=cfg.run.batch_size, device=cfg.run.device)
             print(json.dumps(summary))
         return 0
-    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, StageError) as exc:
         print(f"avf-train: error: {exc}", file=sys.stderr)
         return 2
 

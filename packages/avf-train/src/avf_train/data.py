@@ -231,10 +231,24 @@ def collate(items: list[dict[str, Any]], worker: int, pass_index: int, batch_ind
     return batch
 
 
-def make_loader(stream: ClipStream, num_workers: int) -> DataLoader:
-    """DataLoader over pre-batched items (``batch_size=None``); workers persist across nothing."""
+def _worker_init(_: int) -> None:
+    # one intra-op thread per loader worker: the workers are many, the cores are shared
+    torch.set_num_threads(1)
+
+
+def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkserver") -> DataLoader:
+    """DataLoader over pre-batched items (``batch_size=None``).
+
+    Workers start through ``forkserver``, not ``fork``: forking a parent whose OpenMP pool has
+    already run (model init, a previous loader) can deadlock the child inside the first
+    interpolate/conv it runs.
+    """
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
-        kwargs.update(prefetch_factor=2, persistent_workers=False)
+        ctx = torch.multiprocessing.get_context(mp_context)
+        if mp_context == "forkserver":  # import the heavy modules once in the server, not per worker
+            ctx.set_forkserver_preload(["torch", "numpy", "avf_models.features", "avf_train.data"])
+        kwargs.update(prefetch_factor=2, persistent_workers=False, multiprocessing_context=ctx,
+                      worker_init_fn=_worker_init)
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                       **kwargs)

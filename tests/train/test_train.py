@@ -1,0 +1,122 @@
+"""End-to-end on CPU with avfmae_pp_tiny: pre-train (loss falls), exact resume, the
+post-pre-train -> fine-tune -> predict chain, and the clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from avf_train.cli import main
+
+FAST = ["--model", "tiny", "--batch-size", "2", "--num-workers", "0", "--precision", "fp32",
+        "--set", "run.log_every=1", "--set", "run.tensorboard=false"]
+PRETRAIN = FAST + ["--epochs", "3", "--lr", "1e-3", "--set", "optim.warmup_steps=1"]
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def pretrained(shards, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    assert main(["pretrain", "--shards", shards["unlabelled"], "--out", str(run), "--max-steps", "6",
+                 "--set", "run.save_every=2", "--set", "run.keep_last=2", *PRETRAIN]) == 0
+    return run
+
+
+def test_pretrain_loss_falls_and_run_layout(pretrained):
+    losses = _losses(pretrained)
+    assert len(losses) == 6
+    assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2, losses
+    assert (pretrained / "config.yaml").exists()
+    assert sorted(p.name for p in (pretrained / "checkpoints").iterdir()) == ["step-00000004.pt", "step-00000006.pt"]
+    assert os.path.realpath(pretrained / "checkpoint").endswith("step-00000006.pt")
+    ckpt = torch.load(pretrained / "checkpoint", weights_only=True)
+    assert ckpt["stage"] == "pretrain" and ckpt["step"] == 6 and ckpt["model_name"] == "avfmae_pp_tiny"
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "data", "config"} <= set(ckpt)
+    record = json.loads((pretrained / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"lr", "loss_video", "loss_audio", "loss_contrastive", "clips_per_s", "eta_s", "grad_norm"} <= set(record)
+
+
+def test_resume_reproduces_the_uninterrupted_losses(pretrained, shards, tmp_path):
+    run = tmp_path / "halves"
+    args = ["pretrain", "--shards", shards["unlabelled"], "--out", str(run), *PRETRAIN]
+    assert main([*args, "--max-steps", "3"]) == 0
+    assert main([*args, "--max-steps", "6", "--resume"]) == 0
+    assert _losses(run) == pytest.approx(_losses(pretrained), abs=1e-6)
+    # a second start without --resume must not clobber the run
+    assert main([*args, "--max-steps", "6"]) == 2
+
+
+def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
+    post = tmp_path / "post"
+    assert main(["postpretrain", "--init", str(pretrained / "checkpoint"), "--data", shards["labelled"],
+                 "--out", str(post), "--max-steps", "2", *FAST]) == 0
+    ck = torch.load(post / "checkpoint", weights_only=True)
+    assert ck["stage"] == "postpretrain" and ck["model"]["head.weight"].shape[0] == 13  # CEA-13 hybrid
+
+    fine = tmp_path / "fine"
+    val = str(Path(shards["labelled"]).parent / "labelled-000000.tar")
+    assert main(["finetune", "--init", str(post), "--data", shards["labelled"], "--val-data", val,
+                 "--task", "cea", "--num-classes", "3", "--out", str(fine), "--max-steps", "1", *FAST]) == 0
+    rows = [json.loads(line) for line in (fine / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 * 4  # 4 clips x (2 segments x 2 crops)
+    assert {r["view"] for r in rows} == {0, 1, 2, 3}
+    row = rows[0]
+    assert set(row) >= {"key", "label", "view", "segment", "crop", "logits", "probs"}
+    assert len(row["probs"]) == 3 and abs(sum(row["probs"]) - 1) < 1e-5
+
+    # predict as its own command, one view per clip
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", "--ckpt", str(fine), "--data", val, "--out", str(out), "--segments", "1",
+                 "--crops", "1"]) == 0
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_dea_regression_finetune(pretrained, shards, tmp_path):
+    run = tmp_path / "dea"
+    assert main(["finetune", "--init", str(pretrained), "--data", shards["labelled"], "--task", "dea",
+                 "--num-classes", "2", "--out", str(run), "--max-steps", "1", *FAST]) == 0
+    assert torch.load(run / "checkpoint", weights_only=True)["model"]["head.weight"].shape[0] == 2
+
+
+def test_clear_errors(pretrained, shards, tmp_path, capsys):
+    # missing shards
+    assert main(["pretrain", "--shards", str(tmp_path / "none/*.tar"), "--out", str(tmp_path / "a"), *FAST]) == 2
+    assert "none/*.tar" in capsys.readouterr().err
+    # shape mismatch between the data config and the model
+    assert main(["pretrain", "--shards", shards["unlabelled"], "--out", str(tmp_path / "b"),
+                 "--set", "data.num_frames=8", *FAST]) == 2
+    assert "shape mismatch" in capsys.readouterr().err
+    # resuming a pre-training run as fine-tuning
+    copy = tmp_path / "copy"
+    shutil.copytree(pretrained, copy, symlinks=True)
+    assert main(["finetune", "--resume", "--out", str(copy), "--data", shards["labelled"], "--num-classes", "3",
+                 *FAST]) == 2
+    assert "'pretrain' checkpoint" in capsys.readouterr().err
+    # predict needs a supervised checkpoint
+    assert main(["predict", "--ckpt", str(pretrained), "--data", shards["labelled"], "--out",
+                 str(tmp_path / "p.jsonl")]) == 2
+    assert "predict needs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_on_cpu(shards, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = tmp_path / "ddp"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "avf_train.cli", "pretrain",
+           "--shards", shards["unlabelled"], "--out", str(run), "--max-steps", "2", "--device", "cpu",
+           "--model", "tiny", "--batch-size", "2", *PRETRAIN[4:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(run / "checkpoint", weights_only=True)
+    assert len(ckpt["rng"]) == 2 and len(ckpt["data"]) == 2 and ckpt["step"] == 2
