@@ -130,7 +130,8 @@ def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights:
                 queue.append((i, task))
 
 
-def _crash_result(path: str) -> dict[str, Any]:
+def _crash_result(path: str, reason: str = "worker process crashed while curating this input (3 tries)"
+                  ) -> dict[str, Any]:
     from .media import path_text, probe_seconds
     from .pipeline import InputResult, input_id
 
@@ -138,7 +139,7 @@ def _crash_result(path: str) -> dict[str, Any]:
     dur = probe_seconds(path) if os.path.exists(path) else 0.0
     res.seconds = round(int(dur * 25 + 1e-6) / 25, 6)
     res.count("decode", 1, 0, res.seconds, 0.0)
-    res.reject("error", 0.0, res.seconds, "worker process crashed while curating this input (3 tries)")
+    res.reject("error", 0.0, res.seconds, reason)
     return res.to_dict()
 
 
@@ -172,18 +173,23 @@ def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: s
         cfg_ref = ray.put(cfg_dict)
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", workers or 1)))
         it = iter(tasks)
-        pending = []
+        pending: dict = {}
         for path, label in it:
-            pending.append(remote.remote(path, label, cfg_ref, out_dir, weights))
+            pending[remote.remote(path, label, cfg_ref, out_dir, weights)] = path
             if len(pending) >= limit:
                 break
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                yield ray.get(ref)
+                path = pending.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError,
+                        ray.exceptions.OutOfMemoryError) as exc:
+                    yield _crash_result(path, f"Ray task failed: {type(exc).__name__}")
                 nxt = next(it, None)
                 if nxt is not None:
-                    pending.append(remote.remote(nxt[0], nxt[1], cfg_ref, out_dir, weights))
+                    pending[remote.remote(nxt[0], nxt[1], cfg_ref, out_dir, weights)] = nxt[0]
     finally:
         if started:
             ray.shutdown()
