@@ -115,3 +115,13 @@ def test_long_inputs_are_curated_in_chunks(demo_inputs):
     assert all(abs(a2 - b1) < 1e-6 for (_, b1), (a2, _) in zip(spans, spans[1:]))
     keys = [x["key"] for x in r["manifest"]]
     assert len(set(keys)) == len(keys)
+
+
+def test_curate_video_in_memory(demo_inputs):
+    """The in-memory API (used by avf-eval's predict) returns clips and rejects, writes nothing."""
+    from avf_data.pipeline import curate_video
+
+    clips, rejects = curate_video(demo_inputs["long_silence"])
+    assert len(clips) == 2 and clips[0].meta["start"] < clips[1].meta["start"]
+    assert clips[0].frames.shape[1:] == (160, 160, 3) and clips[0].audio.dtype.name == "float32"
+    assert any(r["stage"] == "silence" for r in rejects)

@@ -97,7 +97,7 @@ def preload_modules() -> None:
 
 def get_context(cfg: BuildConfig, weights: str | None) -> WorkerContext:
     """The per-process context, built on first use (so once per worker process)."""
-    key = f"{id(cfg)}:{weights}"
+    key = f"{cfg.to_dict()!r}:{weights}"
     ctx = _CTX.get(key)
     if ctx is None:
         limit_threads()
@@ -181,11 +181,12 @@ def _thumb(out_dir: Path | None, name: str, image: np.ndarray, size: int = 96) -
 
 def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig,
                   weights: str | None = None, label: dict[str, Any] | None = None,
-                  key_prefix: str | None = None) -> dict[str, Any]:
+                  key_prefix: str | None = None, keep_samples: list[ClipSample] | None = None) -> dict[str, Any]:
     """Curate one input file; write its shard(s) into ``out_dir/shards``; return its result.
 
     ``label`` (labelled import) is merged into every sample's json and sets ``cls``.
-    ``out_dir=None`` runs the stages without writing anything (benchmarks).
+    ``out_dir=None`` runs the stages without writing anything (benchmarks); with
+    ``keep_samples`` (a list) the accepted clips are appended to it unencoded instead.
     Never raises for a bad input: problems become reject rows.
     """
     t0 = time.perf_counter()
@@ -197,7 +198,8 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
     if out is not None:
         for stale in glob.glob(os.path.join(glob.escape(str(out / "shards")), f"{iid}-*.tar*")):
             os.remove(stale)  # left by an interrupted run that never logged this input
-    samples: list[dict[str, Any]] = []  # encoded (mp4/wav bytes): small, unlike raw crops
+    samples: list[Any] = []  # encoded (mp4/wav bytes): small, unlike raw crops
+    encode = keep_samples is None
 
     def reject_input(reason: str) -> dict[str, Any]:
         res.manifest.clear()
@@ -223,9 +225,9 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
             res.frames += media.num_frames
             res.seconds = round(res.frames / media.fps, 6)
             if cfg.curate:
-                clip_index = _curate(media, res, ctx, thumbs, label, clip_index, samples)
+                clip_index = _curate(media, res, ctx, thumbs, label, clip_index, samples, encode)
             else:
-                clip_index = _whole_clip(media, res, ctx, thumbs, label, clip_index, samples)
+                clip_index = _whole_clip(media, res, ctx, thumbs, label, clip_index, samples, encode)
             del media
         res.decode_seconds = res.timing.get("decode", 0.0)
         res.count("decode", 1, 1, res.seconds, res.seconds)
@@ -239,6 +241,9 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
         res.reject("error", 0.0, res.seconds, f"internal error: {type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc(limit=4))
         return _finish(res, t0)
+    if keep_samples is not None:
+        keep_samples.extend(samples)
+        return _finish(res, t0)
     if out is not None and samples:
         tw = time.perf_counter()
         shard_dir = out / "shards"
@@ -250,13 +255,25 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
     return _finish(res, t0)
 
 
+def curate_video(path: str | os.PathLike, cfg: BuildConfig | None = None,
+                 weights: str | None = None) -> tuple[list[ClipSample], list[dict[str, Any]]]:
+    """In-memory curation of one video (no files written): accepted clips as ClipSample
+    (frames, audio, meta with start/end) in time order, and the reject rows."""
+    cfg = cfg or BuildConfig()
+    if cfg.output.thumbnails:
+        cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, thumbnails=False))
+    clips: list[ClipSample] = []
+    res = process_input(os.fspath(path), None, cfg, weights, keep_samples=clips)
+    return sorted(clips, key=lambda c: c.meta.get("start", 0.0)), res["rejects"]
+
+
 def _finish(res: InputResult, t0: float) -> dict[str, Any]:
     res.proc_seconds = round(time.perf_counter() - t0, 4)
     return res.to_dict()
 
 
 def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | None,
-            label: dict[str, Any] | None, clip_base: int, samples: list[dict[str, Any]]) -> int:
+            label: dict[str, Any] | None, clip_base: int, samples: list[Any], encode: bool = True) -> int:
     """Stages 1-5 on one chunk of an input; appends encoded samples; returns the next clip index.
     Frame indices are chunk-relative; rows get absolute seconds."""
     cfg = ctx.cfg
@@ -403,7 +420,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
         sample = ClipSample(key=key, frames=crop.frames, audio=audio, meta=meta, fps=fps,
                             sample_rate=media.sample_rate, label=lab)
         te = time.perf_counter()
-        samples.append(sample.to_wds())  # encode now: raw crops of many clips would not fit
+        samples.append(sample.to_wds() if encode else sample)  # encode now: raw crops take much memory
         tt = res.tick("encode", te)
         row = {"key": key, "shard": None, "source": res.source, "input_id": res.input_id, "clip_index": idx,
                "start": meta["start"], "end": meta["end"], "seconds": round(L, 6), "num_frames": int(b - a),
@@ -421,7 +438,7 @@ def _curate(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | N
 
 
 def _whole_clip(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path | None,
-                label: dict[str, Any] | None, clip_base: int, samples: list[dict[str, Any]]) -> int:
+                label: dict[str, Any] | None, clip_base: int, samples: list[Any], encode: bool = True) -> int:
     """No curation: the whole input as one clip, centre square crop resized to out_size."""
     import cv2
 
@@ -455,9 +472,9 @@ def _whole_clip(media: Media, res: InputResult, ctx: WorkerContext, thumbs: Path
     if thumbs is not None:
         row["thumb"] = _thumb(thumbs, f"{res.input_id}/a{clip_base:03d}", frames[n // 2])
     res.manifest.append(row)
-    samples.append(ClipSample(key=key, frames=frames, audio=media.audio, meta=meta, fps=media.fps,
-                              sample_rate=media.sample_rate,
-                              label=None if label is None else label.get("label")).to_wds())
+    sample = ClipSample(key=key, frames=frames, audio=media.audio, meta=meta, fps=media.fps,
+                        sample_rate=media.sample_rate, label=None if label is None else label.get("label"))
+    samples.append(sample.to_wds() if encode else sample)
     return clip_base + 1
 
 
