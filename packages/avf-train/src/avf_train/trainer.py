@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import sys
 import time
 from contextlib import nullcontext
@@ -206,11 +207,12 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.fh.write(json.dumps(record) + "\n")
+        safe = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.fh.write(json.dumps(safe) + "\n")  # strict JSON: inf/nan become null
         self.fh.flush()
         if self.tb is not None:
             for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
                     self.tb.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
@@ -288,12 +290,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
 
     shards = resolve_shards(cfg.data.shards)
+    torch.manual_seed(cfg.run.seed)  # same init on every rank (FSDP2 does not broadcast it)
+    model = build_model(cfg)
+    # per-rank streams from here on: masks, drop path and anything else random differ across ranks
     torch.manual_seed(cfg.run.seed + info.rank)
     np.random.seed((cfg.run.seed + info.rank) % 2**32)
-    import random
     random.seed(cfg.run.seed + info.rank)
-
-    model = build_model(cfg)
     check_input_spec(model, cfg)
     if cfg.stage != "pretrain" and cfg.finetune.init and resume_ckpt is None:
         init_from(model, cfg, log)
@@ -315,6 +317,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
     model = D.wrap(model, info, cfg.run.fsdp)
     optimizer = build_optimizer(model, cfg.optim, peak)
+    forward_model = torch.compile(model) if cfg.run.compile else model  # same parameters, compiled graph
     use_scaler = cfg.run.precision == "fp16"
     scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
 
@@ -369,13 +372,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             with sync:
                 with _autocast(info, cfg.run.precision):
                     if cfg.stage == "pretrain":
-                        out = model(video, audio)
+                        out = forward_model(video, audio)
                         loss = out["loss"]
                         parts = {k: out[k] for k in ("loss_video", "loss_audio", "loss_contrastive")}
                     else:
                         rng = np.random.default_rng([cfg.run.seed, info.rank, step, micro])
                         video, audio, target = mix_targets(batch, cfg, num_classes, rng)
-                        outputs = supervised_forward(model, cfg, video.to(info.device), audio.to(info.device))
+                        outputs = supervised_forward(forward_model, cfg, video.to(info.device), audio.to(info.device))
                         loss = supervised_loss(outputs, target.to(info.device), cfg.finetune.task)
                         parts = {}
                 scaler.scale(loss / accum).backward()
