@@ -10,6 +10,8 @@ import pytest
 
 from avf_data.shards import iter_clips, iter_raw_samples, expand_shards
 
+from conftest import read_jsonl  # noqa: E402
+
 
 def _by_source(rows, name):
     return [r for r in rows if Path(r["source"]).stem == name]
@@ -125,3 +127,27 @@ def test_curate_video_in_memory(demo_inputs):
     assert len(clips) == 2 and clips[0].meta["start"] < clips[1].meta["start"]
     assert clips[0].frames.shape[1:] == (160, 160, 3) and clips[0].audio.dtype.name == "float32"
     assert any(r["stage"] == "silence" for r in rejects)
+
+
+@pytest.mark.slow
+def test_syncnet_weights_are_used_end_to_end(demo_media, tmp_path):
+    """--syncnet-weights switches stage 5 to SyncNet (random weights here: only the wiring is tested)."""
+    import torch
+
+    from avf_data.build import build
+    from avf_data.demo import write_av
+    from avf_data.stages import syncnet
+
+    torch.manual_seed(0)
+    sd = {k: (torch.ones(shape) if k.endswith("running_var") else torch.randn(shape) * 0.05)
+          for k, shape in syncnet._official_shapes().items()}
+    weights = tmp_path / "syncnet_v2.model"
+    torch.save(sd, weights)
+    m = demo_media("single_face")
+    clip = write_av(tmp_path / "short.mp4", m.frames[5:55], m.audio[5 * 640:55 * 640])
+    stats = build([str(clip)], tmp_path / "out", workers=0, weights=str(weights), progress=False)
+    assert stats["sync_scorer"] == "syncnet_v2"
+    rows = read_jsonl(tmp_path / "out" / "manifest.jsonl") + read_jsonl(tmp_path / "out" / "rejects.jsonl")
+    assert any((r.get("sync_method") == "syncnet_v2") or (r.get("sync", {}).get("method") == "syncnet_v2")
+               for r in rows)
+    assert "syncnet_v2" in (tmp_path / "out" / "report.md").read_text()

@@ -199,6 +199,19 @@ def write_outputs(out: Path, cfg: BuildConfig, run_info: dict[str, Any]) -> dict
 # --------------------------------------------------------------------------- build
 
 
+def check_weights(weights: str, cfg: BuildConfig) -> None:
+    """Load the SyncNet weights once in the driver so a bad path fails fast and clearly
+    (instead of every worker failing to start)."""
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"--syncnet-weights: no such file {weights!r}")
+    from .stages.sync import build_sync_scorer
+
+    try:
+        build_sync_scorer(cfg.sync, weights)
+    except Exception as exc:
+        raise ValueError(f"--syncnet-weights {weights!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+
+
 def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: BuildConfig | None = None, *,
           workers: int | None = None, engine: str = "local", ray_address: str | None = None,
           weights: str | None = None, labels: dict[str, dict[str, Any]] | None = None,
@@ -211,6 +224,8 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
     from tqdm import tqdm
 
     cfg = cfg or BuildConfig()
+    if weights:
+        check_weights(weights, cfg)
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     _clean_tmp(out)
