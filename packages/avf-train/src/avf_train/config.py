@@ -110,6 +110,7 @@ class RunArgs:
     keep_last: int = 3
     tensorboard: bool = True
     fsdp: bool = False  # FSDP2 instead of DDP (used for Huge)
+    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient
     compile: bool = False
 
 

@@ -73,7 +73,7 @@ def mean_across(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-def wrap(model: nn.Module, info: DistInfo, fsdp: bool) -> nn.Module:
+def wrap(model: nn.Module, info: DistInfo, fsdp: bool, find_unused: bool = False) -> nn.Module:
     """DDP, or FSDP2 (``fully_shard`` per transformer block, then the root) when ``fsdp``."""
     if not info.distributed:
         return model
@@ -89,7 +89,7 @@ def wrap(model: nn.Module, info: DistInfo, fsdp: bool) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-               find_unused_parameters=False)
+               find_unused_parameters=find_unused)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

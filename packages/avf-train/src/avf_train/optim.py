@@ -70,8 +70,23 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     return [groups[k] for k in sorted(groups)]
 
 
+def model_param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+    """The official AdamW groups from ``avf_models.optim`` for avf-models networks (layer ids over
+    encoder blocks *and* fusion units, official no-decay names); the generic ones otherwise."""
+    if hasattr(model, "config"):
+        try:
+            from avf_models.optim import param_groups as official_groups
+        except ImportError:
+            pass
+        else:
+            return official_groups(model, weight_decay=weight_decay,
+                                   layer_decay=layer_decay if layer_decay != 1.0 else None)
+    return param_groups(model, weight_decay, layer_decay)
+
+
 def build_optimizer(model: nn.Module, args: OptimArgs, lr: float) -> torch.optim.AdamW:
-    groups = param_groups(model, args.weight_decay, args.layer_decay)
+    """AdamW over ``model`` (pass the unwrapped module: DDP's ``module.`` prefix breaks the names)."""
+    groups = model_param_groups(model, args.weight_decay, args.layer_decay)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
         g.pop("names")

@@ -292,6 +292,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     shards = resolve_shards(cfg.data.shards)
     torch.manual_seed(cfg.run.seed)  # same init on every rank (FSDP2 does not broadcast it)
     model = build_model(cfg)
+    if cfg.run.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise StageError(f"{cfg.model.name} has BatchNorm (IAV-CL's ER layer): use run.batch_size >= 2 per process")
     # per-rank streams from here on: masks, drop path and anything else random differ across ranks
     torch.manual_seed(cfg.run.seed + info.rank)
     np.random.seed((cfg.run.seed + info.rank) % 2**32)
@@ -315,8 +317,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     schedule = CosineSchedule(peak=peak, min_lr=min(cfg.optim.min_lr, peak), warmup_steps=warmup, total_steps=total_steps)
     stop_at = min(total_steps, cfg.run.max_steps) if cfg.run.max_steps > 0 else total_steps
 
-    model = D.wrap(model, info, cfg.run.fsdp)
-    optimizer = build_optimizer(model, cfg.optim, peak)
+    model = D.wrap(model, info, cfg.run.fsdp, find_unused=cfg.run.find_unused_parameters)
+    optimizer = build_optimizer(D.unwrap(model), cfg.optim, peak)
     forward_model = torch.compile(model) if cfg.run.compile else model  # same parameters, compiled graph
     use_scaler = cfg.run.precision == "fp16"
     scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
