@@ -49,9 +49,14 @@ def test_pretrain_loss_falls_and_run_layout(pretrained):
 def test_resume_reproduces_the_uninterrupted_losses(pretrained, shards, tmp_path):
     run = tmp_path / "halves"
     args = ["pretrain", "--shards", shards["unlabelled"], "--out", str(run), *PRETRAIN]
-    assert main([*args, "--max-steps", "3"]) == 0
+    assert main([*args, "--max-steps", "4", "--set", "run.save_every=3"]) == 0
+    # simulate a kill after step 4 was logged but before it was saved: back to the step-3 checkpoint
+    (run / "checkpoints" / "step-00000004.pt").unlink()
+    (run / "checkpoint").unlink()
+    (run / "checkpoint").symlink_to("checkpoints/step-00000003.pt")
     assert main([*args, "--max-steps", "6", "--resume"]) == 0
     assert _losses(run) == pytest.approx(_losses(pretrained), abs=1e-6)
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5, 6]
     # a second start without --resume must not clobber the run
     assert main([*args, "--max-steps", "6"]) == 2
 

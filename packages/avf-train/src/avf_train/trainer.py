@@ -222,6 +222,17 @@ class MetricsLog:
             self.tb.close()
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint we resume from (a killed run logged past its last
+    save), so metrics.jsonl reads like one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -347,6 +358,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
+    if info.is_main and resume_ckpt is not None:
+        truncate_metrics(run_dir / "metrics.jsonl", step)
     metrics = MetricsLog(run_dir, info.is_main, cfg.run.tensorboard)
     stream = train_stream(cfg, shards, info, data_state)
     loader = make_loader(stream, cfg.data.num_workers)
