@@ -151,3 +151,20 @@ def test_syncnet_weights_are_used_end_to_end(demo_media, tmp_path):
     assert any((r.get("sync_method") == "syncnet_v2") or (r.get("sync", {}).get("method") == "syncnet_v2")
                for r in rows)
     assert "syncnet_v2" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_unexpected_error_rejects_the_input_only(demo_inputs, monkeypatch):
+    """A library error inside a stage becomes one 'error' reject row covering the input."""
+    from avf_data import pipeline
+    from avf_data.config import BuildConfig
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pipeline, "crop_clip", boom)
+    r = pipeline.process_input(str(demo_inputs["single_face"]), None, BuildConfig())
+    assert r["manifest"] == [] and len(r["rejects"]) == 1
+    row = r["rejects"][0]
+    assert row["stage"] == "error" and "boom" in row["reason"]
+    assert row["start"] == 0.0 and row["end"] == r["seconds"] > 0
+    json.dumps(r)

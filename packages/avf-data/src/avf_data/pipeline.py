@@ -206,7 +206,7 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
         res.rejects.clear()
         res.stages.clear()
         dur = probe_seconds(path) if os.path.exists(os.fspath(path)) else 0.0
-        dur = round(np.floor(dur * cfg.media.fps + 1e-6) / cfg.media.fps, 6)
+        dur = round(float(np.floor(dur * cfg.media.fps + 1e-6)) / cfg.media.fps, 6)
         res.seconds, res.frames = dur, 0
         res.count("decode", 1, 0, dur, 0.0)
         res.reject("decode", 0.0, dur, reason)
@@ -238,6 +238,10 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
         samples.clear()
         res.manifest.clear()
         res.rejects.clear()
+        res.stages.clear()
+        probed = probe_seconds(path) if os.path.exists(os.fspath(path)) else 0.0
+        res.seconds = max(res.seconds, round(float(np.floor(probed * cfg.media.fps + 1e-6)) / cfg.media.fps, 6))
+        res.count("decode", 1, 0, res.seconds, 0.0)
         res.reject("error", 0.0, res.seconds, f"internal error: {type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc(limit=4))
         return _finish(res, t0)
