@@ -6,7 +6,12 @@ import os
 
 import numpy as np
 
-from conftest import read_jsonl  # noqa: E402
+
+def read_jsonl(path) -> list[dict]:
+    import json as _json
+    from pathlib import Path as _Path
+
+    return [_json.loads(x) for x in _Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def test_bad_inputs_are_rejected_and_run_goes_on(tmp_path, canvas):

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl  # noqa: E402
+
+def read_jsonl(path) -> list[dict]:
+    import json as _json
+    from pathlib import Path as _Path
+
+    return [_json.loads(x) for x in _Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def _strip(rows):

@@ -8,7 +8,12 @@ import pytest
 
 from avf_data.shards import iter_clips
 
-from conftest import read_jsonl  # noqa: E402
+
+def read_jsonl(path) -> list[dict]:
+    import json as _json
+    from pathlib import Path as _Path
+
+    return [_json.loads(x) for x in _Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,12 @@ import pytest
 
 from avf_data.shards import iter_clips, iter_raw_samples, expand_shards
 
-from conftest import read_jsonl  # noqa: E402
+
+def read_jsonl(path) -> list[dict]:
+    import json as _json
+    from pathlib import Path as _Path
+
+    return [_json.loads(x) for x in _Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def _by_source(rows, name):

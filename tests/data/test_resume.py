@@ -14,7 +14,12 @@ import pytest
 
 from avf_data.shards import expand_shards, iter_raw_samples
 
-from conftest import read_jsonl  # noqa: E402  (tests/data is on sys.path under pytest's default import mode)
+
+def read_jsonl(path) -> list[dict]:
+    import json as _json
+    from pathlib import Path as _Path
+
+    return [_json.loads(x) for x in _Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
 def _live_group_members(pgid: int) -> list[int]:
