@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import checkpoint as ckpt_io
 from .config import MODEL_SIZES, TrainConfig, load_yaml, set_dotted, stage_defaults, update
 
 
@@ -124,20 +125,22 @@ def main(argv: list[str] | None = None) -> int:
             summary = predict(args.ckpt, args.data, args.out, batch_size=args.batch_size,
                               num_workers=args.num_workers, segments=args.segments, crops=args.crops,
                               device=args.device, precision=args.precision)
-            print(json.dumps(summary))
+            if summary:
+                print(json.dumps(summary))
             return 0
         try:
             cfg = resolve_config(args)
         except (KeyError, ValueError) as exc:
             raise StageError(f"config: {exc}") from exc
         result = train(cfg, resume=args.resume)
-        if cfg.stage != "pretrain" and cfg.data.val_shards and result.checkpoint is not None \
-                and os.environ.get("RANK", "0") == "0":
+        if cfg.stage != "pretrain" and cfg.data.val_shards:  # every rank: predict is distributed too
             from .predict import predict
 
-            summary = predict(str(result.checkpoint), cfg.data.val_shards, result.run_dir / "predictions.jsonl",
-                              batch_size=cfg.run.batch_size, device=cfg.run.device)
-            print(json.dumps(summary))
+            summary = predict(str(ckpt_io.resolve(result.run_dir)), cfg.data.val_shards,
+                              result.run_dir / "predictions.jsonl", batch_size=cfg.run.batch_size,
+                              device=cfg.run.device)
+            if summary:
+                print(json.dumps(summary))
         return 0
     except (FileNotFoundError, FileExistsError, StageError) as exc:
         print(f"avf-train: error: {exc}", file=sys.stderr)

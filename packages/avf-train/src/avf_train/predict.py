@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt_io
+from . import distributed as D
 from .config import TrainConfig, from_dict
 from .data import ClipStream, make_loader, resolve_shards
 from .labels import get_label_map
@@ -37,29 +38,32 @@ def load_for_inference(path: str | os.PathLike, device: torch.device) -> tuple[t
 def predict(checkpoint: str, data: str, out: str | os.PathLike, batch_size: int = 8, num_workers: int = 0,
             segments: int | None = None, crops: int | None = None, device: str = "auto",
             precision: str = "fp32") -> dict[str, Any]:
-    """Write ``out`` (JSONL) and return a summary with clip-level top-1 accuracy when labels exist."""
-    dev = torch.device("cuda" if (device == "auto" and torch.cuda.is_available()) else
-                       ("cpu" if device == "auto" else device))
-    model, cfg, ckpt = load_for_inference(checkpoint, dev)
+    """Write ``out`` (JSONL) and return a summary with clip-level top-1 accuracy when labels exist.
+
+    Under torchrun every rank predicts its share of the clips into ``out.part<rank>`` and rank 0
+    concatenates the parts (rank order) into ``out``.
+    """
+    info = D.init(device)
+    model, cfg, ckpt = load_for_inference(checkpoint, info.device)
     if segments is not None:
         cfg.data.test_segments = segments
     if crops is not None:
         cfg.data.test_crops = crops
     check_input_spec(model, cfg)
     tcfg = transform_config(cfg, "test")
-    stream = ClipStream(resolve_shards(data), tcfg, batch_size, train=False, seed=cfg.run.seed,
-                        num_workers=num_workers, label_map=get_label_map(cfg.data.label_map))
+    stream = ClipStream(resolve_shards(data), tcfg, batch_size, train=False, seed=cfg.run.seed, rank=info.rank,
+                        world_size=info.world_size, num_workers=num_workers,
+                        label_map=get_label_map(cfg.data.label_map))
     regression = cfg.finetune.task == "dea"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clip_scores: dict[str, tuple[int, torch.Tensor]] = {}
-    rows = 0
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(dev.type, enabled=False)
-    with open(tmp, "w") as fh:
+    part = out.with_name(out.name + (f".part{info.rank}" if info.distributed else ".tmp"))
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    with open(part, "w") as fh:
         for batch in make_loader(stream, num_workers):
             with autocast:
-                outputs = supervised_forward(model, cfg, batch["video"].to(dev), batch["audio"].to(dev)).float().cpu()
+                outputs = supervised_forward(model, cfg, batch["video"].to(info.device),
+                                             batch["audio"].to(info.device)).float().cpu()
             probs = None if regression else outputs.softmax(dim=-1)
             for i, key in enumerate(batch["key"]):
                 view = int(batch["view"][i])
@@ -72,14 +76,36 @@ def predict(checkpoint: str, data: str, out: str | os.PathLike, batch_size: int 
                 else:
                     row["logits"] = outputs[i].tolist()
                     row["probs"] = probs[i].tolist()
-                    prev = clip_scores.get(key)
-                    clip_scores[key] = (row["label"], probs[i] if prev is None else prev[1] + probs[i])
                 fh.write(json.dumps(row) + "\n")
-                rows += 1
-    os.replace(tmp, out)
-    summary: dict[str, Any] = {"rows": rows, "clips": len(clip_scores) or rows // max(1, tcfg.num_views),
-                               "views_per_clip": tcfg.num_views, "checkpoint": ckpt["path"], "out": str(out)}
-    labelled = [(label, scores) for label, scores in clip_scores.values() if label >= 0]
+    if info.distributed:
+        torch.distributed.barrier()
+        if info.is_main:
+            tmp = out.with_name(out.name + ".tmp")
+            with open(tmp, "w") as fh:
+                for r in range(info.world_size):
+                    piece = out.with_name(out.name + f".part{r}")
+                    fh.write(piece.read_text())
+                    piece.unlink()
+            tmp.replace(out)
+        D.shutdown()
+    else:
+        part.replace(out)
+    return summarize(out, tcfg.num_views, ckpt["path"]) if info.is_main else {}
+
+
+def summarize(path: Path, views_per_clip: int, checkpoint: str) -> dict[str, Any]:
+    """Row/clip counts and clip-level top-1 (views' probabilities averaged) of a predictions file."""
+    clips: dict[str, tuple[int, torch.Tensor | None]] = {}
+    rows = 0
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows += 1
+        probs = torch.tensor(row["probs"]) if "probs" in row else None
+        prev = clips.get(row["key"])
+        clips[row["key"]] = (row["label"], probs if prev is None or prev[1] is None else prev[1] + probs)
+    summary: dict[str, Any] = {"rows": rows, "clips": len(clips), "views_per_clip": views_per_clip,
+                               "checkpoint": checkpoint, "out": str(path)}
+    labelled = [(label, p) for label, p in clips.values() if label >= 0 and p is not None]
     if labelled:
-        summary["top1"] = sum(int(scores.argmax()) == label for label, scores in labelled) / len(labelled)
+        summary["top1"] = sum(int(p.argmax()) == label for label, p in labelled) / len(labelled)
     return summary
