@@ -89,3 +89,17 @@ def test_train_stream_resumes_exactly_with_two_workers(shards):
     rest = _keys(make_loader(ClipStream(paths, cfg, 2, state=state, **kw), 2), 2)
     assert first + rest == straight
     assert straight[4][1][1] == 1  # the fifth batch starts pass 1 (2 batches/pass/worker)
+
+
+def test_training_stream_skips_a_corrupt_sample(shards, tmp_path):
+    from avf_data.shards import ShardWriter, iter_raw_samples
+
+    raws = list(iter_raw_samples(resolve_shards(shards["unlabelled"])))[:3]
+    raws[1] = {**raws[1], "mp4": b"not a video"}
+    with ShardWriter(tmp_path, prefix="bad") as writer:
+        for raw in raws:
+            writer.write({k: v for k, v in raw.items() if k != "__url__"})
+    cfg = ClipTransformConfig(mode="pretrain", num_frames=4, image_size=32)
+    stream = ClipStream(resolve_shards(str(tmp_path)), cfg, 2, train=True, shuffle_buffer=1)
+    batch = next(iter(stream))
+    assert batch["key"] == [raws[0]["__key__"], raws[2]["__key__"]]

@@ -20,6 +20,7 @@ augmentation draws. So the stream is built here from the shared reader (``iter_r
 
 from __future__ import annotations
 
+import sys
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -154,7 +155,14 @@ class ClipStream(IterableDataset):
 
     def _views(self, raw: dict[str, Any], unit: int, pass_index: int, sample_index: int,
                first_repeat: int = 0) -> Iterator[dict[str, Any]]:
-        clip = decode_sample(raw)
+        try:
+            clip = decode_sample(raw)
+        except Exception as exc:  # one corrupt sample must not end a week-long run
+            if not self.train:
+                raise
+            print(f"[avf-train] skipping undecodable sample {raw.get('__key__')!r} in {raw.get('__url__')}: {exc}",
+                  file=sys.stderr, flush=True)
+            return
         label, targets = self._label(clip.meta, clip.key)
         if self.train:
             for r in range(first_repeat, self.repeats):
