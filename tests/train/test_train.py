@@ -63,15 +63,17 @@ def test_resume_reproduces_the_uninterrupted_losses(pretrained, shards, tmp_path
 
 def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
     post = tmp_path / "post"
+    # no --model: the architecture comes from the --init checkpoint
     assert main(["postpretrain", "--init", str(pretrained / "checkpoint"), "--data", shards["labelled"],
-                 "--out", str(post), "--max-steps", "2", *FAST]) == 0
+                 "--out", str(post), "--max-steps", "2", *FAST[2:]]) == 0
     ck = torch.load(post / "checkpoint", weights_only=True)
     assert ck["stage"] == "postpretrain" and ck["model"]["head.weight"].shape[0] == 13  # CEA-13 hybrid
 
     fine = tmp_path / "fine"
     val = str(Path(shards["labelled"]).parent / "labelled-000000.tar")
     assert main(["finetune", "--init", str(post), "--data", shards["labelled"], "--val-data", val,
-                 "--task", "cea", "--num-classes", "3", "--out", str(fine), "--max-steps", "1", *FAST]) == 0
+                 "--task", "cea", "--num-classes", "3", "--out", str(fine), "--max-steps", "1", *FAST[2:]]) == 0
+    assert "avfmae_pp_tiny" in (fine / "config.yaml").read_text()
     rows = [json.loads(line) for line in (fine / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 4  # 4 clips x (2 segments x 2 crops)
     assert {r["view"] for r in rows} == {0, 1, 2, 3}
@@ -118,10 +120,10 @@ def test_torchrun_two_processes_on_cpu(shards, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     run = tmp_path / "ddp"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "avf_train.cli", "pretrain",
-           "--shards", shards["unlabelled"], "--out", str(run), "--max-steps", "2", "--device", "cpu",
+           "--shards", shards["unlabelled"], "--out", str(run), "--max-steps", "1", "--device", "cpu",
            "--model", "tiny", "--batch-size", "2", *PRETRAIN[4:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(run / "checkpoint", weights_only=True)
-    assert len(ckpt["rng"]) == 2 and len(ckpt["data"]) == 2 and ckpt["step"] == 2
+    assert len(ckpt["rng"]) == 2 and len(ckpt["data"]) == 2 and ckpt["step"] == 1

@@ -27,7 +27,9 @@ MODEL_SIZES: tuple[str, ...] = ("tiny", "base", "large", "huge")
 class ModelArgs:
     """Which avf-models network to build, plus keyword overrides passed to ``create_model``."""
 
-    name: str = "avfmae_pp_base"  # or a size alias: tiny | base | large | huge | hicmae_base
+    # "" = the model of the --init checkpoint (supervised stages), else avfmae_pp_base;
+    # or a size alias: tiny | base | large | huge, or any avf-models name such as hicmae_base
+    name: str = ""
     drop_path: float | None = None  # None: the model's stage default (0.1 when fine-tuning)
     modality: Literal["av", "audio", "video"] = "av"  # uni-modal fine-tuning variants
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -266,4 +268,6 @@ def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
 
 def resolve_model_name(name: str) -> str:
     """Accept the CLI's size aliases (tiny/base/large/huge) as well as full registry names."""
+    if not name:
+        return "avfmae_pp_base"
     return f"avfmae_pp_{name}" if name in MODEL_SIZES else name

@@ -85,6 +85,21 @@ def check_input_spec(model: nn.Module, cfg: TrainConfig) -> None:
                          f"{want}, the data config gives {got}; fix data.* or the model overrides")
 
 
+def model_from_init(cfg: TrainConfig, log) -> None:
+    """With no --model, a supervised stage builds the architecture its --init checkpoint was
+    trained with (name and ModelConfig overrides such as depth), so the chain needs no repetition."""
+    if cfg.model.name or cfg.stage == "pretrain" or not cfg.finetune.init:
+        return
+    ckpt = ckpt_io.load(cfg.finetune.init)
+    name = ckpt.get("model_name")
+    if not name:
+        raise StageError(f"--init {ckpt['path']} does not record its model; pass --model")
+    saved = (ckpt.get("config") or {}).get("model", {}).get("overrides", {}) or {}
+    cfg.model.name = name
+    cfg.model.overrides = {**saved, **cfg.model.overrides}
+    log(f"model {name} (from --init)")
+
+
 def init_from(model: nn.Module, cfg: TrainConfig, log) -> None:
     """Load ``finetune.init`` into a supervised model, refusing checkpoints of the wrong stage."""
     from avf_models import load_pretrained_into_finetune
@@ -301,6 +316,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
 
     shards = resolve_shards(cfg.data.shards)
+    if resume_ckpt is None:
+        model_from_init(cfg, log)
+    cfg.model.name = resolve_model_name(cfg.model.name)
     torch.manual_seed(cfg.run.seed)  # same init on every rank (FSDP2 does not broadcast it)
     model = build_model(cfg)
     if cfg.run.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
