@@ -91,8 +91,10 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
 def test_dea_regression_finetune(pretrained, shards, tmp_path):
     run = tmp_path / "dea"
     assert main(["finetune", "--init", str(pretrained), "--data", shards["labelled"], "--task", "dea",
-                 "--num-classes", "2", "--out", str(run), "--max-steps", "1", *FAST]) == 0
-    assert torch.load(run / "checkpoint", weights_only=True)["model"]["head.weight"].shape[0] == 2
+                 "--num-classes", "2", "--out", str(run), "--max-steps", "1", "--grad-accum", "2", *FAST]) == 0
+    ckpt = torch.load(run / "checkpoint", weights_only=True)
+    assert ckpt["model"]["head.weight"].shape[0] == 2
+    assert ckpt["data"][0]["consumed"] == 2  # two micro-batches for the one optimizer step
 
 
 def test_clear_errors(pretrained, shards, tmp_path, capsys):

@@ -401,7 +401,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             data_state.advance(worker, pass_index, batch_index)
             video = batch["video"].to(info.device, non_blocking=True)
             audio = batch["audio"].to(info.device, non_blocking=True)
-            sync = nullcontext() if (micro == accum - 1 or not hasattr(model, "no_sync")) else model.no_sync()
+            last_micro = micro == accum - 1
+            if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-step only
+                model.set_requires_gradient_sync(last_micro)
+            sync = nullcontext() if (last_micro or not hasattr(model, "no_sync")) else model.no_sync()
             with sync:
                 with _autocast(info, cfg.run.precision):
                     if cfg.stage == "pretrain":
