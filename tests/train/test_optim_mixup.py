@@ -39,6 +39,7 @@ def test_mixup_and_cutmix_targets_are_distributions():
         video, audio, target = mix_targets(batch, cfg, 3, np.random.default_rng(seed))
         assert video.shape == batch["video"].shape and audio.shape == batch["audio"].shape
         assert torch.allclose(target.sum(-1), torch.ones(4))
+        assert torch.equal(audio, batch["audio"])  # official: the audio is not mixed
     cfg.finetune.mixup = cfg.finetune.cutmix = 0.0
     _, _, target = mix_targets(batch, cfg, 3, np.random.default_rng(0))
     assert target[0].tolist() == pytest.approx([1 - 0.1 + 0.1 / 3, 0.1 / 3, 0.1 / 3])

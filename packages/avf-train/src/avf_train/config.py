@@ -49,7 +49,7 @@ class DataArgs:
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # MultiScaleCrop (pre-training)
     audio_gain_aug: bool = True  # AudioMAE "roll+mag": effectively a gain of Beta(10,10)+0.5
     # fine-tuning augmentation (ignored in pre-training)
-    rand_augment: str = "rand-m7-n4"  # RandAugment magnitude / number of ops; "" disables
+    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # official timm spec (magnitude 7, 4 ops); "" disables
     random_resized_crop_scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = True
     random_erase: float = 0.25
@@ -92,6 +92,7 @@ class FinetuneArgs:
     cutmix: float = 1.0  # official default, not listed in Table 6
     mixup_prob: float = 1.0
     mixup_switch_prob: float = 0.5
+    mix_audio: bool = False  # official code mixes only the video (labels mixed); True mixes audio too
     label_smoothing: float = 0.1
     init: str = ""  # checkpoint (or run folder) to start from
 

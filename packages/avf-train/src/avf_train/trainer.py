@@ -146,10 +146,11 @@ def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: S
 
 def mix_targets(batch: dict[str, Any], cfg: TrainConfig, num_classes: int, rng: np.random.Generator,
                 train: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixup/CutMix (timm semantics, pairs i with B-1-i) applied jointly to video and audio.
+    """Mixup/CutMix (timm semantics, pairs i with B-1-i) on the video, targets mixed to match.
 
-    CutMix pastes a box into every frame of the video; the audio is mixed linearly with the same
-    (area-corrected) lambda. Classification targets are label-smoothed one-hots; DEA regression
+    As in the official fine-tuning code the audio is left unmixed (ARCH_SPEC §8); with
+    ``finetune.mix_audio`` it is mixed linearly with the same (area-corrected) lambda. CutMix pastes
+    one box into every frame. Classification targets are label-smoothed one-hots; DEA regression
     targets are mixed linearly without smoothing.
     """
     video, audio = batch["video"], batch["audio"]
@@ -182,7 +183,8 @@ def mix_targets(batch: dict[str, Any], cfg: TrainConfig, num_classes: int, rng: 
         lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
     else:
         video = video * lam + video.flip(0) * (1.0 - lam)
-    audio = audio * lam + audio.flip(0) * (1.0 - lam)
+    if f.mix_audio:
+        audio = audio * lam + audio.flip(0) * (1.0 - lam)
     target = target * lam + target.flip(0) * (1.0 - lam)
     return video, audio, target
 

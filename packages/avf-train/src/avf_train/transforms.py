@@ -36,7 +36,7 @@ class ClipTransformConfig:
     crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
     audio_gain_aug: bool = True
     mode: str = "pretrain"  # pretrain | finetune | test
-    rand_augment: str = "rand-m7-n4"
+    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = True
     random_erase: float = 0.25
