@@ -84,8 +84,9 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
     # predict as its own command, one view per clip
     out = tmp_path / "p.jsonl"
     assert main(["predict", "--ckpt", str(fine), "--data", val, "--out", str(out), "--segments", "1",
-                 "--crops", "1"]) == 0
-    assert len(out.read_text().splitlines()) == 4
+                 "--crops", "1", "--fold", "3"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 4 and rows[0]["fold"] == "3" and rows[0]["epoch"] == 1
 
 
 def test_dea_regression_finetune(pretrained, shards, tmp_path):

@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crops", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
+    p.add_argument("--fold", help="fold id written into every row (avf-eval groups models by fold)")
     return parser
 
 
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
             summary = predict(args.ckpt, args.data, args.out, batch_size=args.batch_size,
                               num_workers=args.num_workers, segments=args.segments, crops=args.crops,
-                              device=args.device, precision=args.precision)
+                              device=args.device, precision=args.precision, fold=args.fold)
             if summary:
                 print(json.dumps(summary))
             return 0

@@ -7,6 +7,7 @@ views of a clip itself, so nothing is aggregated here beyond an optional quick a
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ def load_for_inference(path: str | os.PathLike, device: torch.device) -> tuple[t
 @torch.no_grad()
 def predict(checkpoint: str, data: str, out: str | os.PathLike, batch_size: int = 8, num_workers: int = 0,
             segments: int | None = None, crops: int | None = None, device: str = "auto",
-            precision: str = "fp32") -> dict[str, Any]:
+            precision: str = "fp32", fold: str | int | None = None) -> dict[str, Any]:
     """Write ``out`` (JSONL) and return a summary with clip-level top-1 accuracy when labels exist.
 
     Under torchrun every rank predicts its share of the clips into ``out.part<rank>`` and rank 0
@@ -55,6 +56,7 @@ def predict(checkpoint: str, data: str, out: str | os.PathLike, batch_size: int 
                         world_size=info.world_size, num_workers=num_workers,
                         label_map=get_label_map(cfg.data.label_map))
     regression = cfg.finetune.task == "dea"
+    epoch = int(math.ceil(float(ckpt.get("epoch", 0)) - 1e-9))  # epochs completed (partial counts as one)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + (f".part{info.rank}" if info.distributed else ".tmp"))
@@ -68,7 +70,10 @@ def predict(checkpoint: str, data: str, out: str | os.PathLike, batch_size: int 
             for i, key in enumerate(batch["key"]):
                 view = int(batch["view"][i])
                 row: dict[str, Any] = {"key": key, "label": int(batch["label"][i]), "view": view,
-                                       "segment": view // tcfg.test_crops, "crop": view % tcfg.test_crops}
+                                       "segment": view // tcfg.test_crops, "crop": view % tcfg.test_crops,
+                                       "epoch": epoch}
+                if fold is not None:
+                    row["fold"] = fold
                 if regression:
                     row["outputs"] = outputs[i].tolist()
                     if "targets" in batch:
