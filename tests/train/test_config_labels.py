@@ -66,3 +66,14 @@ def test_label_map_from_yaml(tmp_path):
     path.write_text("classes: [low, high]\naliases: {calm: low, excited: high}\n")
     m = get_label_map(str(path))
     assert m.index({"label_name": "Excited"}) == 1 and m.index({"label_name": "low"}) == 0
+
+
+def test_shipped_configs_load_for_their_stage(tmp_path):
+    for name, stage in (("pretrain_base", "pretrain"), ("pretrain_large", "pretrain"),
+                        ("pretrain_huge", "pretrain"), ("postpretrain_cea", "postpretrain"),
+                        ("finetune_cea", "finetune")):
+        args = build_parser().parse_args([stage, "--config", name, "--out", str(tmp_path)])
+        cfg = resolve_config(args)
+        assert cfg.stage == stage
+    huge = resolve_config(build_parser().parse_args(["pretrain", "--config", "pretrain_huge"]))
+    assert huge.optim.clip_grad == 0.7 and huge.run.fsdp and huge.model.name == "avfmae_pp_huge"

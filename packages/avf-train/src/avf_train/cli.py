@@ -20,7 +20,8 @@ from .config import MODEL_SIZES, TrainConfig, load_yaml, set_dotted, stage_defau
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (config.yaml, checkpoints/, checkpoint, metrics.jsonl, tb/)")
-    p.add_argument("--config", help="YAML config applied on top of the stage defaults")
+    p.add_argument("--config", help="YAML file, or a shipped config name (pretrain_base|pretrain_large|"
+                   "pretrain_huge|postpretrain_cea|finetune_cea), applied on top of the stage defaults")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override any config field, e.g. --set optim.lr=1e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from RUN/checkpoint")
@@ -73,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_path(name: str) -> Path:
+    """A YAML path, or the name of a shipped config (``avf_train/configs/<name>.yaml``)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    shipped = Path(__file__).parent / "configs" / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.exists():
+        return shipped
+    known = sorted(p.stem for p in (Path(__file__).parent / "configs").glob("*.yaml"))
+    raise FileNotFoundError(f"config {name!r} is neither a file nor a shipped config ({', '.join(known)})")
+
+
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Apply the precedence chain to get the run's full config."""
     stage = args.command
@@ -80,7 +93,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.resume and args.out and (Path(args.out) / "config.yaml").exists():
         cfg = load_yaml(Path(args.out) / "config.yaml")
     if args.config:
-        base = load_yaml(args.config)
+        base = load_yaml(config_path(args.config))
         if base.stage != stage:
             raise SystemExit(f"--config {args.config} is for stage {base.stage!r}, not {stage!r}")
         cfg = base
