@@ -1,6 +1,12 @@
 """Suite-wide pytest setup: GPU tests skip cleanly on machines without CUDA (CI has none)."""
 
+import os
+
 import pytest
+
+# Tests start local Ray instances from a driver that `uv run` launched; Ray would then rebuild
+# the uv environment for its workers (slow, and it needs the network). Use this interpreter.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 
 
 def _cuda_available() -> bool:
