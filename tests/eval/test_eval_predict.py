@@ -48,7 +48,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_checkpoint_round_trip(checkpoint: Path) -> None:
     loaded = load_model(checkpoint)
     assert loaded.names == tuple(CLASSES) and loaded.names_source == "checkpoint"
-    assert loaded.task == "classification" and loaded.views.frames == 16
+    assert loaded.task == "classification" and loaded.views.num_frames == 16 and loaded.views.mode == "test"
 
 
 def test_predict_single_face(demo_videos: dict[str, Path], checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,18 +103,27 @@ def _avf_train_run(tmp_path: Path, task: str, num_classes: int, label_map: str) 
 
 
 def test_avf_train_checkpoint_layout(tmp_path: Path) -> None:
-    from avf_eval.predict.views import clip_views
+    from avf_eval.predict import CuratedClip
+    from avf_eval.predict.run import clip_views
 
     loaded = load_model(_avf_train_run(tmp_path, "cea", 13, "cea13"))
     assert loaded.model_name == "avfmae_pp_tiny" and len(loaded.names) == 13
     assert loaded.names_source == "training label map" and "Happy" in loaded.names
-    assert (loaded.views.segments, loaded.views.crops, loaded.views.stride) == (2, 2, 4)
+    assert (loaded.views.test_segments, loaded.views.test_crops, loaded.views.sampling_rate) == (2, 2, 4)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 255, (80, 160, 160, 3), dtype=np.uint8)
-    video, audio = clip_views(frames, 25.0, rng.normal(scale=0.1, size=16000 * 4).astype(np.float32), 16000, loaded.views)
-    assert video.shape == (2, 3, 16, 160, 160) and audio.shape == (2, 1, 256, 128)  # square crops coincide
+    audio = rng.normal(scale=0.1, size=16000 * 4).astype(np.float32)
+    clip = CuratedClip("k", frames, audio, 25.0, 16000, 0.0, 3.2)
+    video, fbank = clip_views(clip, loaded)
+    assert video.shape == (2, 3, 16, 160, 160) and fbank.shape == (2, 1, 256, 128)  # square crops coincide
+    # the views are avf-train's own test views (make_view, test mode): segment 0 crop 0, segment 1 crop 0
+    from avf_train.transforms import make_view
+
+    for index, view in enumerate((0, loaded.views.test_crops)):
+        expected = make_view(frames, 25.0, audio, 16000, loaded.views, None, view=view)
+        assert torch.equal(video[index], expected["video"]) and torch.equal(fbank[index], expected["audio"])
     with torch.no_grad():
-        assert loaded.model(video, audio).shape == (2, 13)
+        assert loaded.model(video, fbank).shape == (2, 13)
 
 
 def test_avf_train_regression_checkpoint_uses_protocol_names(tmp_path: Path) -> None:
@@ -135,3 +144,33 @@ def test_render_text() -> None:
                              rejects=[{"stage": "silence", "reason": "silence (0.5 s)", "start": 2.0, "end": 2.5}])
     text = render_prediction(result)
     assert result.top == "b" and "b 70.0%" in text and "silence" in text
+
+
+def test_pretraining_and_pickled_checkpoints_are_refused(tmp_path: Path) -> None:
+    from avf_models import create_model
+
+    pre = tmp_path / "pre.pt"
+    torch.save({"format": 1, "stage": "pretrain", "model_name": "avfmae_pp_tiny",
+                "model": create_model("avfmae_pp_tiny", stage="pretrain").state_dict()}, pre)
+    with pytest.raises(ValueError, match="'pretrain' checkpoint.*no classifier head"):
+        load_model(pre)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"model_name": "avfmae_pp_tiny", "model": {}, "extra": Path("x")}, pickled)
+    with pytest.raises(ValueError, match="not a weights-only torch checkpoint"):
+        load_model(pickled)
+
+
+def test_exported_regression_checkpoint(tmp_path: Path) -> None:
+    """The exported layout without a config: task and dimension names come from the file."""
+    from avf_models import create_model
+
+    model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=3, task="regression", modality="video")
+    path = tmp_path / "dea.pt"
+    torch.save({"model_name": "avfmae_pp_tiny", "task": "regression", "modality": "video",
+                "dimensions": ["arousal", "valence", "dominance"], "model": model.state_dict()}, path)
+    loaded = load_model(path)
+    assert loaded.task == "regression" and loaded.names == ("arousal", "valence", "dominance")
+    assert loaded.names_source == "checkpoint" and loaded.config.model.modality == "video"
+    with pytest.raises(ValueError, match="cannot load .* into avfmae_pp_tiny"):
+        torch.save({"model_name": "avfmae_pp_tiny", "num_classes": 5, "model": model.state_dict()}, path)
+        load_model(path)

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Curate a raw video with avf-data's stages (scene cuts, face check, silence "
                                               "split, RetinaFace crop), run an avf-train checkpoint on every clip and print "
                                               "the emotion probabilities per clip and for the whole video. "
-                                              "Needs the `predict` extra (avf-data, avf-models).")
+                                              "Needs the `predict` extra (avf-data, avf-models, avf-train).")
     predict.add_argument("video", help="path to a video file with an audio track")
     predict.add_argument("--checkpoint", "-c", required=True, help="checkpoint written by avf-train (torch file)")
     predict.add_argument("--protocol", "-p", help="name the outputs with this protocol's classes when the checkpoint has no names")
@@ -162,7 +162,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         from avf_eval.predict import predict_video, render_prediction
     except ImportError as error:
-        raise SystemExit(f"avf-eval predict needs the `predict` extra (avf-data, avf-models): {error}") from None
+        raise SystemExit(f"avf-eval predict needs the `predict` extra (avf-data, avf-models, avf-train): {error}") from None
     from avf_eval.protocols import get_protocol
 
     protocol = get_protocol(args.protocol) if args.protocol else None

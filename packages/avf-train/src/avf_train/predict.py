@@ -16,22 +16,61 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from .config import TrainConfig, from_dict
+from .config import TrainConfig, from_dict, resolve_model_name
 from .data import ClipStream, make_loader, resolve_shards
 from .labels import get_label_map
 from .trainer import StageError, build_model, check_input_spec, supervised_forward, transform_config
 
 
-def load_for_inference(path: str | os.PathLike, device: torch.device) -> tuple[torch.nn.Module, TrainConfig, dict]:
-    """Rebuild a supervised model from its checkpoint's stored config and load its weights."""
+def inference_config(ckpt: dict[str, Any]) -> TrainConfig:
+    """The config a supervised checkpoint (as returned by ``checkpoint.load``) was trained with.
+
+    avf-train checkpoints store it under ``config``. An exported checkpoint without one (a dict
+    with ``model_name``, ``model`` and optionally ``num_classes``, ``task`` = ``classification`` /
+    ``regression``, ``modality`` and ``model_overrides``) gets the fine-tuning defaults for that
+    model; its number of outputs is ``num_classes`` or the rows of ``head.weight``.
+    """
+    if isinstance(ckpt.get("config"), dict):
+        return from_dict(ckpt["config"])
+    name = ckpt.get("model_name")
+    if not name:
+        raise StageError(f"{ckpt['path']}: no 'config' and no 'model_name'; predict needs a dict with "
+                         "'model_name' and 'model' (state dict)")
+    overrides = dict(ckpt.get("model_overrides") or {})
+    modality = overrides.pop("modality", None) or ckpt.get("modality") or "av"
+    regression = "regression" in (ckpt.get("task"), overrides.pop("task", None))
+    num_classes = int(ckpt.get("num_classes") or 0)
+    if num_classes <= 0:
+        head = ckpt["model"].get("head.weight")
+        if head is None:
+            raise StageError(f"{ckpt['path']}: cannot tell the number of outputs (no 'num_classes', no head.weight)")
+        num_classes = int(head.shape[0])
+    return from_dict({"stage": "finetune", "model": {"name": str(name), "modality": modality, "overrides": overrides},
+                      "finetune": {"task": "dea" if regression else "cea", "num_classes": num_classes}})
+
+
+def load_for_inference(path: str | os.PathLike, device: str | torch.device) -> tuple[torch.nn.Module, TrainConfig, dict]:
+    """Rebuild a supervised model from a checkpoint file or run folder and load its weights.
+
+    Returns the model (in eval mode on ``device``), its config (:func:`inference_config`) and
+    the checkpoint dict (with ``path``). Pre-training checkpoints and bare state dicts are
+    refused with a :class:`StageError` that says why.
+    """
     ckpt = ckpt_io.load(path)
-    if ckpt.get("stage") not in ("postpretrain", "finetune"):
-        raise StageError(f"{ckpt['path']} is a {ckpt.get('stage')!r} checkpoint; predict needs a post-pre-trained "
+    if ckpt.get("format") == 0 and "model_name" not in ckpt:
+        raise StageError(f"{ckpt['path']} is a bare state dict; predict needs a dict with 'model_name' and "
+                         "'model' (state dict), such as an avf-train checkpoint")
+    stage = ckpt.get("stage", None if isinstance(ckpt.get("config"), dict) else "finetune")
+    if stage not in ("postpretrain", "finetune"):
+        raise StageError(f"{ckpt['path']} is a {stage!r} checkpoint; predict needs a post-pre-trained "
                          "or fine-tuned one (pre-training checkpoints have no classifier head)")
-    cfg = from_dict(ckpt["config"])
+    cfg = inference_config(ckpt)
     cfg.model.drop_path = 0.0
     model = build_model(cfg)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:  # missing/unexpected keys, shape mismatch: say which file and model
+        raise StageError(f"cannot load {ckpt['path']} into {resolve_model_name(cfg.model.name)}: {exc}") from exc
     return model.to(device).eval(), cfg, ckpt
 
 

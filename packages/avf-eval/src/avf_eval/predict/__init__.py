@@ -1,13 +1,13 @@
-"""Emotion prediction for one raw video: avf-data curation -> avf-models checkpoint -> probabilities.
+"""Emotion prediction for one raw video: avf-data curation -> avf-train checkpoint and test views -> probabilities.
 
-Needs the ``predict`` extra (avf-data, avf-models, and through them torch).
+Needs the ``predict`` extra (avf-data, avf-models, avf-train, and through them torch).
 """
 
-from avf_eval.predict.checkpoint import CheckpointError, LoadedModel, ViewSpec, load_model
+from avf_eval.predict.checkpoint import CheckpointError, LoadedModel, load_model
 from avf_eval.predict.curate import CuratedClip, CuratedVideo, curate_video
 from avf_eval.predict.run import ClipPrediction, NoUsableClipsError, VideoPrediction, predict_video, render_prediction
 
 __all__ = [
     "CheckpointError", "ClipPrediction", "CuratedClip", "CuratedVideo", "LoadedModel", "NoUsableClipsError",
-    "VideoPrediction", "ViewSpec", "curate_video", "load_model", "predict_video", "render_prediction",
+    "VideoPrediction", "curate_video", "load_model", "predict_video", "render_prediction",
 ]

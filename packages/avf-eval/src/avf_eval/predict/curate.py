@@ -1,8 +1,8 @@
 """Curate one raw video into face-crop + audio clips with avf-data's stages, in memory.
 
-No stage logic lives here. If avf-data exposes ``pipeline.curate_video(path, cfg)`` it is
-used directly; otherwise the public ``pipeline.process_input`` writes the clip shard into a
-temporary folder that is read back with ``shards.iter_clips`` and deleted.
+No stage logic lives here: ``avf_data.pipeline.curate_video`` runs the stages without writing
+files (and without thumbnails); this module only picks the configuration and keeps the clips'
+time spans.
 
 Stages 1-4 (scene cuts, dlib face check, silence split, RetinaFace crop) are enforced as in
 curation. The sync and blur filters of stage 5 are *measured but not enforced*: they keep
@@ -12,8 +12,6 @@ slightly out-of-sync video still deserves an answer.
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,6 @@ def prediction_config() -> Any:
     cfg = BuildConfig()
     cfg.enable_sync = False
     cfg.enable_quality = False
-    cfg.output = dataclasses.replace(cfg.output, thumbnails=False)
     return cfg
 
 
@@ -64,17 +61,7 @@ def _from_sample(sample: Any) -> CuratedClip:
 
 def curate_video(path: str | Path, cfg: Any = None) -> CuratedVideo:
     """Run the curation stages on one file and return its clips in time order."""
-    from avf_data import pipeline
+    from avf_data.pipeline import curate_video as curate
 
-    cfg = cfg or prediction_config()
-    direct = getattr(pipeline, "curate_video", None)
-    if callable(direct):
-        clips, rejects = direct(str(path), cfg)
-        return CuratedVideo(tuple(sorted(map(_from_sample, clips), key=lambda c: c.start)), tuple(rejects))
-    from avf_data.shards import iter_clips
-
-    with tempfile.TemporaryDirectory(prefix="avf-eval-predict-") as tmp:
-        result = pipeline.process_input(str(path), tmp, cfg)
-        shards = [str(Path(tmp) / shard) for shard in result.get("shards", [])]
-        clips = [_from_sample(clip) for clip in iter_clips(shards)] if shards else []
-    return CuratedVideo(tuple(sorted(clips, key=lambda c: c.start)), tuple(result.get("rejects", [])))
+    clips, rejects = curate(path, cfg or prediction_config())
+    return CuratedVideo(tuple(map(_from_sample, clips)), tuple(rejects))  # already in time order

@@ -4,6 +4,12 @@ Per clip the test views are merged exactly like ``avf-eval score`` merges views 
 view, mean). The whole-video distribution is the mean of the clip distributions weighted by
 clip duration, so a long clip counts more than a short one and the result still sums to 1.
 For a regression checkpoint the same weighting averages the raw outputs.
+
+The views of a clip are avf-train's test views (``avf_train.transforms.make_view`` in test mode:
+``test_segments`` x ``test_crops`` of the checkpoint's config), run through avf-train's
+``supervised_forward``, so a clip is seen exactly as ``avf-train predict`` sees it. Views that
+come out identical (the crops of a square face clip, the segments of a clip shorter than one
+window) are run once; since they repeat in equal numbers, the mean is unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import torch
 from avf_eval.aggregation import softmax
 from avf_eval.predict.checkpoint import LoadedModel, load_model
 from avf_eval.predict.curate import CuratedClip, curate_video
-from avf_eval.predict.views import clip_views
 from avf_eval.protocols.types import Protocol
 
 
@@ -54,18 +59,26 @@ class VideoPrediction:
         return self.names[int(np.argmax(self.scores))]
 
 
+def clip_views(clip: CuratedClip, loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(V, 3, T, S, S)`` video and ``(V, 1, A, 128)`` fbank of the clip's distinct test views."""
+    from avf_train.transforms import make_view
+
+    views: list[dict[str, torch.Tensor]] = []
+    for v in range(loaded.views.num_views):
+        view = make_view(clip.frames, clip.fps, clip.audio, clip.sample_rate, loaded.views, None, view=v)
+        if not any(torch.equal(view["video"], u["video"]) and torch.equal(view["audio"], u["audio"]) for u in views):
+            views.append(view)
+    return torch.stack([u["video"] for u in views]), torch.stack([u["audio"] for u in views])
+
+
 @torch.no_grad()
 def _run_clip(loaded: LoadedModel, clip: CuratedClip, device: str | torch.device, batch: int = 8) -> tuple[np.ndarray, int]:
-    video, audio = clip_views(clip.frames, clip.fps, clip.audio, clip.sample_rate, loaded.views)
+    from avf_train.trainer import supervised_forward
+
+    video, audio = clip_views(clip, loaded)
     outputs = []
     for i in range(0, len(video), batch):
-        v, a = video[i:i + batch].to(device), audio[i:i + batch].to(device)
-        if loaded.modality == "video":
-            out = loaded.model(video=v)
-        elif loaded.modality == "audio":
-            out = loaded.model(audio=a)
-        else:
-            out = loaded.model(v, a)
+        out = supervised_forward(loaded.model, loaded.config, video[i:i + batch].to(device), audio[i:i + batch].to(device))
         outputs.append(out.float().cpu().numpy().astype(np.float64))
     raw = np.concatenate(outputs)
     merged = softmax(raw).mean(axis=0) if loaded.task == "classification" else raw.mean(axis=0)
