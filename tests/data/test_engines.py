@@ -23,8 +23,10 @@ def test_ray_engine_matches_local(demo_build, tmp_path):
     ray = pytest.importorskip("ray")
     from avf_data.build import build
 
-    names = ["single_face", "two_faces", "long_silence", "corrupt"]
-    inputs = [str(demo_build["inputs"][n]) for n in names]
+    # the same inputs in the same order and the same worker count as demo_build (local
+    # engine), hence the same tasks: same shard names, keys and rows
+    names = list(demo_build["inputs"])
+    inputs = [str(p) for p in demo_build["inputs"].values()]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         stats = build(inputs, tmp_path / "ray", engine="ray", workers=2, progress=False)
@@ -39,4 +41,6 @@ def test_ray_engine_matches_local(demo_build, tmp_path):
     assert _strip(man) == _strip(local_man)
     assert _strip(rej) == _strip(local_rej)
     assert sorted(p.name for p in (tmp_path / "ray" / "shards").glob("*.tar")) == sorted(
-        {Path(r["shard"]).name for r in local_man})
+        p.name for p in (demo_build["out"] / "shards").glob("*.tar"))
+    assert stats["run"]["tasks"] == demo_build["stats"]["run"]["tasks"] == 2
+    assert len({r["shard"] for r in man}) < len({r["source"] for r in man})  # inputs share shards

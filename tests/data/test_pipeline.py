@@ -51,8 +51,9 @@ def test_shifted_audio_rejected_by_fallback_sync(demo_build):
 
 def test_every_second_is_accounted_for(demo_build):
     """accepted + rejected seconds == input seconds per source (within one frame); no overlap."""
-    done = [json.loads(line) for line in (demo_build["out"] / "done.jsonl").read_text().splitlines()]
-    assert {Path(r["source"]).stem for r in done} == set(demo_build["inputs"])
+    done = [rec for line in (demo_build["out"] / "done.jsonl").read_text().splitlines()
+            for rec in json.loads(line)["inputs"]]
+    assert sorted(Path(r["source"]).stem for r in done) == sorted(demo_build["inputs"])
     spans = defaultdict(list)
     for r in demo_build["manifest"] + demo_build["rejects"]:
         spans[r["source"]].append((r["start"], r["end"]))
@@ -84,6 +85,21 @@ def test_samples_match_manifest_and_format(demo_build):
     assert meta["sync"]["method"] == "fallback_motion_envelope"
 
 
+def test_inputs_share_task_shards(demo_build):
+    """7 inputs, 2 workers: two tasks; the clips of a task's inputs share its shard."""
+    from avf_data.build import group_tasks
+
+    out = demo_build["out"]
+    tasks = group_tasks([(str(p), None) for p in demo_build["inputs"].values()], 16, 2)
+    assert [len(t[1]) for t in tasks] == [4, 3] and demo_build["stats"]["run"]["tasks"] == 2
+    shard_of = {r["source"]: r["shard"] for r in demo_build["manifest"]}
+    first = {shard_of[str(p)] for p, _ in tasks[0][1] if str(p) in shard_of}
+    assert first == {f"shards/{tasks[0][0]}-000000.tar"}  # single_face + scene_cut: one shard
+    assert len([p for p, _ in tasks[0][1] if str(p) in shard_of]) == 2
+    assert sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar")) == sorted(
+        set(shard_of.values()))
+
+
 def test_stats_and_report(demo_build):
     st = demo_build["stats"]
     assert st["inputs"] == 7 and st["clips"] == 5
@@ -103,9 +119,12 @@ def test_rerun_skips_finished_inputs(demo_build, tmp_path):
     from avf_data.build import build
 
     before = (demo_build["out"] / "manifest.jsonl").read_text()
+    shards = {p.name: p.stat().st_mtime_ns for p in (demo_build["out"] / "shards").glob("*.tar")}
     stats = build([str(p) for p in demo_build["inputs"].values()], demo_build["out"], workers=1, progress=False)
     assert stats["run"]["inputs_processed"] == 0 and stats["run"]["inputs_skipped_resume"] == 7
+    assert stats["run"]["orphan_shards_removed"] == 0
     assert (demo_build["out"] / "manifest.jsonl").read_text() == before
+    assert {p.name: p.stat().st_mtime_ns for p in (demo_build["out"] / "shards").glob("*.tar")} == shards
 
 
 def test_long_inputs_are_curated_in_chunks(demo_inputs):

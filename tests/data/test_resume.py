@@ -43,8 +43,10 @@ def test_kill_and_resume(demo_build, tmp_path):
     names = ["single_face", "scene_cut", "long_silence", "two_faces", "shifted_audio"]
     inputs = [str(demo_build["inputs"][n]) for n in names]
     out = tmp_path / "out"
+    cfg_file = tmp_path / "tasks.yaml"
+    cfg_file.write_text("output: {inputs_per_task: 2}\n")  # tasks of 2 inputs: [sf, sc] [ls, tf] [sa]
     cmd = [sys.executable, "-m", "avf_data.cli", "build", *inputs, "--out", str(out), "--workers", "1",
-           "--no-progress"]
+           "--no-progress", "--config", str(cfg_file)]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_log = out / "done.jsonl"
     deadline = time.time() + 240
@@ -70,24 +72,44 @@ def test_kill_and_resume(demo_build, tmp_path):
     if leftovers:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not leftovers, f"worker processes outlived the killed driver: {leftovers}"
-    n_done = done_log.read_text().count("\n")
-    assert 1 <= n_done < len(inputs)
+    from avf_data.build import build, read_done
+    from avf_data.config import BuildConfig
+    from avf_data.pipeline import process_task
+
+    done_ids = read_done(out)
+    n_done = len(done_ids)
+    assert 2 <= n_done < len(inputs)  # whole tasks only
     # a half-written shard as a crash would leave it
     (out / "shards" / "deadbeef-000000.tar.tmp").write_bytes(b"partial")
-
-    from avf_data.build import build
+    # A task whose shards were renamed but whose done-log line was never written (the driver
+    # died in between): made here with a grouping the rerun will not use, so only the
+    # orphan cleanup (not a rewrite under the same name) can prevent duplicate keys.
+    pending = [p for p in inputs if not any(r["source"] == p for r in done_ids.values())]
+    with_clips = [p for p in pending if Path(p).stem in ("single_face", "scene_cut", "long_silence")]
+    orphans = []
+    if with_clips:
+        orphan = process_task([(with_clips[0], None)], out, BuildConfig())
+        orphans = [out / s for s in orphan["shards"]]
+        assert orphans and all(p.exists() for p in orphans)
 
     stats = build(inputs, out, workers=1, progress=False)
     assert stats["run"]["inputs_skipped_resume"] == n_done
     assert stats["run"]["inputs_processed"] == len(inputs) - n_done
     assert not list((out / "shards").glob("*.tmp"))
+    assert not any(p.exists() for p in orphans)
+    assert stats["run"]["orphan_shards_removed"] >= len(orphans)
 
     manifest = read_jsonl(out / "manifest.jsonl")
     keys = [s["__key__"] for s in iter_raw_samples(expand_shards(out / "shards"))]
     assert len(keys) == len(set(keys)), "duplicate keys in shards"
     assert sorted(keys) == sorted(r["key"] for r in manifest)
     done = [json.loads(x) for x in done_log.read_text().splitlines()]
-    assert sorted(r["source"] for r in done) == sorted(inputs)
+    assert sorted(r["source"] for t in done for r in t["inputs"]) == sorted(inputs)
+    # every shard on disk is listed by a task line, and the manifest points at them
+    listed = {s for t in done for s in t["shards"]}
+    assert {p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar")} == listed
+    assert {r["shard"] for r in manifest} == listed
+    assert any(len({r["source"] for r in manifest if r["shard"] == s}) > 1 for s in listed)  # shared shards
     # same keys as the uninterrupted demo build for these inputs: nothing missing
     expected = sorted(r["key"] for r in demo_build["manifest"] if Path(r["source"]).stem in names)
     assert sorted(keys) == expected
@@ -95,14 +117,25 @@ def test_kill_and_resume(demo_build, tmp_path):
 
 @pytest.mark.slow
 def test_worker_crash_is_retried_then_rejected(demo_build, tmp_path):
-    """A worker process that dies (segfault, OOM kill) does not stop the run."""
-    inputs = [str(demo_build["inputs"][n]) for n in ("two_faces", "no_face")]
+    """A worker process that dies (segfault, OOM kill) does not stop the run, and does not
+    take the other inputs of its task down with it: the task is retried, then split."""
+    inputs = [str(demo_build["inputs"][n]) for n in ("no_face", "two_faces", "single_face")]
     out = tmp_path / "out"
+    cfg_file = tmp_path / "tasks.yaml"
+    cfg_file.write_text("output: {inputs_per_task: 2}\n")  # tasks: [no_face, two_faces] [single_face]
     env = dict(os.environ, AVF_DATA_TEST_CRASH_ON="no_face.mp4")
     r = subprocess.run([sys.executable, "-m", "avf_data.cli", "build", *inputs, "--out", str(out), "--workers", "2",
-                        "--no-progress"], env=env, capture_output=True, text=True, timeout=300)
+                        "--no-progress", "--config", str(cfg_file)], env=env, capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     rejects = read_jsonl(out / "rejects.jsonl")
     crashed = [x for x in rejects if x["stage"] == "error"]
     assert len(crashed) == 1 and "no_face" in crashed[0]["source"] and "crashed" in crashed[0]["reason"]
     assert any(x["stage"] == "face" and "two_faces" in x["source"] for x in rejects)
+    manifest = read_jsonl(out / "manifest.jsonl")
+    assert [Path(x["source"]).stem for x in manifest] == ["single_face"]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["inputs"] == 3 and stats["run"]["inputs_processed"] == 3
+    # no shard of the abandoned two-input task is left behind
+    listed = {s for line in (out / "done.jsonl").read_text().splitlines() for s in json.loads(line)["shards"]}
+    assert {p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar*")} == listed

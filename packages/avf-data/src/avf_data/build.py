@@ -1,25 +1,35 @@
-"""The driver of ``avf-data build``: input discovery, resume, engines, outputs.
+"""The driver of ``avf-data build``: input discovery, task grouping, resume, engines, outputs.
 
 Output folder layout::
 
-    DIR/shards/<input-id>-000000.tar   WebDataset shards (one or more per input with clips)
+    DIR/shards/<task-id>-000000.tar    WebDataset shards, shared by the inputs of one task
     DIR/manifest.jsonl                 one row per accepted clip
     DIR/rejects.jsonl                  one row per rejected input / segment / clip / gap
     DIR/stats.json                     per-stage counts and seconds, throughput, sync scorer
     DIR/report.md, DIR/contact_sheet.png
-    DIR/done.jsonl                     resume log: one line per finished input (with its rows)
+    DIR/done.jsonl                     resume log: one line per finished task (its shards and,
+                                       per input, its rows)
     DIR/thumbs/                        small JPEGs used by the report
     DIR/config.yaml                    the configuration of the last run
 
-Resume: an input is finished once its line is in ``done.jsonl``; that line is appended (and
-fsynced) only after the worker renamed the input's shard(s) into place. A rerun deletes
-``*.tmp`` leftovers, skips finished inputs and redoes the others (their stale shards are
-replaced; keys derive from the source path hash + clip index, so they never change).
+Tasks: the pending inputs, in order, are cut into consecutive groups of
+``min(output.inputs_per_task, ceil(pending / workers))`` inputs (:func:`group_tasks`). A
+task's clips go into ``shards/<task-id>-NNNNNN.tar`` where the task id hashes the group's
+sorted input ids: the same pending list gives the same tasks and shard names, and a rerun
+that groups the remaining inputs differently gets new names, never a committed one.
+
+Resume: a task is finished once its line is in ``done.jsonl``; that line is appended (and
+fsynced, in one write) only after the worker renamed all the task's shards into place. A
+rerun deletes ``*.tmp`` leftovers and every shard the done-log does not list (a task whose
+shards were renamed but whose line was never written: its inputs are redone, so keeping its
+shards would duplicate keys), skips finished inputs and redoes the others; keys derive from
+the source path hash + clip index, so they never change.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import PIPELINE_VERSION, BuildConfig
-from .engines import Task, default_workers, run_local, run_ray
+from .engines import Item, Task, default_workers, run_local, run_ray
 from .media import path_text
 from .pipeline import STAGES, input_id
 
@@ -75,21 +85,58 @@ def resolve_inputs(items: list[str | os.PathLike]) -> list[str]:
 # --------------------------------------------------------------------------- done-log
 
 
-def read_done(out: Path) -> dict[str, dict[str, Any]]:
-    """Finished inputs by input id. A torn last line (crash while appending) is ignored."""
+def read_log(out: Path) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Finished inputs by input id, and the committed shards (paths relative to ``out``).
+
+    A line is a task (``{"task_id", "shards", "inputs": [...]}``) or, as written by earlier
+    versions and by the importer's pseudo-input, one input. A torn last line (crash while
+    appending) is ignored: that task is not finished and its shards are not committed.
+    """
     done: dict[str, dict[str, Any]] = {}
+    shards: set[str] = set()
     path = out / "done.jsonl"
     if not path.exists():
-        return done
+        return done, shards
     with open(path, "rb") as fh:
         for raw in fh:
             try:
                 rec = json.loads(raw)
             except json.JSONDecodeError:
                 continue
-            if isinstance(rec, dict) and "input_id" in rec:
+            if not isinstance(rec, dict):
+                continue
+            if "task_id" in rec and isinstance(rec.get("inputs"), list):
+                shards.update(rec.get("shards", []))
+                for r in rec["inputs"]:
+                    done[r["input_id"]] = r
+                    shards.update(r.get("shards", []))
+            elif "input_id" in rec:
                 done[rec["input_id"]] = rec
-    return done
+                shards.update(rec.get("shards", []))
+    return done, shards
+
+
+def read_done(out: Path) -> dict[str, dict[str, Any]]:
+    """Finished inputs by input id (see :func:`read_log`)."""
+    return read_log(out)[0]
+
+
+def remove_orphans(out: Path, committed: set[str] | None = None) -> list[str]:
+    """Delete shards that no done-log line lists: those of a task whose shards were renamed
+    but whose line was never written (the driver died in between). Its inputs are pending
+    again, so keeping them would duplicate keys. Returns the removed paths (relative)."""
+    if committed is None:
+        committed = read_log(out)[1]
+    removed = []
+    folder = out / "shards"
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.glob("*.tar")):
+        rel = p.relative_to(out).as_posix()
+        if rel not in committed:
+            p.unlink(missing_ok=True)
+            removed.append(rel)
+    return removed
 
 
 def _repair_done_log(out: Path) -> None:
@@ -116,6 +163,20 @@ def _clean_tmp(out: Path) -> int:
         p.unlink(missing_ok=True)
         n += 1
     return n
+
+
+def group_tasks(items: list[Item], inputs_per_task: int, workers: int = 1) -> list[Task]:
+    """Cut the pending inputs, in order, into tasks of ``min(inputs_per_task,
+    ceil(len(items) / workers))`` inputs (the last one may be shorter): big runs get full
+    tasks, small runs still give every worker one. Deterministic; each task's id (and shard
+    prefix) is :func:`avf_data.pipeline.task_id` of its inputs."""
+    from .pipeline import task_id
+
+    if not items:
+        return []
+    size = max(1, min(max(1, inputs_per_task), math.ceil(len(items) / max(1, workers))))
+    groups = [items[i:i + size] for i in range(0, len(items), size)]
+    return [(task_id([input_id(p) for p, _ in g]), g) for g in groups]
 
 
 # --------------------------------------------------------------------------- outputs
@@ -228,12 +289,13 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
         check_weights(weights, cfg)
     out = Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
-    _clean_tmp(out)
     _repair_done_log(out)
+    done, committed = read_log(out)
+    _clean_tmp(out)
+    orphans = remove_orphans(out, committed)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     paths = resolve_inputs(inputs) if labels is None else list(inputs)
-    done = read_done(out)
-    todo: list[Task] = []
+    todo: list[Item] = []
     skipped = 0
     for p in paths:
         if input_id(p) in done:
@@ -241,34 +303,41 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
         else:
             todo.append((os.fspath(p), (labels or {}).get(os.fspath(p))))
     workers = default_workers() if workers is None else workers
+    tasks = group_tasks(todo, cfg.output.inputs_per_task, workers)
     t0 = time.perf_counter()
     frames = clips = 0
     busy = 0.0
     by_stage: Counter[str] = Counter()
     if engine == "local":
-        results = run_local(todo, cfg, str(out), weights, workers)
+        results = run_local(tasks, cfg, str(out), weights, workers)
     elif engine == "ray":
-        results = run_ray(todo, cfg, str(out), weights, workers, ray_address)
+        results = run_ray(tasks, cfg, str(out), weights, workers, ray_address)
     else:
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
     bar = tqdm(total=len(todo), unit="input", desc="curating", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     with open(out / "done.jsonl", "a", encoding="utf-8") as log:
-        for rec in results:
-            _append_done(log, rec)
-            frames += rec.get("frames", 0)
-            busy += rec.get("proc_seconds", 0.0)
-            clips += len(rec["manifest"])
-            for r in rec["rejects"]:
-                by_stage[r["stage"]] += 1
+        for task in results:
+            _append_done(log, task)  # the commit record of the task: its shards are in place
+            committed.update(task["shards"])
+            for rec in task["inputs"]:
+                frames += rec.get("frames", 0)
+                busy += rec.get("proc_seconds", 0.0)
+                clips += len(rec["manifest"])
+                for r in rec["rejects"]:
+                    by_stage[r["stage"]] += 1
             el = max(time.perf_counter() - t0, 1e-6)
             bar.set_postfix_str(f"clips={clips} {clips / el:.2f} clips/s {frames / el:.0f} frames/s "
                                 + " ".join(f"rej:{k}={v}" for k, v in sorted(by_stage.items())), refresh=False)
-            bar.update(1)
+            bar.update(len(task["inputs"]))
     bar.close()
+    # shards of tasks given up after crashes (their inputs were redone one by one)
+    remove_orphans(out, committed)
     wall = time.perf_counter() - t0
     run_info = {"engine": engine, "workers": workers, "inputs_given": len(paths), "inputs_processed": len(todo),
-                "inputs_skipped_resume": skipped, "wall_seconds": round(wall, 3), "frames_processed": frames,
+                "inputs_skipped_resume": skipped, "tasks": len(tasks),
+                "inputs_per_task": len(tasks[0][1]) if tasks else 0, "orphan_shards_removed": len(orphans),
+                "wall_seconds": round(wall, 3), "frames_processed": frames,
                 "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
                 "frames_per_second_per_core": round(frames / wall / max(1, workers), 2) if wall > 0 else 0.0,
                 "clips_per_second": round(clips / wall, 3) if wall > 0 else 0.0,

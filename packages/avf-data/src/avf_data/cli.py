@@ -22,8 +22,10 @@ Every second of every input ends up in an accepted clip (manifest.jsonl) or a re
 with a stage and reason (rejects.jsonl). Re-running into the same --out resumes.
 
 outputs in DIR:
-  shards/*.tar     one sample per clip: <key>.mp4 (25 fps face crop), <key>.wav (16 kHz
-                   mono), <key>.json (source, start, end, boxes, scores, sync, blur, ...)
+  shards/<task-id>-NNNNNN.tar
+                   shared by the inputs of one task; one sample per clip: <key>.mp4 (25 fps
+                   face crop), <key>.wav (16 kHz mono), <key>.json (source, start, end,
+                   boxes, scores, sync, blur, ...)
   manifest.jsonl   accepted clips      rejects.jsonl   rejected inputs/segments/gaps
   stats.json       per-stage counts, seconds, frames/s, sync scorer
   report.md        summary + contact_sheet.png of accepted and rejected examples
@@ -37,6 +39,16 @@ examples:
 config (YAML, only what changes; sections: media scene face silence crop sync quality output):
   crop: {out_size: 224, margin: 1.6}
   silence: {min_clip_seconds: 1.5, max_clip_seconds: 10}
+  output: {inputs_per_task: 16, max_clips_per_shard: 1000}
+
+tasks and shards: the pending inputs, in order, are cut into tasks of
+  min(output.inputs_per_task, ceil(pending / workers)) inputs (default 16); a task's clips go
+  into shards/<task-id>-NNNNNN.tar (task id = hash of its sorted input ids; a new shard every
+  output.max_clips_per_shard clips). Raise inputs_per_task for corpora of many short videos
+  (e.g. 400 for VoxCeleb2) to get ~1000-sample shards. A task's shards are renamed into place
+  when it is complete, then it is logged in done.jsonl; a rerun deletes *.tmp and shards no
+  done.jsonl line lists, and redoes unlogged inputs (keys never change). A task whose worker
+  keeps crashing is split and its inputs retried one by one.
 """
 
 

@@ -50,12 +50,19 @@ except ImportError:  # pragma: no cover
 
 @dataclass
 class OutputConfig:
-    """shard_max_count: clips per shard file (each input writes its own shard(s)).
+    """inputs_per_task: inputs curated by one task (one worker call); the clips of a task's
+    inputs go into shards shared by those inputs, ``shards/<task-id>-NNNNNN.tar`` (task id =
+    hash of the task's sorted input ids). Small runs use smaller tasks so that every worker
+    gets one (task size = min(inputs_per_task, ceil(pending inputs / workers))). Larger tasks
+    mean fewer, bigger shards; an interrupted run redoes at most the tasks in flight.
+    max_clips_per_shard: a task's shard rolls over to ``-000001`` etc. after this many clips
+    (old name: ``shard_max_count``).
     thumbnails: save one small JPEG per accepted clip / rejected segment for the report.
     report_examples: accepted and rejected examples shown on the contact sheet.
     """
 
-    shard_max_count: int = 1000
+    inputs_per_task: int = 16
+    max_clips_per_shard: int = 1000
     thumbnails: bool = True
     report_examples: int = 12
 
@@ -87,7 +94,18 @@ class BuildConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "BuildConfig":
-        return _from_dict(cls, data or {}, "")
+        data = dict(data or {})
+        output = data.get("output")
+        if isinstance(output, dict) and "shard_max_count" in output:  # pre-task-grouping name
+            output = dict(output)
+            old = output.pop("shard_max_count")
+            output.setdefault("max_clips_per_shard", old)
+            data["output"] = output
+        cfg = _from_dict(cls, data, "")
+        for name in ("inputs_per_task", "max_clips_per_shard"):
+            if getattr(cfg.output, name) < 1:
+                raise ValueError(f"config key 'output.{name}' must be >= 1, got {getattr(cfg.output, name)}")
+        return cfg
 
 
 def _from_dict(cls, data: dict[str, Any], where: str):

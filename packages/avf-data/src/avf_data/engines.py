@@ -1,8 +1,15 @@
 """Execution engines: a local process pool (default) or Ray tasks.
 
-Both run :func:`avf_data.pipeline.process_input` once per input and yield results as they
-finish; the driver alone touches the done-log, so engines only differ in where the work runs.
-Every worker builds its sync scorer once (on its first input) and reuses it.
+Both run :func:`avf_data.pipeline.process_task` once per task (a group of inputs whose clips
+share shards) and yield task results as they finish; the driver alone touches the done-log,
+so engines only differ in where the work runs. Every worker builds its sync scorer once (on
+its first task) and reuses it.
+
+Crashes (a worker process killed by a segfault or the OOM killer): the task is retried; a
+task caught in three crashes is split and its inputs retried one by one, and an input that
+still crashes on its own is rejected with stage ``error``. So every input of a task ends up
+accounted for. The local pool charges a crash to every task in flight at that moment, so a
+task reaching three crashes is rerun alone before any verdict (no innocent bystanders).
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ from typing import Any
 
 from .config import BuildConfig
 
-Task = tuple[str, dict[str, Any] | None]  # (path, label or None)
+Item = tuple[str, dict[str, Any] | None]  # (path, label or None)
+Task = tuple[str, list[Item]]  # (task id, its inputs in order)
+
+MAX_TRIES = 3
 
 _WORKER_CFG: BuildConfig | None = None
 _WORKER_ARGS: tuple[str | None, str | None] = (None, None)
@@ -51,16 +61,20 @@ def _init_worker(cfg_dict: dict[str, Any], out_dir: str | None, weights: str | N
     get_context(_WORKER_CFG, weights)  # build the sync scorer once per process
 
 
-def _run_task(task: Task) -> dict[str, Any]:
-    from .pipeline import process_input
-
-    path, label = task
-    crash_on = os.environ.get("AVF_DATA_TEST_CRASH_ON")  # test hook: simulate a native crash
+def _crash_hook(path: str) -> None:
+    """Test hook: simulate a native crash on the input named by AVF_DATA_TEST_CRASH_ON."""
+    crash_on = os.environ.get("AVF_DATA_TEST_CRASH_ON")
     if crash_on and os.path.basename(path) == crash_on:
         os._exit(70)
+
+
+def _run_task(task: Task) -> dict[str, Any]:
+    from .pipeline import process_task
+
+    tid, items = task
     out_dir, weights = _WORKER_ARGS
     assert _WORKER_CFG is not None
-    return process_input(path, out_dir, _WORKER_CFG, weights, label=label)
+    return process_task(items, out_dir, _WORKER_CFG, weights, tid=tid, before_input=_crash_hook)
 
 
 def default_workers() -> int:
@@ -68,6 +82,26 @@ def default_workers() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover
         return max(1, os.cpu_count() or 1)
+
+
+def single_tasks(task: Task) -> list[Task]:
+    """A failed task split into one task per input (each with its own task id)."""
+    from .pipeline import input_id, task_id
+
+    return [(task_id([input_id(item[0])]), [item]) for item in task[1]]
+
+
+def _discard(out_dir: str | None, task: Task) -> None:
+    """Remove the shards of a task that will not be committed (a crash may have left some)."""
+    if out_dir is None:
+        return
+    from .pipeline import task_files
+
+    for p in task_files(out_dir, task[0]):
+        try:
+            os.remove(p)
+        except OSError:  # pragma: no cover
+            pass
 
 
 def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None,
@@ -89,48 +123,75 @@ def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights:
             pass
     else:  # pragma: no cover
         ctx = mp.get_context("spawn")
-    workers = min(workers, max(1, len(tasks)))
-    attempts: dict[int, int] = {}
-    queue = list(enumerate(tasks))
-    while queue:
-        crashed: list[tuple[int, Task]] = []
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+    tries: dict[str, int] = {}  # task id -> crashes it was caught in
+    shared = list(tasks)  # run side by side
+    alone: list[Task] = []  # run one at a time, so that a crash is surely theirs
+    while shared or alone:
+        solo = not shared
+        queue, width = (alone, 1) if solo else (shared, min(workers, len(shared)))
+        crashed: list[Task] = []
+        unsent: list[Task] = []
+        with ProcessPoolExecutor(max_workers=width, mp_context=ctx, initializer=_init_worker,
                                  initargs=(cfg_dict, out_dir, weights, os.getpid())) as pool:
             pending: dict = {}
             it = iter(queue)
-            for item in it:  # a bounded queue keeps memory flat with many inputs
-                pending[pool.submit(_run_task, item[1])] = item
-                if len(pending) >= 2 * workers:
+            limit = 1 if solo else 2 * width  # a bounded queue keeps memory flat with many tasks
+            for task in it:
+                pending[pool.submit(_run_task, task)] = task
+                if len(pending) >= limit:
                     break
             while pending:
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    item = pending.pop(fut)
+                    task = pending.pop(fut)
                     try:
                         result = fut.result()
                     except BrokenProcessPool:
-                        crashed.append(item)
+                        crashed.append(task)
                         continue
                     yield result
                     nxt = next(it, None)
                     if nxt is not None:
                         try:
-                            pending[pool.submit(_run_task, nxt[1])] = nxt
+                            pending[pool.submit(_run_task, nxt)] = nxt
                         except BrokenProcessPool:
-                            crashed.append(nxt)
-            crashed.extend(it)  # not submitted because the pool broke
-        # A worker died (segfault in a native library, out-of-memory kill): retry the inputs
-        # that were in flight in a fresh pool; an input caught in three crashes is rejected.
-        queue = []
-        for i, task in crashed:
-            attempts[i] = attempts.get(i, 0) + 1
-            if attempts[i] >= 3:
-                yield _crash_result(task[0])
+                            unsent.append(nxt)
+            unsent.extend(it)  # not submitted because the pool broke
+        if solo:
+            alone = unsent
+        else:
+            shared = unsent
+        # A worker died (segfault in a native library, out-of-memory kill): every task in
+        # flight failed with it. Retry them; after three crashes a task runs alone, and a
+        # crash while alone is its own: a task of several inputs is split into single-input
+        # tasks (run alone), a single input is rejected.
+        to_alone: list[Task] = []
+        for task in crashed:
+            tries[task[0]] = tries.get(task[0], 0) + 1
+            own = len(crashed) == 1
+            if tries[task[0]] < MAX_TRIES:
+                (alone if solo else shared).append(task)
+            elif not own:
+                to_alone.append(task)
             else:
-                queue.append((i, task))
+                _discard(out_dir, task)
+                if len(task[1]) > 1:
+                    to_alone.extend(single_tasks(task))
+                else:
+                    yield _crash_task(task)
+        alone.extend(to_alone)
 
 
-def _crash_result(path: str, reason: str = "worker process crashed while curating this input (3 tries)"
+def _crash_task(task: Task, reason: str = f"worker process crashed while curating this input ({MAX_TRIES} tries)"
+                ) -> dict[str, Any]:
+    """The result of a task whose inputs are rejected because it keeps crashing."""
+    recs = [_crash_result(path, reason) for path, _ in task[1]]
+    for rec in recs:
+        rec["task_id"] = task[0]
+    return {"task_id": task[0], "shards": [], "inputs": recs}
+
+
+def _crash_result(path: str, reason: str = f"worker process crashed while curating this input ({MAX_TRIES} tries)"
                   ) -> dict[str, Any]:
     from .media import path_text, probe_seconds
     from .pipeline import InputResult, input_id
@@ -143,17 +204,22 @@ def _crash_result(path: str, reason: str = "worker process crashed while curatin
     return res.to_dict()
 
 
-def _ray_task(path: str, label: dict[str, Any] | None, cfg_dict: dict[str, Any], out_dir: str | None,
-              weights: str | None) -> dict[str, Any]:
+def _ray_task(task: Task, cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> dict[str, Any]:
     global _WORKER_CFG, _WORKER_ARGS
     if _WORKER_CFG is None or _WORKER_CFG.to_dict() != cfg_dict or _WORKER_ARGS != (out_dir, weights):
         _init_worker(cfg_dict, out_dir, weights)  # once per Ray worker process
-    return _run_task((path, label))
+    return _run_task(task)
 
 
 def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None, workers: int,
             address: str | None = None) -> Iterator[dict[str, Any]]:
-    """Ray tasks (one per input, 1 CPU each). Starts a local Ray instance unless ``address``."""
+    """Ray tasks (one per task of inputs, 1 CPU each). Starts a local Ray instance unless
+    ``address``. A task that fails (after Ray's own retry of a crashed worker) is split into
+    single-input tasks; a single input that fails is rejected."""
+    # Ray (>= 2.43) re-runs workers through `uv run` when the driver was started by it,
+    # which builds a second environment per session (and needs a download of Python where
+    # uv cannot find one). Workers on this machine should simply use this interpreter.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     try:
         import ray
     except ImportError as exc:  # pragma: no cover
@@ -172,24 +238,24 @@ def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: s
         cfg_dict = cfg.to_dict()
         cfg_ref = ray.put(cfg_dict)
         limit = max(2, 2 * int(ray.cluster_resources().get("CPU", workers or 1)))
-        it = iter(tasks)
+        queue: list[Task] = list(reversed(tasks))  # pop() from the end = input order
         pending: dict = {}
-        for path, label in it:
-            pending[remote.remote(path, label, cfg_ref, out_dir, weights)] = path
-            if len(pending) >= limit:
-                break
-        while pending:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                task = queue.pop()
+                pending[remote.remote(task, cfg_ref, out_dir, weights)] = task
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                path = pending.pop(ref)
+                task = pending.pop(ref)
                 try:
                     yield ray.get(ref)
                 except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError,
                         ray.exceptions.OutOfMemoryError) as exc:
-                    yield _crash_result(path, f"Ray task failed: {type(exc).__name__}")
-                nxt = next(it, None)
-                if nxt is not None:
-                    pending[remote.remote(nxt[0], nxt[1], cfg_ref, out_dir, weights)] = nxt[0]
+                    _discard(out_dir, task)
+                    if len(task[1]) > 1:
+                        queue.extend(reversed(single_tasks(task)))
+                    else:
+                        yield _crash_task(task, f"Ray task failed: {type(exc).__name__}")
     finally:
         if started:
             ray.shutdown()

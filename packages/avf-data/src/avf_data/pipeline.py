@@ -1,8 +1,11 @@
-"""Curation of one input file: decode once, run stages 1-5, write its shard(s) atomically.
+"""Curation of input files: decode once, run stages 1-5, write shards atomically.
 
-:func:`process_input` is what a worker (process pool or Ray task) runs. It returns a plain,
-JSON-serialisable dict (manifest rows, reject rows, per-stage counts) that the driver appends
-to the run's done-log once the input's shard data is durable.
+:func:`process_task` is what a worker (process pool or Ray task) runs for ``avf-data build``:
+a task is a group of inputs whose clips go into shards shared by the group. It returns a
+plain, JSON-serialisable dict (per input: manifest rows, reject rows, per-stage counts) that
+the driver appends to the run's done-log once the task's shards are renamed into place.
+:func:`process_input` curates one input on its own (own shards, or none: benchmarks,
+avf-eval), :func:`curate_video` in memory.
 
 Seconds are accounted in whole frames at the output rate, so for every source
 ``sum(accepted) + sum(rejected) == input seconds`` exactly (a rejected input that could not
@@ -179,29 +182,18 @@ def _thumb(out_dir: Path | None, name: str, image: np.ndarray, size: int = 96) -
 # --------------------------------------------------------------------------- the pipeline
 
 
-def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig,
-                  weights: str | None = None, label: dict[str, Any] | None = None,
-                  key_prefix: str | None = None, keep_samples: list[ClipSample] | None = None) -> dict[str, Any]:
-    """Curate one input file; write its shard(s) into ``out_dir/shards``; return its result.
-
-    ``label`` (labelled import) is merged into every sample's json and sets ``cls``.
-    ``out_dir=None`` runs the stages without writing anything (benchmarks); with
-    ``keep_samples`` (a list) the accepted clips are appended to it unencoded instead.
-    Never raises for a bad input: problems become reject rows.
-    """
+def _run_stages(path: str, out: Path | None, cfg: BuildConfig, weights: str | None,
+                label: dict[str, Any] | None, iid: str, encode: bool) -> tuple[InputResult, list[Any], float]:
+    """Decode one input and run stages 1-5. Returns its (unfinished) result, the accepted
+    samples (encoded ``{ext: bytes}`` dicts, or ClipSample when ``encode`` is false) in
+    manifest order, and the start time. Never raises for a bad input: problems become rows."""
     t0 = time.perf_counter()
     ctx = get_context(cfg, weights)
-    iid = key_prefix or input_id(path)
     res = InputResult(input_id=iid, source=path_text(path))
-    out = Path(out_dir) if out_dir is not None else None
     thumbs = out if (out is not None and cfg.output.thumbnails) else None
-    if out is not None:
-        for stale in glob.glob(os.path.join(glob.escape(str(out / "shards")), f"{iid}-*.tar*")):
-            os.remove(stale)  # left by an interrupted run that never logged this input
     samples: list[Any] = []  # encoded (mp4/wav bytes): small, unlike raw crops
-    encode = keep_samples is None
 
-    def reject_input(reason: str) -> dict[str, Any]:
+    def reject_input(reason: str) -> tuple[InputResult, list[Any], float]:
         res.manifest.clear()
         res.rejects.clear()
         res.stages.clear()
@@ -210,7 +202,7 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
         res.seconds, res.frames = dur, 0
         res.count("decode", 1, 0, dur, 0.0)
         res.reject("decode", 0.0, dur, reason)
-        return _finish(res, t0)
+        return res, [], t0
 
     chunk_frames = int(round(cfg.media.chunk_seconds * cfg.media.fps)) if cfg.media.chunk_seconds > 0 else 0
     clip_index = 0
@@ -244,19 +236,97 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
         res.count("decode", 1, 0, res.seconds, 0.0)
         res.reject("error", 0.0, res.seconds, f"internal error: {type(exc).__name__}: {exc}",
                    traceback=traceback.format_exc(limit=4))
-        return _finish(res, t0)
+        return res, [], t0
+    return res, samples, t0
+
+
+def _write_samples(writer: ShardWriter, out: Path, res: InputResult, samples: list[Any]) -> None:
+    """Append an input's encoded samples to ``writer``; fills the rows' ``shard`` and ``res.shards``."""
+    tw = time.perf_counter()
+    for s, row in zip(samples, res.manifest):
+        row["shard"] = writer.write(s).relative_to(out).as_posix()
+        if row["shard"] not in res.shards:
+            res.shards.append(row["shard"])
+    res.tick("write", tw)
+
+
+def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig,
+                  weights: str | None = None, label: dict[str, Any] | None = None,
+                  key_prefix: str | None = None, keep_samples: list[ClipSample] | None = None) -> dict[str, Any]:
+    """Curate one input file; write its own shard(s) ``out_dir/shards/<input-id>-NNNNNN.tar``;
+    return its result. (``avf-data build`` groups inputs into tasks instead: :func:`process_task`.)
+
+    ``label`` (labelled import) is merged into every sample's json and sets ``cls``.
+    ``out_dir=None`` runs the stages without writing anything (benchmarks); with
+    ``keep_samples`` (a list) the accepted clips are appended to it unencoded instead.
+    Never raises for a bad input: problems become reject rows.
+    """
+    iid = key_prefix or input_id(path)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        for stale in glob.glob(os.path.join(glob.escape(str(out / "shards")), f"{iid}-*.tar*")):
+            os.remove(stale)  # left by an interrupted call that never finished this input
+    res, samples, t0 = _run_stages(path, out, cfg, weights, label, iid, encode=keep_samples is None)
     if keep_samples is not None:
         keep_samples.extend(samples)
         return _finish(res, t0)
     if out is not None and samples:
-        tw = time.perf_counter()
-        shard_dir = out / "shards"
-        with ShardWriter(shard_dir, prefix=iid, max_count=max(1, cfg.output.shard_max_count)) as writer:
-            for s, row in zip(samples, res.manifest):
-                row["shard"] = writer.write(s).relative_to(out).as_posix()
-        res.shards = [p.relative_to(out).as_posix() for p in writer.written]
-        res.tick("write", tw)
+        with ShardWriter(out / "shards", prefix=iid, max_count=max(1, cfg.output.max_clips_per_shard),
+                         defer_rename=True) as writer:
+            _write_samples(writer, out, res, samples)
     return _finish(res, t0)
+
+
+def task_id(input_ids: list[str]) -> str:
+    """Stable id of a task (a group of inputs): a hash of its sorted input ids. Its shards are
+    ``shards/<task id>-NNNNNN.tar``, so a rerun that groups the pending inputs differently
+    never reuses the name of a committed shard."""
+    return hashlib.sha1("\n".join(sorted(input_ids)).encode("ascii")).hexdigest()[:16]
+
+
+def task_files(out_dir: str | os.PathLike, tid: str) -> list[str]:
+    """The shard files (final and ``.tmp``) a task may have left in ``out_dir/shards``."""
+    return glob.glob(os.path.join(glob.escape(os.path.join(os.fspath(out_dir), "shards")), f"{tid}-*.tar*"))
+
+
+def process_task(items: list[tuple[str, dict[str, Any] | None]], out_dir: str | os.PathLike | None,
+                 cfg: BuildConfig, weights: str | None = None, tid: str | None = None,
+                 before_input: Any = None) -> dict[str, Any]:
+    """Curate a task (several inputs) into shards shared by its inputs; return its result.
+
+    The clips of every input, in input order, go into ``shards/<tid>-NNNNNN.tar`` (a new
+    shard every ``output.max_clips_per_shard`` clips). All of them stay ``.tar.tmp`` until
+    the last input is done and are then renamed together, so a task's shards appear only
+    complete; the driver logs the task (one ``done.jsonl`` line) after that. Returns
+    ``{"task_id", "shards", "inputs": [one result per input, as process_input's]}``.
+    ``before_input(path)`` is called before each input (test hook of the engines).
+    """
+    iids = [input_id(p) for p, _ in items]
+    tid = tid or task_id(iids)
+    out = Path(out_dir) if out_dir is not None else None
+    records: list[dict[str, Any]] = []
+    if out is None:
+        for (path, label), iid in zip(items, iids):
+            if before_input is not None:
+                before_input(path)
+            res, _, t0 = _run_stages(path, None, cfg, weights, label, iid, encode=True)
+            records.append(_finish(res, t0))
+        return {"task_id": tid, "shards": [], "inputs": records}
+    for stale in task_files(out, tid):
+        os.remove(stale)  # a crashed earlier try of this very task
+    with ShardWriter(out / "shards", prefix=tid, max_count=max(1, cfg.output.max_clips_per_shard),
+                     defer_rename=True) as writer:
+        for (path, label), iid in zip(items, iids):
+            if before_input is not None:
+                before_input(path)
+            res, samples, t0 = _run_stages(path, out, cfg, weights, label, iid, encode=True)
+            if samples:
+                _write_samples(writer, out, res, samples)
+            del samples
+            records.append(_finish(res, t0))
+    for rec in records:
+        rec["task_id"] = tid
+    return {"task_id": tid, "shards": [p.relative_to(out).as_posix() for p in writer.written], "inputs": records}
 
 
 def curate_video(path: str | os.PathLike, cfg: BuildConfig | None = None,

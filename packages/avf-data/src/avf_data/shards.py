@@ -228,15 +228,21 @@ class ShardWriter:
 
     Samples are buffered in a ``.tar.tmp`` file that is renamed once the shard is full or
     the writer is closed; ``first_index`` lets a resumed run continue the numbering.
+
+    With ``defer_rename=True`` full shards stay ``.tar.tmp`` (closed and fsynced) until
+    :meth:`commit` (or ``close``) renames all of them together, so a group of shards appears
+    at once; :meth:`abort` deletes them instead.
     """
 
     def __init__(self, folder: str | os.PathLike, prefix: str = "shard", max_count: int = 1000,
-                 max_bytes: int = 1 << 30, first_index: int = 0):
+                 max_bytes: int = 1 << 30, first_index: int = 0, defer_rename: bool = False):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.prefix, self.max_count, self.max_bytes = prefix, max_count, max_bytes
         self.index = first_index
+        self.defer_rename = defer_rename
         self.written: list[Path] = []
+        self._deferred: list[Path] = []  # final paths whose .tmp is complete but not renamed yet
         self._tar: tarfile.TarFile | None = None
         self._count = self._bytes = 0
 
@@ -272,16 +278,59 @@ class ShardWriter:
         tmp = Path(str(final) + ".tmp")
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        os.replace(tmp, final)
-        self.written.append(final)
+        if self.defer_rename:
+            self._deferred.append(final)
+        else:
+            os.replace(tmp, final)
+            self.written.append(final)
         self._tar, self._count, self._bytes = None, 0, 0
         self.index += 1
 
-    def close(self) -> None:
+    def commit(self) -> None:
+        """Close the current shard and rename every deferred shard to its final name."""
         self.flush()
+        for final in self._deferred:
+            os.replace(Path(str(final) + ".tmp"), final)
+            self.written.append(final)
+        if self._deferred:
+            _fsync_dir(self.folder)
+        self._deferred = []
+
+    def abort(self) -> None:
+        """Drop everything not renamed yet (the open shard and deferred ones)."""
+        if self._tar is not None:
+            try:
+                self._tar.close()
+            except Exception:  # pragma: no cover - already failing
+                pass
+            self._deferred.append(self._path())
+            self._tar = None
+        for final in self._deferred:
+            Path(str(final) + ".tmp").unlink(missing_ok=True)
+        self._deferred = []
+
+    def close(self) -> None:
+        self.commit()
 
     def __enter__(self) -> "ShardWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if exc_type is not None and self.defer_rename:
+            self.abort()
+        else:
+            self.close()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames in ``folder`` durable (best effort: not every platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
