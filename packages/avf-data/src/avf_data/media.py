@@ -316,37 +316,3 @@ def _decode_audio(path: str, sample_rate: int) -> tuple[np.ndarray, int]:
     elif lead < 0:
         audio = audio[-lead:]
     return audio.astype(np.float32, copy=False), len(audio)
-
-
-def write_av(path: str | os.PathLike, frames: np.ndarray, audio: np.ndarray | None, fps: float = 25.0,
-             sample_rate: int = SAMPLE_RATE) -> Path:
-    """Write an mp4 (H.264 + AAC) with PyAV; a small helper for tests and tools."""
-    import av
-
-    path = Path(os.fsdecode(path)) if not isinstance(path, bytes) else path
-    with av.open(os.fspath(path), mode="w") as c:
-        vs = c.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        vs.width, vs.height = frames.shape[2], frames.shape[1]
-        vs.pix_fmt = "yuv420p"
-        vs.options = {"preset": "veryfast", "crf": "20"}
-        a_s = None
-        if audio is not None:
-            a_s = c.add_stream("aac", rate=sample_rate)
-            a_s.layout = "mono"
-        for img in frames:
-            for p in vs.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
-                c.mux(p)
-        for p in vs.encode():
-            c.mux(p)
-        if a_s is not None:
-            a = np.asarray(audio, np.float32).reshape(1, -1)
-            step = 1024
-            for i in range(0, a.shape[1], step):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + step]), format="flt", layout="mono")
-                af.sample_rate = sample_rate
-                af.pts = i
-                for p in a_s.encode(af):
-                    c.mux(p)
-            for p in a_s.encode():
-                c.mux(p)
-    return path
