@@ -98,6 +98,24 @@ def test_dea_regression_finetune(pretrained, shards, tmp_path):
     assert ckpt["data"][0]["consumed"] == 2  # two micro-batches for the one optimizer step
 
 
+def test_finetune_checkpoint_names_its_classes(pretrained, shards, tmp_path):
+    """`avf-data import` leaves classes.json above its shards/; the checkpoint keeps the names."""
+    imported = tmp_path / "imported"
+    (imported / "shards").mkdir(parents=True)
+    for shard in Path(shards["labelled"]).parent.glob("*.tar"):
+        shutil.copy(shard, imported / "shards" / shard.name)
+    (imported / "classes.json").write_text(json.dumps({"classes": ["happy", "neutral", "sad"], "num_classes": 3}))
+    run = tmp_path / "named"
+    assert main(["finetune", "--init", str(pretrained), "--data", str(imported / "shards" / "*.tar"),
+                 "--task", "cea", "--num-classes", "3", "--out", str(run), "--max-steps", "1", *FAST]) == 0
+    assert torch.load(run / "checkpoint", weights_only=True)["class_names"] == ["happy", "neutral", "sad"]
+    # post-pre-training on the CEA hybrid names the 13 aligned classes
+    post = tmp_path / "post13"
+    assert main(["postpretrain", "--init", str(pretrained), "--data", shards["labelled"], "--out", str(post),
+                 "--max-steps", "1", *FAST]) == 0
+    assert len(torch.load(post / "checkpoint", weights_only=True)["class_names"]) == 13
+
+
 def test_clear_errors(pretrained, shards, tmp_path, capsys):
     # missing shards
     assert main(["pretrain", "--shards", str(tmp_path / "none/*.tar"), "--out", str(tmp_path / "a"), *FAST]) == 2

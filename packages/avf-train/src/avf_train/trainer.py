@@ -60,6 +60,30 @@ def num_classes_for(cfg: TrainConfig) -> int:
     raise StageError("set --num-classes (finetune.num_classes): it cannot be inferred without a label map")
 
 
+def class_names_for(cfg: TrainConfig) -> list[str] | None:
+    """Names of the classifier's outputs, stored in checkpoints so predictions can be read.
+
+    A label map names its classes; otherwise ``avf-data import`` leaves ``classes.json`` in the
+    folder above its ``shards/`` (or beside them), which names the class indices the data uses.
+    """
+    if cfg.stage == "pretrain" or cfg.finetune.task == "dea":
+        return None
+    label_map = get_label_map(cfg.data.label_map)
+    if label_map is not None:
+        return list(label_map.classes)
+    try:
+        first = Path(resolve_shards(cfg.data.shards)[0])
+    except FileNotFoundError:
+        return None
+    for folder in (first.parent, first.parent.parent):
+        path = folder / "classes.json"
+        if path.is_file():
+            names = json.loads(path.read_text(encoding="utf-8")).get("classes")
+            if isinstance(names, list) and len(names) == num_classes_for(cfg):
+                return [str(n) for n in names]
+    return None
+
+
 def build_model(cfg: TrainConfig) -> nn.Module:
     from avf_models import create_model
 
@@ -476,6 +500,9 @@ def save_checkpoint(run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer
                    "optimizer": optim_sd, "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
                    "step": step, "epoch": step / steps_per_epoch, "rng": rngs, "data": datas,
                    "config": to_dict(cfg)}
+        names = class_names_for(cfg)
+        if names is not None:
+            payload["class_names"] = names
         path = ckpt_io.save(run_dir, step, payload, keep_last=cfg.run.keep_last)
     if info.distributed:
         torch.distributed.barrier()
