@@ -35,7 +35,8 @@ class AVFMAEFinetune(nn.Module):
         super().__init__()
         self.config = c = config.validate()
         if c.encoder_type != "lgi" or c.fusion_type != "iavcl":
-            raise NotImplementedError("the fine-tuning model is implemented for AVF-MAE++ configs only")
+            raise ValueError(f"no fine-tuning model for encoder {c.encoder_type!r} + fusion {c.fusion_type!r}: "
+                             "fine-tuning is defined for AVF-MAE++ (LGI encoders + IAV-CL); hicmae_base is pre-training only")
         dim = c.embed_dim
         if c.modality in ("av", "video"):
             self.layer_weights_video = nn.Parameter(torch.full((c.depth,), 1.0 / c.depth))
