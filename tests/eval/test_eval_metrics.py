@@ -93,6 +93,20 @@ def test_correlation_edge_cases() -> None:
         pcc([0.0, np.nan], [1.0, 2.0])
 
 
+def test_ccc_has_no_scale_tolerance() -> None:
+    """A truth of scale 1e-6 against a constant-zero prediction is no agreement (CCC 0), not 1."""
+    rng = np.random.default_rng(0)
+    tiny = rng.normal(size=50) * 1e-6
+    assert ccc(tiny, np.zeros(50)) == 0.0
+    assert ccc(tiny, tiny) == pytest.approx(1.0)
+    noisy = tiny + rng.normal(size=50) * 1e-7
+    expected = 2 * np.cov(tiny, noisy, ddof=0)[0, 1] / (tiny.var() + noisy.var() + (tiny.mean() - noisy.mean()) ** 2)
+    assert ccc(tiny, noisy) == pytest.approx(expected)
+    assert ccc(tiny, noisy) <= stats.pearsonr(tiny, noisy)[0] + 1e-12  # CCC never exceeds PCC
+    assert ccc(np.full(3, 0.5), np.full(3, 0.5)) == 1.0
+    assert ccc(np.full(3, 0.5), np.full(3, 0.5 + 1e-9)) == 0.0  # two different constants
+
+
 def test_pcc_per_dimension_and_registry() -> None:
     rng = np.random.default_rng(0)
     truth = rng.normal(size=(40, 3))

@@ -6,9 +6,12 @@ constant output, or a fold whose labels are all equal). Instead of NaN we return
 * PCC = 0.0 when either side is constant: a constant carries no linear information about
   the other side, and 0 keeps the mean across folds and dimensions finite while still
   punishing a collapsed model.
-* CCC = 1.0 when both sides are the same constant (perfect agreement), otherwise the formula
-  is well defined because its denominator contains the squared mean difference; it reaches
-  0.0 for a constant prediction of a varying truth.
+* CCC = 1.0 only when both sides are exactly the same constant (perfect agreement) and 0.0
+  when both are constants that differ. Otherwise the formula is used as it stands, whatever
+  the scale: its denominator holds both variances and the squared mean difference, so it is
+  positive as soon as either side varies, and a constant prediction of a varying truth gives
+  0.0 (the covariance is 0). No tolerance is applied, because any fixed epsilon would call a
+  truth of scale 1e-6 "constant" and grade a constant-zero prediction of it as perfect.
 
 Moments are population moments (ddof=0), as in Lin (1989).
 """
@@ -17,9 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-
-_EPS = 1e-12
-
 
 def _pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     true = np.asarray(y_true, dtype=np.float64).ravel()
@@ -44,16 +44,18 @@ def pcc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
 
 
 def ccc(y_true: ArrayLike, y_pred: ArrayLike) -> float:
-    """Lin's concordance correlation coefficient; 1.0 for identical constants."""
+    """Lin's concordance correlation coefficient; 1.0 only for exactly identical constants."""
     true, pred = _pair(y_true, y_pred)
     if true.size == 0:
         return 0.0
+    if np.all(true == true[0]) and np.all(pred == pred[0]):
+        return 1.0 if true[0] == pred[0] else 0.0
     mean_t, mean_p = true.mean(), pred.mean()
     covariance = ((true - mean_t) * (pred - mean_p)).mean()
     denominator = true.var() + pred.var() + (mean_t - mean_p) ** 2
-    if denominator <= _EPS:
-        return 1.0
-    return float(2.0 * covariance / denominator)
+    if denominator <= 0.0:  # variances that underflow (values near 1e-160): no measurable agreement
+        return 0.0
+    return float(np.clip(2.0 * covariance / denominator, -1.0, 1.0))
 
 
 def pcc_per_dimension(y_true: ArrayLike, y_pred: ArrayLike) -> NDArray[np.float64]:

@@ -36,6 +36,8 @@ def describe_protocol(p: Protocol) -> str:
         lines.append("label merges: " + ", ".join(f"{a} -> {b}" for a, b in p.label_merges.items()))
     if p.dropped_labels:
         lines.append("dropped labels: " + ", ".join(p.dropped_labels))
+    if p.aliases:
+        lines.append("native labels accepted: " + ", ".join(f"{a} -> {b}" for a, b in p.aliases.items()))
     lines.append(f"folds: {_folds(p)} ({p.folds.description})")
     lines.append(f"aggregation: {p.fold_aggregation}; primary metric: {p.primary_metric}")
     keys = metric_keys(p.metrics, p.dimensions)

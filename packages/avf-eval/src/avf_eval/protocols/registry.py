@@ -21,6 +21,7 @@ def _build(name: str, raw: dict[str, Any]) -> Protocol:
         dimensions=tuple(raw.pop("dimensions", ())),
         metrics=tuple(raw.pop("metrics")),
         dropped_labels=tuple(raw.pop("dropped_labels", ())),
+        aliases={str(k): str(v) for k, v in (raw.pop("aliases", None) or {}).items()},
         published_class_recall={
             model: tuple(values) for model, values in raw.pop("published_class_recall", {}).items()
         },
@@ -42,6 +43,10 @@ def _validate(p: Protocol) -> None:
     for target in p.label_merges.values():
         if target not in p.classes:
             raise ValueError(f"{where}: merge target {target!r} is not a class")
+    known = {c.lower() for c in p.classes} | {m.lower() for m in p.label_merges} | {d.lower() for d in p.dropped_labels}
+    for alias, target in p.aliases.items():
+        if target.lower() not in known:
+            raise ValueError(f"{where}: alias {alias!r} -> {target!r} names no class, merge or dropped label")
     unknown = [m for m in p.metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"{where}: unknown metrics {unknown}")
