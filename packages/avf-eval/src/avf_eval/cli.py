@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     protocols.add_argument("name", nargs="?", help="show one protocol in detail")
 
     splits = commands.add_parser("splits", help="make subject/session-independent folds from a metadata CSV",
-                                 description="Cut a metadata CSV (one row per clip: key, subject/session, label, ...) into "
-                                             "the protocol's folds; writes foldNN/train.csv and foldNN/test.csv.")
+                                 description="Cut a metadata CSV (one row per clip: key, path, subject/session, label, ...) "
+                                             "into the protocol's folds; writes foldNN/train.csv and foldNN/test.csv with a "
+                                             "'label_id' column (the protocol's class index) and relative paths made "
+                                             "absolute, so each file feeds `avf-data import FILE --protocol NAME` directly.")
     splits.add_argument("--protocol", "-p", required=True)
     splits.add_argument("--metadata", "-m", required=True, help="CSV with a 'key' column and the protocol's group column")
     splits.add_argument("--out", "-o", required=True, help="output directory")
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     splits.add_argument("--label-column", default="label",
                         help="raw label column; mapped to 'label_id' with the protocol's merges (rows of dropped labels are removed)")
     splits.add_argument("--seed", type=int, help="shuffle groups with this seed instead of the contiguous sorted cut")
+    splits.add_argument("--path-column", default="path",
+                        help="video path column; relative paths are resolved against the metadata CSV's folder (default: path)")
 
     predict = commands.add_parser("predict", help="emotion probabilities for one raw video",
                                   description="Curate a raw video with avf-data's stages (scene cuts, face check, silence "
@@ -143,10 +147,13 @@ def _cmd_splits(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from avf_eval.protocols import get_protocol
-    from avf_eval.splits import label_ids, make_folds, write_folds
+    from pathlib import Path
+
+    from avf_eval.splits import absolute_paths, label_ids, make_folds, write_folds
 
     protocol = get_protocol(args.protocol)
     metadata = pd.read_csv(args.metadata, dtype=str, keep_default_na=False)
+    metadata = absolute_paths(metadata, Path(args.metadata).parent, args.path_column)
     if args.label_column in metadata.columns and protocol.kind == "classification":
         metadata["label_id"] = label_ids(metadata, protocol, args.label_column)
         metadata = metadata[metadata["label_id"].notna()].reset_index(drop=True)

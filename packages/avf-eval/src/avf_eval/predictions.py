@@ -18,6 +18,10 @@ epoch of one fold::
   ``prediction`` final outputs: probabilities (averaged as given) or a single int class id
   for classification, raw values for regression.
 
+* ``classes``  optional: the class names of the model's outputs in index order (the label map
+  avf-train copies from the shards). With a protocol, they must be the protocol's classes in
+  its order, otherwise the file is refused: scoring it would credit one class's clips to another.
+
 avf-train's spellings ``outputs`` (for ``prediction``) and ``targets`` (for a regression
 ``label``) are accepted; other extra fields (``probs``, ``segment``, ``crop``) are ignored.
 
@@ -286,15 +290,40 @@ def _table(rows: Sequence[_Row], regression: bool) -> PredictionTable:
     )
 
 
+def _check_label_map(record: dict[str, Any], source: str, protocol: Protocol, seen: dict[tuple[str, ...], str | None]) -> None:
+    """Refuse a row whose ``classes`` (the model's label map) are not the protocol's, in order."""
+    names = record.get("classes")
+    if names in (None, ""):
+        return
+    if isinstance(names, str):
+        try:
+            names = json.loads(names)
+        except json.JSONDecodeError:
+            names = [n.strip() for n in names.split(",")]
+    if not isinstance(names, list):
+        raise _fail(source, f"classes must be a list of class names, got {names!r}")
+    key = tuple(str(n) for n in names)
+    if key not in seen:
+        seen[key] = protocol.check_class_names(key)
+    if seen[key]:
+        raise _fail(source, f"{seen[key]}; make the shards with `avf-data import --protocol {protocol.name}` "
+                            "and train on them, or score with the protocol the model was trained for")
+
+
 def load_predictions(paths: Iterable[str | Path], protocol: Protocol | None = None) -> PredictionTable:
-    """Read and validate prediction files; with a protocol, widths and label ranges are checked."""
+    """Read and validate prediction files; with a protocol, widths, label ranges and the rows'
+    label map (``classes``) are checked."""
     rows: list[_Row] = []
     files = [Path(p) for p in paths]
     if not files:
         raise PredictionFormatError("no predictions files given")
+    seen: dict[tuple[str, ...], str | None] = {}
     for index, path in enumerate(files, start=1):
         before = len(rows)
-        rows.extend(_parse(record, source, protocol, str(index)) for source, record in _records(path))
+        for source, record in _records(path):
+            if protocol is not None:
+                _check_label_map(record, source, protocol, seen)
+            rows.append(_parse(record, source, protocol, str(index)))
         if len(rows) == before:
             raise PredictionFormatError(f"{path}: no prediction rows")
     kinds = {isinstance(r.label, tuple) for r in rows}

@@ -96,6 +96,20 @@ def label_ids(metadata: pd.DataFrame, protocol: Protocol, label_column: str = "l
     return pd.Series([protocol.map_label(v) for v in raw], index=metadata.index, dtype="Int64")
 
 
+def absolute_paths(metadata: pd.DataFrame, base: str | Path, column: str = "path") -> pd.DataFrame:
+    """Relative video paths in ``column`` made absolute against ``base`` (the metadata's folder).
+
+    The fold CSVs land in ``foldNN/``, one level below where relative paths were meant to be read
+    from; absolute paths let ``avf-data import foldNN/train.csv`` find the videos unchanged.
+    """
+    if column not in metadata.columns:
+        return metadata
+    root = Path(base).resolve()
+    out = metadata.copy()
+    out[column] = [v if not v or Path(v).is_absolute() else str(root / v) for v in metadata[column].astype(str)]
+    return out
+
+
 def write_folds(metadata: pd.DataFrame, folds: Sequence[Fold], out_dir: str | Path, *, key_column: str = "key") -> list[Path]:
     """Write ``foldNN/train.csv`` and ``foldNN/test.csv`` (all metadata columns) per fold."""
     out = Path(out_dir)

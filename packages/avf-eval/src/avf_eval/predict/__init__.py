@@ -3,11 +3,11 @@
 Needs the ``predict`` extra (avf-data, avf-models, avf-train, and through them torch).
 """
 
-from avf_eval.predict.checkpoint import CheckpointError, LoadedModel, load_model
+from avf_eval.predict.checkpoint import CheckpointError, DeviceError, LoadedModel, check_device, load_model
 from avf_eval.predict.curate import CuratedClip, CuratedVideo, curate_video
 from avf_eval.predict.run import ClipPrediction, NoUsableClipsError, VideoPrediction, predict_video, render_prediction
 
 __all__ = [
-    "CheckpointError", "ClipPrediction", "CuratedClip", "CuratedVideo", "LoadedModel", "NoUsableClipsError",
+    "CheckpointError", "ClipPrediction", "DeviceError", "check_device", "CuratedClip", "CuratedVideo", "LoadedModel", "NoUsableClipsError",
     "VideoPrediction", "curate_video", "load_model", "predict_video", "render_prediction",
 ]

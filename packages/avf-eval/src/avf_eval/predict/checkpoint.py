@@ -71,12 +71,39 @@ def _names(ckpt: dict[str, Any], cfg: Any, task: str, count: int, protocol: Prot
     return tuple(f"{prefix}_{i}" for i in range(count)), "unnamed (pass --protocol to name them)"
 
 
+class DeviceError(ValueError):
+    """The requested torch device does not exist on this machine (the checkpoint is not at fault)."""
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Parse ``--device`` and make sure this machine has it, before any checkpoint is read.
+
+    Without this, ``--device cuda`` on a machine without CUDA fails inside ``torch.load`` or
+    ``.to()`` and the message reads as if the checkpoint were broken.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise DeviceError(f"--device {device!r} is not a torch device ({error}); use cpu or cuda") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build, no usable GPU"
+            raise DeviceError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}, {build}); "
+                              "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise DeviceError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+    return dev
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", protocol: Protocol | None = None) -> LoadedModel:
     """Load a checkpoint file or avf-train run folder with avf-train and name its outputs."""
     from avf_train.config import resolve_model_name
     from avf_train.predict import load_for_inference
     from avf_train.trainer import check_input_spec, num_classes_for, transform_config
 
+    device = check_device(device)
     try:
         model, cfg, ckpt = load_for_inference(path, device)
         check_input_spec(model, cfg)
