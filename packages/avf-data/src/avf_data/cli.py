@@ -89,8 +89,15 @@ def make_parser() -> argparse.ArgumentParser:
                    help="no detection: resample and centre-crop/resize each whole clip")
     i.add_argument("--strict", action="store_true",
                    help="curate with the full build options instead of the lenient ones")
-    i.add_argument("--classes", default=None, metavar="NAMES",
-                   help="comma-separated class names fixing the index order (default: sorted names)")
+    label_map = i.add_mutually_exclusive_group()
+    label_map.add_argument("--protocol", default=None, metavar="NAME",
+                           help="number classes in the order of this avf-eval protocol (`avf-eval protocols`), "
+                                "accepting the dataset's native codes (CREMA-D ANG, IEMOCAP exc, ...); use the "
+                                "same protocol for every fold")
+    label_map.add_argument("--classes", default=None, metavar="FILE|NAMES",
+                           help="class order from FILE (a previous import's classes.json, a JSON/YAML list, one "
+                                "name per line) or comma-separated NAMES (default: sorted labels of this CSV, "
+                                "with a warning)")
 
     n = sub.add_parser("inspect", help="summarise a curated folder or shards")
     n.add_argument("path", type=Path, metavar="DIR", help="output folder of build/import, or shards")
@@ -146,15 +153,18 @@ def _build(args) -> int:
 
 
 def _import(args) -> int:
-    from .importer import import_csv
+    from .importer import import_csv, read_class_list
 
     cfg = _load_cfg(args)
-    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    classes = read_class_list(args.classes) if args.classes else None
     stats = import_csv(args.csv, args.out, cfg, curate=not args.no_curate, strict=args.strict, classes=classes,
-                       workers=args.workers, engine=args.engine, ray_address=args.ray_address,
-                       weights=args.syncnet_weights, progress=not args.no_progress)
+                       protocol=args.protocol, workers=args.workers, engine=args.engine,
+                       ray_address=args.ray_address, weights=args.syncnet_weights, progress=not args.no_progress)
     _summary(stats, args.out)
-    print(f"classes: {stats['classes']}")
+    print(stats["csv"]["line"])
+    print(f"classes ({stats['label_map']['source']}): {stats['classes']}")
+    for warning in stats["warnings"]:
+        print(f"avf-data import: warning: {warning}", file=sys.stderr)
     return 0
 
 
