@@ -48,9 +48,18 @@ def test_missing_shards_name_the_pattern(tmp_path):
         resolve_shards(str(tmp_path / "nowhere" / "*.tar"))
 
 
-def test_cosine_schedule():
-    s = CosineSchedule(peak=1.0, min_lr=0.0, warmup_steps=10, total_steps=110)
-    assert s(0) == 0.0 and s(5) == 0.5 and s(10) == 1.0 and abs(s(60) - 0.5) < 1e-9 and s(110) == 0.0
+def _videomae_cosine(base, final, epochs, niter_per_ep, warmup_epochs, start_warmup_value):
+    """VideoMAE utils.cosine_scheduler, as the official scripts call it (one value per step)."""
+    warmup_iters = warmup_epochs * niter_per_ep
+    warmup = np.linspace(start_warmup_value, base, warmup_iters) if warmup_epochs > 0 else np.array([])
+    iters = np.arange(epochs * niter_per_ep - warmup_iters)
+    return np.concatenate((warmup, final + 0.5 * (base - final) * (1 + np.cos(np.pi * iters / len(iters)))))
+
+
+def test_cosine_schedule_equals_the_official_scheduler():
+    s = CosineSchedule(peak=1.0, min_lr=0.01, warmup_steps=10, total_steps=110, warmup_lr=0.001)
+    assert np.allclose([s(i) for i in range(110)], _videomae_cosine(1.0, 0.01, 11, 10, 1, 0.001))
+    assert s(0) == 0.001 and s(9) == 1.0 and s(110) == pytest.approx(0.01)
 
 
 def _keys(stream, n):

@@ -17,12 +17,15 @@ unpickling of arbitrary classes, so ``weights_only=True`` always works.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from .errors import StageError
 
 FORMAT = 1
 
@@ -71,8 +74,23 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint (file, ``RUN/checkpoint`` or run folder) with ``weights_only=True``.
+
+    A file torch cannot read (truncated by a full disk, not a torch file, pickling arbitrary
+    Python objects) raises :class:`StageError` naming the file, not torch's multi-line traceback.
+    """
     file = resolve(path)
-    ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    try:
+        ckpt = torch.load(file, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "Weights only load failed" in str(exc):
+            raise StageError(f"cannot read checkpoint {file}: not a weights-only torch checkpoint (it pickles "
+                             "Python objects; re-save its tensors, e.g. with `avf-models convert`)") from None
+        raise StageError(f"cannot read checkpoint {file}: not a torch checkpoint or corrupt ({first})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"cannot read checkpoint {file}: truncated or corrupt ({type(exc).__name__}: {first})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         # a bare state_dict (e.g. converted official weights): wrap it so callers see one shape
         return {"format": 0, "stage": "unknown", "model": ckpt, "path": str(file)}

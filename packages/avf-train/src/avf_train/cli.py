@@ -2,6 +2,16 @@
 
 Config precedence (later wins): the stage's paper defaults, ``RUN/config.yaml`` when resuming,
 ``--config FILE.yaml``, the per-field flags below, then ``--set section.field=value`` (repeatable).
+
+Batch size and learning rate follow the official scripts: ``--batch-size`` counts clips per
+process per micro-step; with repeated augmentation (supervised stages, ``data.repeated_aug``,
+default 2) each clip enters the batch as that many augmented copies, so 32 clips train on 64
+views. An epoch is ``clips // (batch x processes x grad-accum)`` optimizer steps, and ``base_lr``,
+``min_lr`` and ``warmup_lr`` are scaled by that global batch (in clips) / 256.
+
+Labelled stages take the label map (class names in index order) from the shards that
+``avf-data import --protocol NAME`` wrote; ``--num-classes`` is inferred from it, and train and
+``--val-data`` shards or an ``--init`` head numbered differently are refused.
 Launch on several GPUs with ``torchrun --nproc_per_node N -m avf_train.cli pretrain ...``
 (or ``torchrun ... $(which avf-train) ...``).
 """
@@ -16,6 +26,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt_io
 from .config import MODEL_SIZES, TrainConfig, load_yaml, set_dotted, stage_defaults, update
+from .errors import StageError, one_line
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -26,7 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="override any config field, e.g. --set optim.lr=1e-4 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from RUN/checkpoint")
     p.add_argument("--model", help=f"size ({'|'.join(MODEL_SIZES)}) or avf-models name")
-    p.add_argument("--batch-size", type=int, help="clips per process per micro-step (run.batch_size)")
+    p.add_argument("--batch-size", type=int,
+                   help="clips per process per micro-step (run.batch_size), counted as the official scripts "
+                        "count it: with repeated augmentation each clip adds data.repeated_aug views")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (schedule unchanged)")
     p.add_argument("--lr", type=float, help="absolute peak lr (otherwise base_lr x global batch / 256)")
@@ -57,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", help="labelled shards (avf-data import)")
         p.add_argument("--val-data", help="held-out shards: predictions.jsonl is written after training")
         p.add_argument("--task", choices=["cea", "dea", "mer"])
-        p.add_argument("--num-classes", type=int)
+        p.add_argument("--num-classes", type=int,
+                       help="outputs of the head; default: the size of the shards' label map (must match it)")
         p.add_argument("--modality", choices=["av", "audio", "video"])
 
     p = sub.add_parser("predict", help="test-time predictions (segments x crops views) as JSONL")
@@ -95,7 +109,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         base = load_yaml(config_path(args.config))
         if base.stage != stage:
-            raise SystemExit(f"--config {args.config} is for stage {base.stage!r}, not {stage!r}")
+            raise StageError(f"--config {args.config} is for stage {base.stage!r}, not {stage!r}")
         cfg = base
     # task-driven defaults for the labelled stages
     task = getattr(args, "task", None)
@@ -104,7 +118,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         if stage == "postpretrain":
             cfg.data.label_map = {"cea": "cea13", "mer": "mer3"}.get(task, "")
             if task == "dea":
-                raise SystemExit("post-pre-training has no labelled hybrid for DEA (paper §4.2)")
+                raise StageError("post-pre-training has no labelled hybrid for DEA (paper §4.2)")
     flags = {
         "run.out": args.out, "model.name": args.model, "run.batch_size": args.batch_size,
         "run.epochs": args.epochs, "run.max_steps": args.max_steps, "optim.lr": args.lr,
@@ -129,7 +143,7 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; expected user errors (missing shards, wrong-stage checkpoints, bad config
     fields, shape mismatches) become one ``avf-train: error:`` line and exit status 2."""
-    from .trainer import StageError, train
+    from .trainer import train
 
     args = build_parser().parse_args(argv)
     try:
@@ -144,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         try:
             cfg = resolve_config(args)
+        except StageError:
+            raise
         except (KeyError, ValueError) as exc:
             raise StageError(f"config: {exc}") from exc
         result = train(cfg, resume=args.resume)
@@ -157,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(summary))
         return 0
     except (FileNotFoundError, FileExistsError, StageError) as exc:
-        print(f"avf-train: error: {exc}", file=sys.stderr)
+        print(f"avf-train: error: {one_line(exc)}", file=sys.stderr)
         return 2
 
 

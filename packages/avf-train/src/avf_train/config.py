@@ -53,9 +53,16 @@ class DataArgs:
     random_resized_crop_scale: tuple[float, float] = (0.08, 1.0)
     flip: bool = True
     random_erase: float = 0.25
-    repeated_aug: int = 2  # each clip yields this many differently-augmented copies (Table 6)
+    # each clip yields this many differently-augmented copies in the same batch (Table 6; official
+    # --num_sample): a batch of run.batch_size clips holds batch_size x repeated_aug views
+    repeated_aug: int = 2
     # label handling (labelled stages)
-    label_map: str = ""  # "" = identity; "cea13" / "mer3" = paper Table 3 alignment; or a YAML path
+    label_map: str = ""  # "" = the shards' own label map; "cea13" / "mer3" = paper Table 3 alignment; or a YAML path
+    # class names of the model's outputs in index order. Empty: taken from the shards' label map
+    # (``avf-data import`` stores it in every sample and in classes.json); set (or resumed), the
+    # shards must carry the same map. Copied into checkpoints and predictions.
+    classes: tuple[str, ...] = ()
+    label_protocol: str = ""  # the avf-eval protocol the shards' label map comes from, if any
     # streaming
     shuffle_buffer: int = 256
     num_workers: int = 4
@@ -71,7 +78,10 @@ class OptimArgs:
 
     base_lr: float = 1.5e-4  # lr = base_lr * global_batch / 256 unless ``lr`` is set
     lr: float = 0.0  # absolute lr; 0 = derive from base_lr
-    min_lr: float = 1e-6
+    # end of the cosine and start of the linear warmup; like base_lr these are scaled by
+    # global_batch / 256 (global batch in clips), as the official scripts scale them
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
@@ -102,7 +112,9 @@ class RunArgs:
     """Run bookkeeping: where outputs go, how long, how often to log and save."""
 
     out: str = ""
-    batch_size: int = 8  # per process, per micro-step
+    # clips per process per micro-step (official meaning); supervised stages feed
+    # batch_size x data.repeated_aug augmented views to the model
+    batch_size: int = 8
     epochs: float = 200.0
     max_steps: int = 0  # > 0 caps the run (tests, smoke runs); schedules still span ``epochs``
     seed: int = 0
@@ -137,7 +149,7 @@ def stage_defaults(stage: Stage) -> TrainConfig:
         cfg.data.repeated_aug = 1
         return cfg
     cfg.optim = OptimArgs(base_lr=1e-3 if stage == "postpretrain" else 5e-4, betas=(0.9, 0.999),
-                          warmup_epochs=5.0, layer_decay=0.75)
+                          warmup_epochs=5.0, layer_decay=0.75, min_lr=1e-6)
     cfg.run.batch_size, cfg.run.epochs = 32, 100.0
     if stage == "postpretrain":
         cfg.data.label_map = "cea13"

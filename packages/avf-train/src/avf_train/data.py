@@ -10,18 +10,25 @@ augmentation draws. So the stream is built here from the shared reader (``iter_r
   ``units``-th sample, so tiny test sets still work on many workers).
 * Each unit loops over passes forever while training (every rank therefore runs the same number of
   steps, which DDP needs); a pass shuffles with a buffer seeded by (seed, pass, unit).
+* A training batch holds ``batch_size`` clips, each as ``repeats`` augmented copies (the official
+  ``--num_sample`` meaning), so the model sees ``batch_size x repeats`` views.
 * Every clip's augmentation uses a generator seeded by (seed, pass, unit, sample, repeat), and a
   batch never straddles two passes. A batch is tagged with (worker, pass, batch-in-pass).
 * The DataLoader reads workers round-robin, so batch ``k`` comes from worker ``k % W``. On resume
   worker roles are rotated by the number of batches already consumed and each worker skips (without
   decoding) to its next batch. Resuming therefore needs the same world size, worker count and batch
   size; otherwise the trainer restarts the data at the pass boundary and says so.
+* Loader workers watch the process that owns the loader (the trainer, or one torchrun rank) and
+  exit as soon as it is gone, even after ``kill -9``: otherwise they would hold their memory
+  forever, waiting for requests that never come.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import tarfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +39,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avf_data.shards import decode_sample, expand_shards, iter_raw_samples
 
+from .errors import DataError
 from .labels import LabelMap
 from .transforms import ClipTransformConfig, make_view
 
@@ -97,14 +105,23 @@ class ClipStream(IterableDataset):
     def __init__(self, shards: list[str], transform: ClipTransformConfig, batch_size: int, *,
                  train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
                  shuffle_buffer: int = 256, repeats: int = 1, label_map: LabelMap | None = None,
-                 labelled: bool = False, state: StreamState | None = None) -> None:
+                 labelled: bool = False, state: StreamState | None = None,
+                 classes: tuple[str, ...] = (), num_classes: int = 0) -> None:
+        """``batch_size``: clips per batch when training (each as ``repeats`` views), views per
+        batch at test time. ``classes``: the label map the clips must carry (when they carry
+        one); ``num_classes`` > 0 bounds integer labels."""
         super().__init__()
         self.shards, self.transform, self.batch_size = list(shards), transform, batch_size
         self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
         self.num_workers = max(1, num_workers)
         self.shuffle_buffer, self.repeats = shuffle_buffer, max(1, repeats)
         self.label_map, self.labelled = label_map, labelled
+        self.classes, self.num_classes = tuple(classes), num_classes
         self.state = state or StreamState()
+
+    @property
+    def views_per_batch(self) -> int:
+        return self.batch_size * self.repeats if self.train else self.batch_size
 
     # ---- splitting -------------------------------------------------------------------------
 
@@ -143,14 +160,23 @@ class ClipStream(IterableDataset):
 
     def _label(self, meta: dict[str, Any], key: str) -> tuple[int, list[float] | None]:
         targets = meta.get("targets")
+        carried = meta.get("classes")
+        if self.label_map is None and self.classes and carried is not None and tuple(carried) != self.classes:
+            raise DataError(f"clip {key!r} is numbered by the label map {list(carried)}, this model by "
+                            f"{list(self.classes)}; import every fold with the same --protocol / --classes")
         if self.label_map is not None:
-            return self.label_map.index(meta), targets
+            try:
+                return self.label_map.index(meta), targets
+            except KeyError as exc:
+                raise DataError(f"clip {key!r}: {exc.args[0]}") from None
         label = meta.get("label")
         if label is None:
             if self.labelled and targets is None:
-                raise ValueError(f"clip {key!r} has no label; labelled stages need labelled shards "
-                                 "(avf-data import)")
+                raise DataError(f"clip {key!r} has no label; labelled stages need labelled shards "
+                                "(avf-data import)")
             return -1, targets
+        if self.num_classes > 0 and not 0 <= int(label) < self.num_classes:
+            raise DataError(f"clip {key!r} has label {label}, outside the label map's {self.num_classes} classes")
         return int(label), targets
 
     def _views(self, raw: dict[str, Any], unit: int, pass_index: int, sample_index: int,
@@ -190,14 +216,14 @@ class ClipStream(IterableDataset):
         while True:
             produced = yield from self._train_pass(unit, worker, pass_index, skip_batches)
             if produced == 0 and skip_batches == 0:
-                raise RuntimeError(f"loader unit {unit} got no full batch of {self.batch_size} in a pass over "
-                                   f"{len(self.shards)} shard(s): too few clips for the batch size, ranks and "
-                                   "workers (lower run.batch_size or data.num_workers, or add clips)")
+                raise DataError(f"too few clips for the batch size: loader unit {unit} of {self._units()} (ranks x "
+                                f"workers) got no full batch of {self.batch_size} clips in pass {pass_index} over "
+                                f"{len(self.shards)} shard(s); lower --batch-size or --num-workers, or add clips")
             pass_index, skip_batches = pass_index + 1, 0
 
     def _train_pass(self, unit: int, worker: int, pass_index: int, skip_batches: int):
         rng = np.random.default_rng(_seed(self.seed, 3, pass_index, unit))
-        first_view = skip_batches * self.batch_size
+        first_view = skip_batches * self.views_per_batch
         skip_samples, first_repeat = divmod(first_view, self.repeats)
         items: list[dict[str, Any]] = []
         batch_index, produced = skip_batches, 0
@@ -206,7 +232,7 @@ class ClipStream(IterableDataset):
                 continue
             for item in self._views(raw, unit, pass_index, i, first_repeat if i == skip_samples else 0):
                 items.append(item)
-                if len(items) == self.batch_size:
+                if len(items) == self.views_per_batch:
                     yield collate(items, worker=worker, pass_index=pass_index, batch_index=batch_index)
                     items, batch_index, produced = [], batch_index + 1, produced + 1
         return produced
@@ -239,9 +265,55 @@ def collate(items: list[dict[str, Any]], worker: int, pass_index: int, batch_ind
     return batch
 
 
-def _worker_init(_: int) -> None:
-    # one intra-op thread per loader worker: the workers are many, the cores are shared
-    torch.set_num_threads(1)
+def _watch_owner(pid: int, pidfd: int | None) -> None:
+    """Exit this worker as soon as process ``pid`` (the loader's owner) has ended."""
+    if pidfd is not None:
+        import select
+
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        while not poller.poll(None):  # readable once the process has exited (zombie included)
+            pass
+        os._exit(0)
+    import time
+
+    while True:  # no pidfd (not Linux): poll; a zombie owner still counts as gone
+        time.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                    os._exit(0)
+        except (ProcessLookupError, PermissionError):
+            os._exit(0)
+        except OSError:
+            pass
+
+
+class _WorkerInit:
+    """``worker_init_fn``: one thread per worker, and exit when the owner process dies.
+
+    Workers are children of the forkserver, not of the trainer, so torch's own check of the
+    parent pid does not see a killed trainer; they watch the owner's pid themselves (a pidfd
+    where the OS has one, so a reused pid cannot fool them).
+    """
+
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
+
+    def __call__(self, _: int) -> None:
+        # one intra-op thread per loader worker: the workers are many, the cores are shared
+        torch.set_num_threads(1)
+        pidfd = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(self.owner)
+            except ProcessLookupError:  # the owner died while this worker was starting
+                os._exit(0)
+            except OSError:
+                pidfd = None
+        threading.Thread(target=_watch_owner, args=(self.owner, pidfd), daemon=True,
+                         name="avf-watch-owner").start()
 
 
 def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkserver") -> DataLoader:
@@ -249,7 +321,7 @@ def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkser
 
     Workers start through ``forkserver``, not ``fork``: forking a parent whose OpenMP pool has
     already run (model init, a previous loader) can deadlock the child inside the first
-    interpolate/conv it runs.
+    interpolate/conv it runs. Each worker exits by itself when this process dies.
     """
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
@@ -257,6 +329,6 @@ def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkser
         if mp_context == "forkserver":  # import the heavy modules once in the server, not per worker
             ctx.set_forkserver_preload(["torch", "numpy", "avf_models.features", "avf_train.data"])
         kwargs.update(prefetch_factor=2, persistent_workers=False, multiprocessing_context=ctx,
-                      worker_init_fn=_worker_init)
+                      worker_init_fn=_WorkerInit(os.getpid()))
     return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                       **kwargs)

@@ -37,6 +37,11 @@ def init(device: str = "auto") -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        from .errors import StageError
+
+        raise StageError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}); "
+                         "use --device cpu or auto")
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)

@@ -1,8 +1,11 @@
 """AdamW parameter groups (no decay on biases/norms, layer-wise lr decay) and the lr schedule.
 
 The schedule is a pure function of the optimizer step, so resuming only needs the step count:
-linear warmup from 0 to ``peak`` then half-cosine down to ``min_lr`` (the MAE/VideoMAE recipe,
-computed per step instead of per epoch).
+linear warmup from ``warmup_lr`` to ``peak`` then half-cosine down to ``min_lr``, the VideoMAE
+``cosine_scheduler`` (per optimizer step) that the official scripts use. As there, the global
+batch is counted in *clips* (repeated-augmentation copies of a clip do not count), an epoch is
+``epoch_size // global_batch`` steps, and ``base_lr``, ``min_lr`` and ``warmup_lr`` are all
+scaled by ``global_batch / 256``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .config import OptimArgs
+from .config import OptimArgs, TrainConfig
 
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
@@ -96,16 +99,24 @@ def build_optimizer(model: nn.Module, args: OptimArgs, lr: float) -> torch.optim
 
 @dataclass
 class CosineSchedule:
-    """Warmup + cosine lr as a function of the optimizer step (0-based)."""
+    """Warmup + cosine lr as a function of the optimizer step (0-based).
+
+    Step for step the values of VideoMAE's ``cosine_scheduler``: warmup is
+    ``linspace(warmup_lr, peak, warmup_steps)``, then ``min_lr + (peak - min_lr)/2 * (1 + cos(pi i / n))``
+    over the remaining ``n`` steps.
+    """
 
     peak: float
     min_lr: float
     warmup_steps: int
     total_steps: int
+    warmup_lr: float = 0.0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.peak * step / max(1, self.warmup_steps)
+            if self.warmup_steps == 1:
+                return self.warmup_lr
+            return self.warmup_lr + (self.peak - self.warmup_lr) * step / (self.warmup_steps - 1)
         progress = (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, progress)
         return self.min_lr + 0.5 * (self.peak - self.min_lr) * (1.0 + math.cos(math.pi * progress))
@@ -117,5 +128,37 @@ class CosineSchedule:
         return lr
 
     def state_dict(self) -> dict:
-        return {"peak": self.peak, "min_lr": self.min_lr, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps}
+        return {"peak": self.peak, "min_lr": self.min_lr, "warmup_lr": self.warmup_lr,
+                "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+
+
+@dataclass(frozen=True)
+class SchedulePlan:
+    """How many steps a run takes and at which learning rates (everything derived from the batch)."""
+
+    global_batch: int  # clips per optimizer step over all ranks and micro-steps
+    views_per_step: int  # augmented views per optimizer step (global_batch x repeated_aug)
+    steps_per_epoch: int
+    total_steps: int
+    schedule: CosineSchedule
+
+
+def plan_schedule(cfg: TrainConfig, epoch_size: int, world_size: int) -> SchedulePlan:
+    """Steps and lr schedule of a run over ``epoch_size`` clips on ``world_size`` processes.
+
+    Official semantics: ``total_batch = batch_size x grad_accum x world`` clips, ``lr = base_lr x
+    total_batch / 256`` (and the same factor on ``min_lr`` and ``warmup_lr``), ``steps_per_epoch =
+    epoch_size // total_batch``. Repeated augmentation multiplies the views a step sees, not the
+    batch: 32 clips x 2 copies is a batch of 32.
+    """
+    repeats = 1 if cfg.stage == "pretrain" else max(1, cfg.data.repeated_aug)
+    global_batch = cfg.run.batch_size * world_size * max(1, cfg.optim.grad_accum)
+    scale = global_batch / 256
+    steps_per_epoch = max(1, epoch_size // global_batch)
+    total_steps = max(1, int(round(cfg.run.epochs * steps_per_epoch)))
+    o = cfg.optim
+    warmup = o.warmup_steps if o.warmup_steps >= 0 else int(round(o.warmup_epochs * steps_per_epoch))
+    peak = o.lr if o.lr > 0 else o.base_lr * scale
+    schedule = CosineSchedule(peak=peak, min_lr=min(o.min_lr * scale, peak), warmup_steps=warmup,
+                              total_steps=total_steps, warmup_lr=min(o.warmup_lr * scale, peak))
+    return SchedulePlan(global_batch, global_batch * repeats, steps_per_epoch, total_steps, schedule)

@@ -1,7 +1,9 @@
 """Test-time inference: every clip expanded into segments x crops views, one JSONL row per view.
 
 The rows are what avf-eval consumes (format documented in the package README): it averages the
-views of a clip itself, so nothing is aggregated here beyond an optional quick accuracy.
+views of a clip itself, so nothing is aggregated here beyond an optional quick accuracy. Every row
+carries the model's label map (``classes``), and the shards must carry the same one: a test fold
+numbered differently from the training folds is refused here, not scored wrongly later.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import TrainConfig, from_dict, resolve_model_name
 from .data import ClipStream, make_loader, resolve_shards
+from .errors import DataError, one_line
 from .labels import get_label_map
+from .shardinfo import scan_shards
 from .trainer import StageError, build_model, check_input_spec, supervised_forward, transform_config
 
 
@@ -91,17 +95,36 @@ def predict(checkpoint: str, data: str, out: str | os.PathLike, batch_size: int 
         cfg.data.test_crops = crops
     check_input_spec(model, cfg)
     tcfg = transform_config(cfg, "test")
-    stream = ClipStream(resolve_shards(data), tcfg, batch_size, train=False, seed=cfg.run.seed, rank=info.rank,
-                        world_size=info.world_size, num_workers=num_workers,
-                        label_map=get_label_map(cfg.data.label_map))
     regression = cfg.finetune.task == "dea"
+    label_map = get_label_map(cfg.data.label_map)
+    names = [str(n) for n in (ckpt.get("class_names") or cfg.data.classes or
+                              (label_map.classes if label_map is not None else ()))] if not regression else []
+    paths = resolve_shards(data)
+    expected = () if regression or label_map is not None else tuple(names)
+    if expected:  # the shards' label map must be the model's (checked before any decoding)
+        space = scan_shards(paths, read_meta=True).label_space()
+        if space is not None and tuple(space.classes) != expected:
+            raise DataError(f"{data} number classes as {list(space.classes)} ({space.source}) but "
+                            f"{ckpt['path']} was trained on {list(expected)}; import the test data with the "
+                            "training data's --protocol / --classes")
+    stream = ClipStream(paths, tcfg, batch_size, train=False, seed=cfg.run.seed, rank=info.rank,
+                        world_size=info.world_size, num_workers=num_workers, label_map=label_map,
+                        classes=expected, num_classes=len(expected))
     epoch = int(math.ceil(float(ckpt.get("epoch", 0)) - 1e-9))  # epochs completed (partial counts as one)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     part = out.with_name(out.name + (f".part{info.rank}" if info.distributed else ".tmp"))
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    batches = iter(make_loader(stream, num_workers))
     with open(part, "w") as fh:
-        for batch in make_loader(stream, num_workers):
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except DataError as exc:  # raised in a loader worker: torch wraps it in its traceback
+                part.unlink(missing_ok=True)
+                raise DataError(one_line(exc)) from None
             with autocast:
                 outputs = supervised_forward(model, cfg, batch["video"].to(info.device),
                                              batch["audio"].to(info.device)).float().cpu()
@@ -120,6 +143,10 @@ def predict(checkpoint: str, data: str, out: str | os.PathLike, batch_size: int 
                 else:
                     row["logits"] = outputs[i].tolist()
                     row["probs"] = probs[i].tolist()
+                    if names:
+                        row["classes"] = names
+                        if ckpt.get("label_protocol"):
+                            row["protocol"] = ckpt["label_protocol"]
                 fh.write(json.dumps(row) + "\n")
     if info.distributed:
         torch.distributed.barrier()

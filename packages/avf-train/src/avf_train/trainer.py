@@ -28,14 +28,15 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import TrainConfig, resolve_model_name, save_yaml, to_dict
-from .data import ClipStream, StreamState, count_samples, make_loader, resolve_shards
+from .data import ClipStream, StreamState, make_loader, resolve_shards
+from .errors import DataError, StageError, one_line
 from .labels import get_label_map
-from .optim import CosineSchedule, build_optimizer
+from .optim import CosineSchedule, build_optimizer, plan_schedule
+from .preflight import check_batch_fits, check_init_classes, resolve_labels
+from .shardinfo import scan_shards
 from .transforms import ClipTransformConfig
 
-
-class StageError(ValueError):
-    """A checkpoint from the wrong stage, or a config that cannot work for this stage."""
+__all__ = ["DataError", "StageError", "TrainResult", "build_model", "train"]
 
 
 # --------------------------------------------------------------------------- model building
@@ -61,27 +62,18 @@ def num_classes_for(cfg: TrainConfig) -> int:
 
 
 def class_names_for(cfg: TrainConfig) -> list[str] | None:
-    """Names of the classifier's outputs, stored in checkpoints so predictions can be read.
+    """Names of the classifier's outputs, stored in checkpoints and predictions.
 
-    A label map names its classes; otherwise ``avf-data import`` leaves ``classes.json`` in the
-    folder above its ``shards/`` (or beside them), which names the class indices the data uses.
+    A label map (``data.label_map``) names its classes; otherwise they are ``data.classes``, the
+    label map the shards were imported with (every sample and ``classes.json`` carry it), which
+    the pre-flight check copied into the config.
     """
     if cfg.stage == "pretrain" or cfg.finetune.task == "dea":
         return None
     label_map = get_label_map(cfg.data.label_map)
     if label_map is not None:
         return list(label_map.classes)
-    try:
-        first = Path(resolve_shards(cfg.data.shards)[0])
-    except FileNotFoundError:
-        return None
-    for folder in (first.parent, first.parent.parent):
-        path = folder / "classes.json"
-        if path.is_file():
-            names = json.loads(path.read_text(encoding="utf-8")).get("classes")
-            if isinstance(names, list) and len(names) == num_classes_for(cfg):
-                return [str(n) for n in names]
-    return None
+    return list(cfg.data.classes) or None
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -134,6 +126,9 @@ def init_from(model: nn.Module, cfg: TrainConfig, log) -> None:
     if stage not in allowed.get(cfg.stage, ()):
         raise StageError(f"--init {ckpt['path']} is a {stage!r} checkpoint; {cfg.stage} starts from "
                          f"{' or '.join(s for s in allowed.get(cfg.stage, ()) if s != 'unknown')} checkpoints")
+    note = check_init_classes(cfg, ckpt)
+    if note:
+        log(note)
     try:
         report = load_pretrained_into_finetune(model, ckpt["model"])
     except Exception as exc:  # shape mismatch etc.: say which file and model
@@ -158,11 +153,13 @@ def transform_config(cfg: TrainConfig, mode: str) -> ClipTransformConfig:
 def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: StreamState | None) -> ClipStream:
     mode = "pretrain" if cfg.stage == "pretrain" else "finetune"
     repeats = 1 if cfg.stage == "pretrain" else cfg.data.repeated_aug
+    classify = cfg.stage != "pretrain" and cfg.finetune.task != "dea"
     return ClipStream(shards, transform_config(cfg, mode), cfg.run.batch_size, train=True, seed=cfg.run.seed,
                       rank=info.rank, world_size=info.world_size, num_workers=cfg.data.num_workers,
                       shuffle_buffer=cfg.data.shuffle_buffer, repeats=repeats,
                       label_map=get_label_map(cfg.data.label_map), labelled=cfg.stage != "pretrain",
-                      state=state)
+                      state=state, classes=tuple(cfg.data.classes) if classify else (),
+                      num_classes=cfg.finetune.num_classes if classify else 0)
 
 
 # --------------------------------------------------------------------------- losses
@@ -342,12 +339,23 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
 
     shards = resolve_shards(cfg.data.shards)
+    # ---- pre-flight: what the shards hold, read before any worker starts ----
+    labelled = cfg.stage != "pretrain"
+    data_info = scan_shards(shards, read_meta=labelled)
+    check_batch_fits(data_info, cfg.run.batch_size, info.world_size, cfg.data.num_workers)
+    if labelled:
+        val_info = scan_shards(resolve_shards(cfg.data.val_shards), read_meta=True) if cfg.data.val_shards else None
+        space = resolve_labels(cfg, data_info, val_info)
+        if space is not None:
+            log(f"label map: {len(space.classes)} classes {list(space.classes)} ({space.source})")
     if resume_ckpt is None:
         model_from_init(cfg, log)
     cfg.model.name = resolve_model_name(cfg.model.name)
     torch.manual_seed(cfg.run.seed)  # same init on every rank (FSDP2 does not broadcast it)
     model = build_model(cfg)
-    if cfg.run.batch_size < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    repeats = 1 if cfg.stage == "pretrain" else max(1, cfg.data.repeated_aug)
+    if cfg.run.batch_size * repeats < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                                for m in model.modules()):
         raise StageError(f"{cfg.model.name} has BatchNorm (IAV-CL's ER layer): use run.batch_size >= 2 per process")
     # per-rank streams from here on: masks, drop path and anything else random differ across ranks
     torch.manual_seed(cfg.run.seed + info.rank)
@@ -360,16 +368,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         log("warning: no --init given; training the supervised model from random initialisation")
     model.to(info.device)
 
-    # ---- schedule ----
+    # ---- schedule (official semantics: batch in clips, lr/min_lr/warmup_lr x global batch / 256) ----
     world, accum = info.world_size, max(1, cfg.optim.grad_accum)
-    global_batch = cfg.run.batch_size * world * accum
-    repeats = 1 if cfg.stage == "pretrain" else max(1, cfg.data.repeated_aug)
-    epoch_size = cfg.data.epoch_size or count_samples(shards)
-    steps_per_epoch = max(1, epoch_size * repeats // global_batch)
-    total_steps = max(1, int(round(cfg.run.epochs * steps_per_epoch)))
-    warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps >= 0 else int(round(cfg.optim.warmup_epochs * steps_per_epoch))
-    peak = cfg.optim.lr if cfg.optim.lr > 0 else cfg.optim.base_lr * global_batch / 256
-    schedule = CosineSchedule(peak=peak, min_lr=min(cfg.optim.min_lr, peak), warmup_steps=warmup, total_steps=total_steps)
+    epoch_size = cfg.data.epoch_size or data_info.total
+    plan = plan_schedule(cfg, epoch_size, world)
+    global_batch, steps_per_epoch, total_steps = plan.global_batch, plan.steps_per_epoch, plan.total_steps
+    schedule = plan.schedule
+    peak, warmup = schedule.peak, schedule.warmup_steps
     stop_at = min(total_steps, cfg.run.max_steps) if cfg.run.max_steps > 0 else total_steps
 
     model = D.wrap(model, info, cfg.run.fsdp, find_unused=cfg.run.find_unused_parameters)
@@ -410,8 +415,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     loader.generator = torch.Generator().manual_seed(cfg.run.seed)  # keep the global RNG untouched
     batches = iter(loader)
     num_classes = 0 if cfg.stage == "pretrain" else num_classes_for(cfg)
+    views = f" x {repeats} augmented copies = {plan.views_per_step} views" if repeats > 1 else ""
     log(f"{len(shards)} shard(s), {epoch_size} clips/epoch, {steps_per_epoch} steps/epoch, {total_steps} steps "
-        f"total (running to {stop_at}), global batch {global_batch}, peak lr {peak:.3g}, warmup {warmup}, "
+        f"total (running to {stop_at}), global batch {global_batch} clips{views}, peak lr {peak:.3g} "
+        f"(min {schedule.min_lr:.3g}, warmup from {schedule.warmup_lr:.3g} over {warmup} steps), "
         f"device {info.device}, world {world}")
 
     model.train()
@@ -422,7 +429,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         lr = schedule.apply(optimizer, step)
         sums: dict[str, float] = {}
         for micro in range(accum):
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except DataError as exc:  # raised in a loader worker: torch wraps it in its traceback
+                raise DataError(one_line(exc)) from None
             worker, pass_index, batch_index = batch["pos"]
             data_state.advance(worker, pass_index, batch_index)
             video = batch["video"].to(info.device, non_blocking=True)
@@ -503,6 +513,8 @@ def save_checkpoint(run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer
         names = class_names_for(cfg)
         if names is not None:
             payload["class_names"] = names
+            if cfg.data.label_protocol:
+                payload["label_protocol"] = cfg.data.label_protocol
         path = ckpt_io.save(run_dir, step, payload, keep_last=cfg.run.keep_last)
     if info.distributed:
         torch.distributed.barrier()

@@ -1,0 +1,180 @@
+"""Checks that run before a training run starts its workers: does the data fit the run?
+
+Each check turns a failure that used to appear as a worker traceback at the first step (or, for
+label maps, as silently wrong predictions) into one ``avf-train: error:`` line that names the
+numbers. The label-map checks are what keeps one class order from import to score:
+
+* the train shards, the ``--val-data`` shards and a resumed run must carry the same label map;
+* ``--num-classes`` must equal the map's size (it is inferred from the map when not given);
+* every label must lie inside the map (or, with ``data.label_map``, have a name the map knows);
+* an ``--init`` checkpoint whose head would be loaded must name the same classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .config import TrainConfig
+from .errors import DataError, StageError
+from .labels import get_label_map
+from .shardinfo import LabelSpace, ShardInfo
+
+
+def stream_clips(counts: list[int], units: int) -> int:
+    """The fewest clips one loader unit can get in a pass (ClipStream's split, any shard order).
+
+    With at least as many shards as units a unit reads whole shards, ``shards[unit::units]`` of a
+    shuffled list, so in the worst pass it gets the ``len // units`` smallest shards; with fewer
+    shards than units the clips themselves are dealt round-robin.
+    """
+    if units <= 0:
+        return 0
+    if len(counts) >= units:
+        return sum(sorted(counts)[: len(counts) // units])
+    return sum(counts) // units
+
+
+def check_batch_fits(info: ShardInfo, batch_size: int, world_size: int, num_workers: int) -> None:
+    """Refuse a run whose loader would find no full batch in some pass (before workers start)."""
+    workers = max(1, num_workers)
+    units = world_size * workers
+    least = stream_clips(info.counts, units)
+    if least >= batch_size:
+        return
+    fits = [w for w in range(workers - 1, 0, -1) if stream_clips(info.counts, world_size * w) >= batch_size]
+    hint = f"--num-workers {fits[0]}" if fits else "fewer loader workers"
+    raise DataError(
+        f"too few clips for the batch size: {info.total} clips in {len(info.counts)} shard(s) "
+        f"({info.where()}) are split over {world_size} rank(s) x {workers} loader worker(s) = {units} streams; "
+        f"the smallest stream gets {least} clips per pass, fewer than --batch-size {batch_size} "
+        f"(clips per process). Use --batch-size {max(1, least)} or less, {hint}, or more clips")
+
+
+def _labels_outside(info: ShardInfo, num_classes: int) -> list[int]:
+    return sorted(label for label in info.labels if not 0 <= label < num_classes)
+
+
+def _check_in_range(info: ShardInfo, num_classes: int, what: str) -> None:
+    bad = _labels_outside(info, num_classes)
+    if bad:
+        counts = ", ".join(f"label {b} in {info.labels[b]} clip(s)" for b in bad[:5])
+        raise DataError(f"{what} {info.where()} hold labels outside the label map of {num_classes} classes "
+                        f"(0..{num_classes - 1}): {counts}")
+
+
+def _check_names_map(info: ShardInfo, spec: str, what: str) -> None:
+    label_map = get_label_map(spec)
+    assert label_map is not None
+    if info.unnamed:
+        raise DataError(f"label map {label_map.name!r} maps clips by 'label_name', but {info.unnamed} clips of "
+                        f"{what} {info.where()} have only an integer label")
+    unknown = []
+    for name in info.label_names:
+        try:
+            label_map.index({"label_name": name})
+        except KeyError:
+            unknown.append(name)
+    if unknown:
+        raise DataError(f"{what} {info.where()} hold labels outside the label map {label_map.name!r}: "
+                        f"{sorted(unknown)[:8]} ({sum(info.label_names[u] for u in unknown)} clips); its classes "
+                        f"are {list(label_map.classes)}")
+
+
+def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) -> LabelSpace | None:
+    """Fix the run's label map and number of outputs from the data, refusing every disagreement.
+
+    Sets ``cfg.data.classes``, ``cfg.data.label_protocol`` and ``cfg.finetune.num_classes``.
+    """
+    f = cfg.finetune
+    if f.task == "dea":
+        _resolve_targets(cfg, train, val)
+        return None
+    if train.unlabelled:
+        raise DataError(f"{len(train.unlabelled)} of {train.total} clips have no label (first: "
+                        f"{train.unlabelled[0]}); {cfg.stage} needs labelled shards: make them with "
+                        "`avf-data import labels.csv --protocol NAME`")
+    if cfg.data.label_map:
+        label_map = get_label_map(cfg.data.label_map)
+        assert label_map is not None
+        _check_names_map(train, cfg.data.label_map, "the shards")
+        if val is not None:
+            _check_names_map(val, cfg.data.label_map, "--val-data")
+        if f.num_classes and f.num_classes != label_map.num_classes:
+            raise StageError(f"--num-classes {f.num_classes} differs from label map {label_map.name!r} "
+                             f"({label_map.num_classes} classes); drop --num-classes")
+        f.num_classes = label_map.num_classes
+        cfg.data.classes = tuple(label_map.classes)
+        return LabelSpace(tuple(label_map.classes), "", f"label map {label_map.name}")
+    space = train.label_space()
+    if cfg.data.classes:
+        if space is not None and tuple(space.classes) != tuple(cfg.data.classes):
+            raise DataError(f"the shards ({space.source}) number classes as {list(space.classes)}, but this run "
+                            f"(data.classes) as {list(cfg.data.classes)}")
+        space = LabelSpace(tuple(cfg.data.classes), cfg.data.label_protocol or (space.protocol if space else ""),
+                           "data.classes")
+    if val is not None:
+        val_space = val.label_space()
+        if val_space is not None and space is not None and val_space.classes != space.classes:
+            raise DataError(f"the training shards number classes as {list(space.classes)} ({space.source}) but "
+                            f"--val-data as {list(val_space.classes)} ({val_space.source}); import every fold "
+                            "with the same --protocol (or --classes FILE)")
+        if val_space is not None and space is None:
+            raise DataError(f"--val-data carries the label map {list(val_space.classes)} but the training shards "
+                            "carry none; import both with the same --protocol")
+    if space is not None:
+        if f.num_classes and f.num_classes != len(space.classes):
+            raise StageError(f"--num-classes {f.num_classes} differs from the shards' label map "
+                             f"({len(space.classes)} classes: {', '.join(space.classes)}; {space.source}); "
+                             "drop --num-classes to use the map")
+        f.num_classes = len(space.classes)
+        cfg.data.classes = tuple(space.classes)
+        cfg.data.label_protocol = space.protocol
+    elif f.num_classes <= 0:
+        raise StageError("set --num-classes (finetune.num_classes): the shards carry no label map to infer it "
+                         "from (make them with `avf-data import --protocol NAME`)")
+    _check_in_range(train, f.num_classes, "the shards")
+    if val is not None:
+        _check_in_range(val, f.num_classes, "--val-data")
+    return space
+
+
+def _resolve_targets(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) -> None:
+    """DEA: every training clip needs a ``targets`` list, all of one length = the outputs."""
+    if train.no_targets:
+        raise DataError(f"task dea needs 'targets' in every clip: {train.no_targets} of {train.total} clips in "
+                        f"{train.where()} have none (import them with target_* columns)")
+    if len(train.target_sizes) > 1:
+        raise DataError(f"the clips' targets differ in length: {dict(train.target_sizes)}")
+    (size,) = train.target_sizes
+    f = cfg.finetune
+    if f.num_classes and f.num_classes != size:
+        raise StageError(f"--num-classes {f.num_classes} differs from the {size} targets each clip carries")
+    f.num_classes = size
+    if val is not None and val.target_sizes and set(val.target_sizes) != {size}:
+        raise DataError(f"--val-data targets have length(s) {sorted(val.target_sizes)}, the training ones {size}")
+
+
+def check_init_classes(cfg: TrainConfig, ckpt: dict[str, Any]) -> str | None:
+    """Refuse an ``--init`` whose classifier head would be loaded under other class names.
+
+    avf-models loads a head whose shape matches; if the checkpoint names its outputs differently
+    (or in another order) than this run's label map, class i would start as the old class i.
+    Returns a note for the log when nothing is wrong but something is worth saying.
+    """
+    if cfg.finetune.task == "dea":
+        return None
+    names = ckpt.get("class_names") or list(((ckpt.get("config") or {}).get("data") or {}).get("classes") or [])
+    head = (ckpt.get("model") or {}).get("head.weight")
+    rows = int(head.shape[0]) if head is not None and hasattr(head, "shape") else len(names)
+    if rows != cfg.finetune.num_classes:
+        return None  # a head of another size is dropped: nothing carries over
+    if names and cfg.data.classes:
+        if [str(n).lower() for n in names] != [c.lower() for c in cfg.data.classes]:
+            raise StageError(f"--init {ckpt.get('path')} names its {rows} outputs {list(names)}, this run's label "
+                             f"map is {list(cfg.data.classes)}: its head would be loaded with the classes in the "
+                             "wrong places; fine-tune from a checkpoint with the same map or another size of head")
+        return None
+    if head is not None:
+        return (f"warning: --init {ckpt.get('path')} has a {rows}-class head that is loaded, but "
+                f"{'it' if not names else 'this run'} names no classes, so their order cannot be checked")
+    return None
