@@ -163,7 +163,7 @@ def _import(args) -> int:
     _summary(stats, args.out)
     print(stats["csv"]["line"])
     print(f"classes ({stats['label_map']['source']}): {stats['classes']}")
-    for warning in stats["warnings"]:
+    for warning in stats["import_warnings"]:
         print(f"avf-data import: warning: {warning}", file=sys.stderr)
     return 0
 

@@ -268,7 +268,7 @@ def import_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Bui
                protocol: str | None = None, **build_kwargs: Any) -> dict[str, Any]:
     """Build labelled shards from a CSV; returns the build stats plus ``classes``, ``label_map``
     (classes.json's content), ``csv`` (row counts, rejects by reason, a summary line) and
-    ``warnings``."""
+    ``import_warnings``."""
     cfg = cfg or BuildConfig()
     if not strict:
         cfg = lenient(cfg)
@@ -302,9 +302,9 @@ def import_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Bui
                     "rejected_by_reason": dict(by_reason),
                     "line": f"CSV {Path(csv_path).name}: {num_rows} rows -> {len(labels)} inputs, {len(rejects)} rejected"
                             + (f" ({detail})" if detail else "")}
-    stats["warnings"] = []
+    stats["import_warnings"] = []
     if space.inferred:
-        stats["warnings"].append(
+        stats["import_warnings"].append(
             f"classes are numbered by the sorted labels of this CSV {list(space.classes)}; another CSV (a test fold "
             "without some class) will number them differently. Pass --protocol NAME or --classes FILE "
             "(e.g. this import's classes.json) to fix the order")
