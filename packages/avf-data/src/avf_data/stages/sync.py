@@ -63,31 +63,58 @@ __all__ = [
     "SyncConfig",
     "SyncResult",
     "SyncScorer",
+    "SyncView",
+    "SyncInput",
     "MotionEnvelopeScorer",
     "SyncNetScorer",
     "build_sync_scorer",
+    "resolve_weights",
+    "reference_input",
     "sync_reject_reason",
+    "sync_reject_code",
     "METHOD_SYNCNET",
     "METHOD_FALLBACK",
+    "ENV_WEIGHTS",
 ]
 
 METHOD_SYNCNET = "syncnet_v2"
 METHOD_FALLBACK = "fallback_motion_envelope"
+ENV_WEIGHTS = "AVF_SYNCNET_WEIGHTS"
 
 
 @dataclass
 class SyncConfig:
+    """Thresholds and SyncNet runtime options (YAML section ``sync``).
+
+    max_offset_frames, min_confidence_*: the rejection rule, see the module
+    docstring for where the defaults come from.
+    search_frames: offsets searched, ±frames (the reference's ``vshift``).
+    device: ``cpu`` or ``cuda[:N]`` for SyncNet.
+    face_crop_scale: our face-crop side / face-box side; only used when SyncNet
+        has to rebuild its window from the 160 px training crop (no face boxes).
+    batch_size: SyncNet windows per forward pass (raise on a GPU, e.g. 512).
+    weights: path of ``syncnet_v2.model``; ``--syncnet-weights`` wins over it,
+        and it wins over the environment variable ``AVF_SYNCNET_WEIGHTS``.
+    precision: ``auto`` (fp32 on CPU, bf16 autocast on CUDA), ``fp32`` or ``bf16``.
+    mode: off | measure (scores recorded, nothing dropped) | enforce. Enforcement needs
+        SyncNet weights: the weight-free fallback cannot tell sync from no sync on real
+        faces, so without weights the stage only measures (unless ``enforce_fallback``).
+    require_syncnet: a build without usable SyncNet weights fails at start.
+    enforce_fallback: let the weight-free fallback reject clips (demo and synthetic data only).
+    """
+
+    mode: str = "enforce"
+    require_syncnet: bool = False
+    enforce_fallback: bool = False
     max_offset_frames: int = 3
     search_frames: int = 15
     min_confidence_syncnet: float = 3.0
     min_confidence_fallback: float = 0.3
     device: str = "cpu"
-    # Extensions (defaulted): SyncNet only.
-    # Our face-crop side / detected face-box side: 1.8 = CropConfig.margin's
-    # default (stage 4 centres a square window of max face side x margin on
-    # the smoothed face centre). Used to rebuild SyncNet's own crop geometry.
     face_crop_scale: float = 1.8
-    batch_size: int = 20  # SyncNet windows per forward pass
+    batch_size: int = 32
+    weights: str | None = None
+    precision: str = "auto"
 
 
 @dataclass
@@ -97,17 +124,45 @@ class SyncResult:
     min_distance: float | None
     method: str
     # Extensions (defaulted): number of windows/frames the score is based on,
-    # whether the clip could be measured at all, and a human-readable note.
+    # whether the clip could be measured at all, a human-readable note, and
+    # (SyncNet) the mean embedding distance per shift k = -search..+search.
     n_windows: int = 0
     valid: bool = True
     note: str | None = None
+    mean_dists: list[float] | None = None
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["offset_frames"] = int(self.offset_frames)
         d["confidence"] = float(self.confidence)
         d["min_distance"] = None if self.min_distance is None else float(self.min_distance)
+        if self.mean_dists is None:
+            d.pop("mean_dists")
+        else:
+            d["mean_dists"] = [round(float(x), 5) for x in self.mean_dists]
         return d
+
+
+@runtime_checkable
+class SyncView(Protocol):
+    """What the pipeline hands a scorer for one clip (see :meth:`SyncScorer.score_clip`).
+
+    crop_frames: (T, 160, 160, 3) uint8 RGB training crops at ``fps``.
+    audio: float32 mono in [-1, 1] at ``sample_rate``, ``(L + R) / 2`` for stereo.
+    face_boxes: (T, 4) ``[x0, y0, x1, y1]`` per frame in source pixels (raw
+        detections interpolated between detection frames), or None.
+    cut_region(k, x0, y0, x1, y1, out_w, out_h): frame k's source-pixel
+        rectangle, grey 110 outside the frame, resized (see
+        :data:`avf_data.stages.syncnet_input.CutRegion`).
+    """
+
+    crop_frames: np.ndarray
+    audio: np.ndarray
+    fps: float
+    sample_rate: int
+    face_boxes: np.ndarray | None
+
+    def cut_region(self, k: int, x0: int, y0: int, x1: int, y1: int, out_w: int, out_h: int) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -117,6 +172,21 @@ class SyncScorer(Protocol):
     def score(
         self, frames: np.ndarray, audio: np.ndarray, fps: float = 25.0, sample_rate: int = 16000
     ) -> SyncResult: ...
+
+    def score_clip(self, view: SyncView) -> SyncResult: ...
+
+
+def sync_reject_code(result: SyncResult, cfg: SyncConfig) -> str | None:
+    """``None`` keeps the clip; otherwise ``sync.unmeasurable``, ``sync.offset`` or
+    ``sync.confidence`` (the first rule that fails, in that order)."""
+    if not result.valid:
+        return "sync.unmeasurable"
+    if abs(int(result.offset_frames)) > cfg.max_offset_frames:
+        return "sync.offset"
+    thr = cfg.min_confidence_syncnet if result.method == METHOD_SYNCNET else cfg.min_confidence_fallback
+    if not np.isfinite(result.confidence) or result.confidence < thr:
+        return "sync.confidence"
+    return None
 
 
 def sync_reject_reason(result: SyncResult, cfg: SyncConfig) -> str | None:
@@ -300,72 +370,173 @@ class MotionEnvelopeScorer:
             note=note,
         )
 
+    def score_clip(self, view: SyncView) -> SyncResult:
+        """The fallback works on the training crop; face boxes / source frames are unused."""
+        return self.score(view.crop_frames, view.audio, fps=view.fps, sample_rate=view.sample_rate)
+
 
 # --------------------------------------------------------------------------- SyncNet
 
 
+@dataclass
+class SyncInput:
+    """One clip for :meth:`SyncNetScorer.score_many`.
+
+    ``geometry="reference"``: ``frames`` are SyncNet's own 224x224 crops
+    (:func:`avf_data.stages.syncnet_input.reference_crops`), 25 fps.
+    ``geometry="face_crop"``: ``frames`` are our square training crops; the
+    SyncNet window is rebuilt from them (:func:`~avf_data.stages.syncnet.lip_input_from_face_crop`).
+    """
+
+    frames: np.ndarray  # (T, H, W, 3) uint8 RGB
+    audio: np.ndarray  # mono float in [-1, 1]
+    fps: float = 25.0
+    sample_rate: int = 16000
+    geometry: str = "reference"
+    note: str | None = None
+
+
+@dataclass
+class _Prepared:
+    frames: np.ndarray  # (T, 224, 224, 3) uint8 RGB, SyncNet geometry, 25 fps
+    mfcc: np.ndarray  # (13, M) float32
+    n_windows: int
+    n_frames: int
+    seconds: float
+    note: str | None = None
+
+
 class SyncNetScorer:
-    """SyncNet v2 offset/confidence, CPU or GPU, no_grad, batched."""
+    """SyncNet v2 offset/confidence, CPU or GPU, batched, ``torch.inference_mode``.
+
+    The network runs as :class:`~avf_data.stages.syncnet.SyncNetFast` (2-D
+    channels-last convolutions, BatchNorm folded; bf16 autocast on CUDA with
+    ``precision="auto"``). Each 5-frame video window and each 20-column MFCC
+    block is embedded once; the ``±search_frames`` shifts only pair up the
+    stored embeddings. Windows of several clips share a forward pass
+    (:meth:`score_many`), so short clips still fill ``batch_size``.
+
+    Audio is rounded to 16-bit integers before the MFCC, as the reference reads
+    a ``pcm_s16le`` wav.
+    """
 
     method = METHOD_SYNCNET
 
     def __init__(self, model, cfg: SyncConfig | None = None) -> None:
+        import torch
+
+        from .syncnet import SyncNetFast
+
         self.cfg = cfg or SyncConfig()
         self.model = model.eval()
         self.device = self.cfg.device
+        dev = next(self.model.parameters()).device
+        self.fast = SyncNetFast(self.model).to(dev).eval()
+        self._bf16 = _use_bf16(self.cfg.precision, dev.type)
+        if dev.type == "cuda":
+            torch.backends.cudnn.benchmark = True
 
-    # The embedding step is a separate method so that it can be replaced
-    # (tests, or a different face-crop convention) without touching the search.
-    def embed(self, frames: np.ndarray, audio: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
-        """25 fps RGB frames + 16 kHz float audio -> (video_emb, audio_emb), both ``(N, 1024)``.
+    # ---- preparation (numpy, CPU)
 
-        ``N`` = number of 5-frame windows (``min(T, len(audio) // 640) - 5``
-        as in the original, bounded by the available MFCC columns).
-        """
+    def _prepare(self, item: SyncInput) -> _Prepared:
+        from . import syncnet as sn
+        from .syncnet_input import to_int16
+
+        frames, audio = _check_inputs(item.frames, item.audio)
+        audio = _resample_audio(audio, item.sample_rate, sn.SYNCNET_SAMPLE_RATE)
+        if item.geometry == "reference":
+            if abs(float(item.fps) - sn.SYNCNET_FPS) > 1e-3:
+                raise ValueError(f"reference crops must be 25 fps (one per face box), got {item.fps}")
+            if frames.shape[1:3] != (sn.SYNCNET_IMAGE_SIZE, sn.SYNCNET_IMAGE_SIZE):
+                raise ValueError(f"reference crops must be 224x224, got {frames.shape}")
+            lip = np.ascontiguousarray(frames, dtype=np.uint8)
+        elif item.geometry == "face_crop":
+            frames = _to_25fps(frames, item.fps, sn.SYNCNET_FPS)
+            lip = _face_crop_to_lip(frames, self.cfg.face_crop_scale) if len(frames) else frames
+        else:
+            raise ValueError(f"geometry must be 'reference' or 'face_crop', not {item.geometry!r}")
+        mfcc = sn.mfcc_psf(to_int16(audio), sn.SYNCNET_SAMPLE_RATE)
+        n = _n_windows(len(lip), audio.size, mfcc.shape[1])
+        return _Prepared(lip, mfcc, n, len(lip), audio.size / sn.SYNCNET_SAMPLE_RATE, item.note)
+
+    # ---- embedding (batched over windows of any number of clips)
+
+    def _embed_prepared(self, preps: list[_Prepared]) -> list[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
         import torch
 
         from . import syncnet as sn
 
-        mfcc = sn.mfcc_psf(np.clip(audio, -1.0, 1.0) * 32768.0, sn.SYNCNET_SAMPLE_RATE)
-        n = _n_windows(len(frames), audio.size, mfcc.shape[1])
-        if n < 1:
-            return torch.zeros(0, sn.EMBEDDING_DIM), torch.zeros(0, sn.EMBEDDING_DIM)
         bs = max(1, int(self.cfg.batch_size))
-        dev = torch.device(self.device)
-        vid, aud = [], []
-        with torch.no_grad():
-            for s in range(0, n, bs):
-                e = min(n, s + bs)
-                lip = sn.lip_input_from_face_crop(frames[s : e + sn.FRAMES_PER_WINDOW - 1], self.cfg.face_crop_scale)
-                x = torch.from_numpy(lip).permute(1, 0, 2, 3).unsqueeze(0).to(dev)  # (1,3,T,224,224)
-                vid.append(self.model.lip_features(x).cpu())
-                blocks = np.stack(
-                    [mfcc[:, sn.MFCC_PER_VIDEO_FRAME * i : sn.MFCC_PER_VIDEO_FRAME * i + sn.MFCC_PER_WINDOW] for i in range(s, e)]
-                )
-                aud.append(self.model.forward_aud(torch.from_numpy(blocks[:, None]).to(dev)).cpu())
-        return torch.cat(vid), torch.cat(aud)
+        dev = next(self.fast.parameters()).device
+        vid: list[list[torch.Tensor]] = [[] for _ in preps]
+        aud: list[list[torch.Tensor]] = [[] for _ in preps]
+        # (clip, first window, end window) pieces, packed into batches of <= bs windows
+        pieces = [(ci, s, min(p.n_windows, s + bs)) for ci, p in enumerate(preps) for s in range(0, p.n_windows, bs)]
+        batch: list[tuple[int, int, int]] = []
+        filled = 0
 
-    def score(
-        self, frames: np.ndarray, audio: np.ndarray, fps: float = 25.0, sample_rate: int = 16000
-    ) -> SyncResult:
+        def run(batch: list[tuple[int, int, int]]) -> None:
+            total = sum(e - s for _, s, e in batch)
+            x = np.empty((total, sn.SYNCNET_IMAGE_SIZE, sn.SYNCNET_IMAGE_SIZE, 3 * sn.FRAMES_PER_WINDOW), np.float32)
+            blocks = np.empty((total, 1, 13, sn.MFCC_PER_WINDOW), np.float32)
+            o = 0
+            for ci, s, e in batch:
+                p = preps[ci]
+                sn.fill_lip_windows(p.frames, s, e, x[o:o + e - s])
+                for i in range(s, e):
+                    c0 = sn.MFCC_PER_VIDEO_FRAME * i
+                    blocks[o + i - s, 0] = p.mfcc[:, c0:c0 + sn.MFCC_PER_WINDOW]
+                o += e - s
+            xt = torch.from_numpy(x).permute(0, 3, 1, 2).to(dev, non_blocking=True)  # channels-last NCHW
+            at = torch.from_numpy(blocks).to(dev, non_blocking=True)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=self._bf16):
+                v = self.fast.lip(xt).float().cpu()
+                a = self.fast.aud(at).float().cpu()
+            o = 0
+            for ci, s, e in batch:
+                vid[ci].append(v[o:o + e - s])
+                aud[ci].append(a[o:o + e - s])
+                o += e - s
+
+        with torch.inference_mode():
+            for piece in pieces:
+                n = piece[2] - piece[1]
+                if batch and filled + n > bs:
+                    run(batch)
+                    batch, filled = [], 0
+                batch.append(piece)
+                filled += n
+            if batch:
+                run(batch)
+        empty = torch.zeros(0, sn.EMBEDDING_DIM)
+        return [(torch.cat(v) if v else empty, torch.cat(a) if a else empty) for v, a in zip(vid, aud)]
+
+    def embed(self, frames: np.ndarray, audio: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
+        """25 fps RGB face crops + 16 kHz float audio -> (video_emb, audio_emb), both ``(N, 1024)``.
+
+        ``N`` = number of 5-frame windows (``min(T, len(audio) // 640) - 5``
+        as in the original, bounded by the available MFCC columns).
+        """
+        prep = self._prepare(SyncInput(frames, audio, geometry="face_crop"))
+        return self._embed_prepared([prep])[0]
+
+    # ---- scoring
+
+    def _result(self, v, a, n_frames: int, seconds: float, note: str | None = None) -> SyncResult:
         from . import syncnet as sn
 
-        frames, audio = _check_inputs(frames, audio)
-        frames = _to_25fps(frames, fps, sn.SYNCNET_FPS)
-        audio = _resample_audio(audio, sample_rate, sn.SYNCNET_SAMPLE_RATE)
-        v, a = self.embed(frames, audio)
         n = min(len(v), len(a))
         if n < 1:
             return _invalid(
                 self.method,
-                f"clip too short for SyncNet ({len(frames)} frames, {audio.size / sn.SYNCNET_SAMPLE_RATE:.2f} s audio; "
+                f"clip too short for SyncNet ({n_frames} frames, {seconds:.2f} s audio; "
                 "needs at least 6 frames of video and audio)",
                 0,
             )
         res = sn.offset_search(v[:n], a[:n], int(self.cfg.search_frames))
-        note = None
+        notes = [note] if note else []
         if n < 2 * self.cfg.search_frames + 1:
-            note = f"short clip: {n} windows for ±{self.cfg.search_frames} shifts (zero-padded as the original)"
+            notes.append(f"short clip: {n} windows for ±{self.cfg.search_frames} shifts (zero-padded as the original)")
         return SyncResult(
             offset_frames=res.offset,
             confidence=res.confidence,
@@ -373,8 +544,75 @@ class SyncNetScorer:
             method=self.method,
             n_windows=int(n),
             valid=True,
-            note=note,
+            note="; ".join(notes) or None,
+            mean_dists=[float(d) for d in res.mean_dists],
         )
+
+    def score(
+        self, frames: np.ndarray, audio: np.ndarray, fps: float = 25.0, sample_rate: int = 16000
+    ) -> SyncResult:
+        """Score our square face crops (SyncNet's window rebuilt from them; see
+        :func:`~avf_data.stages.syncnet.lip_input_from_face_crop`)."""
+        from . import syncnet as sn
+
+        frames, audio = _check_inputs(frames, audio)
+        frames = _to_25fps(frames, fps, sn.SYNCNET_FPS)
+        audio = _resample_audio(audio, sample_rate, sn.SYNCNET_SAMPLE_RATE)
+        v, a = self.embed(frames, audio)
+        return self._result(v, a, len(frames), audio.size / sn.SYNCNET_SAMPLE_RATE)
+
+    def score_reference(self, crops: np.ndarray, audio: np.ndarray, sample_rate: int = 16000,
+                        note: str | None = None) -> SyncResult:
+        """Score SyncNet's own 224x224 crops (25 fps, from
+        :func:`~avf_data.stages.syncnet_input.reference_crops`) with mono audio."""
+        return self.score_many([SyncInput(crops, audio, 25.0, sample_rate, "reference", note)])[0]
+
+    def score_many(self, items: list[SyncInput]) -> list[SyncResult]:
+        """Score several clips, their windows sharing forward passes of ``batch_size``."""
+        preps = [self._prepare(it) for it in items]
+        embs = self._embed_prepared(preps)
+        return [self._result(v, a, p.n_frames, p.seconds, p.note) for p, (v, a) in zip(preps, embs)]
+
+    def score_clip(self, view: "SyncView") -> SyncResult:
+        """SyncNet on the reference crops cut from source frames when ``view`` has face
+        boxes; otherwise on the training crop (noted in the result)."""
+        inp = reference_input(view)
+        if inp.geometry == "face_crop" and inp.note is None:
+            inp.note = FALLBACK_GEOMETRY_NOTE
+        return self.score_many([inp])[0]
+
+
+FALLBACK_GEOMETRY_NOTE = "SyncNet input rebuilt from the 160 px training crop (no face boxes / source frames)"
+
+
+def reference_input(view: "SyncView") -> SyncInput:
+    """The :class:`SyncInput` for a clip view: reference crops cut from the source when the
+    view has ``face_boxes`` and ``cut_region``, else its training crop."""
+    from .syncnet_input import reference_crops
+
+    boxes = getattr(view, "face_boxes", None)
+    cut = getattr(view, "cut_region", None)
+    fps = float(getattr(view, "fps", 25.0))
+    sr = int(getattr(view, "sample_rate", 16000))
+    if boxes is not None and cut is not None and len(boxes) and abs(fps - 25.0) < 1e-3:
+        return SyncInput(reference_crops(cut, np.asarray(boxes, dtype=np.float64)), view.audio, 25.0, sr, "reference")
+    return SyncInput(view.crop_frames, view.audio, fps, sr, "face_crop")
+
+
+def _face_crop_to_lip(frames: np.ndarray, face_crop_scale: float) -> np.ndarray:
+    """Our square face crops -> SyncNet's window as (T, 224, 224, 3) uint8 RGB."""
+    from . import syncnet as sn
+
+    bgr = sn.lip_input_from_face_crop(frames, face_crop_scale)  # (T, 3, 224, 224) float BGR, integer values
+    return np.ascontiguousarray(bgr[:, ::-1].transpose(0, 2, 3, 1)).astype(np.uint8)
+
+
+def _use_bf16(precision: str, device_type: str) -> bool:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"sync.precision must be 'auto', 'fp32' or 'bf16', not {precision!r}")
+    if precision == "bf16" and device_type != "cuda":
+        raise ValueError("sync.precision 'bf16' needs a CUDA device (CPU runs fp32)")
+    return device_type == "cuda" and precision in ("auto", "bf16")
 
 
 def _n_windows(n_frames: int, n_samples: int, n_mfcc: int) -> int:
@@ -384,11 +622,29 @@ def _n_windows(n_frames: int, n_samples: int, n_mfcc: int) -> int:
     return max(n, 0)
 
 
+def resolve_weights(weights: str | os.PathLike | None = None, cfg: SyncConfig | None = None,
+                    environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+    """Where the SyncNet weights come from: ``(path or None, provenance)``.
+
+    Order: the explicit argument (``--syncnet-weights``), the config key
+    ``sync.weights``, the environment variable ``AVF_SYNCNET_WEIGHTS``; none of
+    them -> ``(None, "none")`` (the fallback scorer). ``~`` is expanded.
+    """
+    env = os.environ if environ is None else environ
+    for value, source in ((weights, "--syncnet-weights"), (getattr(cfg, "weights", None), "config sync.weights"),
+                          (env.get(ENV_WEIGHTS), ENV_WEIGHTS)):
+        if value is not None and str(value) != "":
+            return os.path.expanduser(os.fspath(value)), source
+    return None, "none"
+
+
 def build_sync_scorer(cfg: SyncConfig, weights_path: str | os.PathLike | None = None) -> SyncScorer:
-    """SyncNet v2 when ``weights_path`` is given (errors if the file is bad), else the fallback."""
-    if weights_path is None or str(weights_path) == "":
+    """SyncNet v2 when weights are given (argument, ``cfg.weights`` or
+    ``AVF_SYNCNET_WEIGHTS``; errors if the file is bad), else the fallback."""
+    path, _ = resolve_weights(weights_path, cfg)
+    if path is None:
         return MotionEnvelopeScorer(cfg)
     from .syncnet import load_syncnet_v2
 
-    model = load_syncnet_v2(weights_path, device=cfg.device)
+    model = load_syncnet_v2(path, device=cfg.device)
     return SyncNetScorer(model, cfg)

@@ -420,3 +420,132 @@ def offset_search(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int)
         mean_dists=mdist.numpy(),
     )
 
+
+
+# --------------------------------------------------------------------------- fast inference
+
+
+def _fold_bn(weight: torch.Tensor, bias: torch.Tensor, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm that follows a conv / linear layer into its weight and bias."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    w = weight * scale.reshape(-1, *([1] * (weight.dim() - 1)))
+    b = (bias - bn.running_mean) * scale + bn.bias
+    return w.detach().clone(), b.detach().clone()
+
+
+class SyncNetFast(nn.Module):
+    """Inference-only SyncNet v2 with the same numbers as :class:`SyncNetV2`, faster.
+
+    Why it is faster (CPU: ~1.5x on one core; see ``tools/bench/syncnet.py``):
+
+    * the lip branch's 3-D convolutions run as 2-D ones. The first layer's 5-frame
+      kernel becomes a 2-D kernel over 15 channels (5 frames x BGR stacked), the
+      later layers have a temporal extent of 1 and run on every window as a
+      batch; oneDNN's 2-D kernels in channels-last layout are faster than its
+      3-D ones, and the pooling layers are 4x faster in channels-last;
+    * eval-mode BatchNorm is folded into the preceding convolution / linear
+      layer and ReLUs run in place: at 224 px the first layer's 96 x 109 x 109
+      output makes every separate elementwise pass cost ~3 ms per window;
+    * the lip input arrives as uint8 **RGB** frames; the first layer's kernel
+      is flipped to BGR order once, so no per-frame channel swap is needed.
+
+    Each window's embedding still depends only on its own 5 frames / 20 MFCC
+    columns, as in the original, so batching many windows (of one or many
+    clips) changes nothing but speed. Differences to :class:`SyncNetV2` are
+    float32 rounding only (summation order, BN folding): ~1e-6 relative.
+    """
+
+    def __init__(self, model: SyncNetV2) -> None:
+        super().__init__()
+        model = model.eval()
+        lip, aud = model.netcnnlip, model.netcnnaud
+        # Lip conv 0: (96, 3[BGR], 5, 7, 7) -> RGB order -> (96, 15, 7, 7) with channel t * 3 + c.
+        w0, b0 = _fold_bn(lip[0].weight, lip[0].bias, lip[1])
+        w0 = w0.flip(1).permute(0, 2, 1, 3, 4).reshape(w0.shape[0], 15, *w0.shape[3:])
+        self.lip_convs = nn.ParameterList()
+        self.lip_biases = nn.ParameterList()
+        self._lip_specs: list[tuple[int, int]] = []  # (stride, padding) per conv
+        for idx, (w, b) in enumerate(
+            [(w0, b0)] + [_fold_bn(lip[i].weight.squeeze(2), lip[i].bias, lip[i + 1]) for i in (4, 8, 11, 14, 18)]
+        ):
+            self.lip_convs.append(nn.Parameter(w.contiguous(memory_format=torch.channels_last), requires_grad=False))
+            self.lip_biases.append(nn.Parameter(b, requires_grad=False))
+        self._lip_specs = [(2, 0), (2, 1), (1, 1), (1, 1), (1, 1), (1, 0)]
+        self.aud_convs = nn.ParameterList()
+        self.aud_biases = nn.ParameterList()
+        for i in (0, 4, 8, 11, 14, 18):
+            w, b = _fold_bn(aud[i].weight, aud[i].bias, aud[i + 1])
+            self.aud_convs.append(nn.Parameter(w, requires_grad=False))
+            self.aud_biases.append(nn.Parameter(b, requires_grad=False))
+        self._aud_pads = [1, 1, 1, 1, 1, 0]
+        fa, fl = model.netfcaud, model.netfclip
+        self.fc_aud = [_fold_bn(fa[0].weight, fa[0].bias, fa[1]), (fa[3].weight.detach().clone(), fa[3].bias.detach().clone())]
+        self.fc_lip = [_fold_bn(fl[0].weight, fl[0].bias, fl[1]), (fl[3].weight.detach().clone(), fl[3].bias.detach().clone())]
+        for name, pairs in (("fc_aud", self.fc_aud), ("fc_lip", self.fc_lip)):
+            for j, (w, b) in enumerate(pairs):
+                self.register_buffer(f"{name}_w{j}", w)
+                self.register_buffer(f"{name}_b{j}", b)
+
+    def _fc(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.linear(x, getattr(self, f"{name}_w0"), getattr(self, f"{name}_b0")).relu_()
+        return torch.nn.functional.linear(x, getattr(self, f"{name}_w1"), getattr(self, f"{name}_b1"))
+
+    def lip(self, windows: torch.Tensor) -> torch.Tensor:
+        """``(N, 15, 224, 224)`` float RGB 0..255 windows (channel ``t * 3 + c``,
+        ideally channels-last; see :func:`lip_windows`) -> ``(N, 1024)``."""
+        F = torch.nn.functional
+        x = windows
+        for j, (w, b) in enumerate(zip(self.lip_convs, self.lip_biases)):
+            stride, pad = self._lip_specs[j]
+            x = F.conv2d(x, w, b, stride=stride, padding=pad).relu_()
+            if j == 0:
+                x = F.max_pool2d(x, 3, 2)
+            elif j == 1:
+                x = F.max_pool2d(x, 3, 2, padding=1)
+            elif j == 4:
+                x = F.max_pool2d(x, 3, 2)
+        return self._fc("fc_lip", x.flatten(1))
+
+    def aud(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, 13, 20)`` MFCC blocks -> ``(N, 1024)``."""
+        F = torch.nn.functional
+        x = mfcc
+        for j, (w, b) in enumerate(zip(self.aud_convs, self.aud_biases)):
+            x = F.conv2d(x, w, b, padding=self._aud_pads[j]).relu_()
+            if j == 1:
+                x = F.max_pool2d(x, 3, stride=(1, 2))
+            elif j == 4:
+                x = F.max_pool2d(x, 3, stride=2)
+        return self._fc("fc_aud", x.flatten(1))
+
+
+def fill_lip_windows(frames_rgb: np.ndarray, start: int, stop: int, out: np.ndarray) -> None:
+    """Write windows ``start..stop-1`` of ``(T, 224, 224, 3)`` uint8 RGB frames into
+    ``out`` (``(stop - start, 224, 224, 15)`` float32, NHWC): window ``i`` stacks frames
+    ``i..i+4`` along the channel axis, channel ``t * 3 + c``.
+
+    The overlapping windows are a strided *view* of the frames; numpy's strided
+    cast-copy fills the batch about 5x faster than ``torch.cat`` of the shifted
+    frames (0.5 vs 2.7 ms per window on one core).
+    """
+    frames = np.ascontiguousarray(frames_rgb)
+    n = stop - start
+    t, h, w, c = frames.shape
+    if start < 0 or n < 1 or stop + FRAMES_PER_WINDOW - 1 > t or c != 3:
+        raise ValueError(f"windows {start}..{stop - 1} need frames up to {stop + FRAMES_PER_WINDOW - 2}, got {frames.shape}")
+    fs = frames.strides
+    view = np.lib.stride_tricks.as_strided(
+        frames[start:], shape=(n, h, w, FRAMES_PER_WINDOW, c), strides=(fs[0], fs[1], fs[2], fs[0], fs[3]),
+        writeable=False,
+    )
+    out.reshape(n, h, w, FRAMES_PER_WINDOW, c)[...] = view
+
+
+def lip_windows(frames_rgb: np.ndarray, start: int, stop: int) -> torch.Tensor:
+    """Windows ``start..stop-1`` as the ``(n, 15, 224, 224)`` channels-last float32
+    input of :meth:`SyncNetFast.lip` (see :func:`fill_lip_windows`)."""
+    n = stop - start
+    h, w = np.shape(frames_rgb)[1:3]
+    x = np.empty((max(n, 0), h, w, 3 * FRAMES_PER_WINDOW), np.float32)
+    fill_lip_windows(frames_rgb, start, stop, x)
+    return torch.from_numpy(x).permute(0, 3, 1, 2)  # NCHW view of NHWC memory = channels-last
