@@ -127,11 +127,10 @@ def remove_orphans(out: Path, committed: set[str] | None = None) -> list[str]:
     again, so keeping them would duplicate keys. Returns the removed paths (relative)."""
     if committed is None:
         committed = read_log(out)[1]
+    from .outdir import own_shards
+
     removed = []
-    folder = out / "shards"
-    if not folder.is_dir():
-        return removed
-    for p in sorted(folder.glob("*.tar")):
+    for p in own_shards(out):
         rel = p.relative_to(out).as_posix()
         if rel not in committed:
             p.unlink(missing_ok=True)
@@ -158,8 +157,10 @@ def _append_done(fh, rec: dict[str, Any]) -> None:
 
 
 def _clean_tmp(out: Path) -> int:
+    from .outdir import own_tmp_files
+
     n = 0
-    for p in list((out / "shards").glob("*.tmp")) if (out / "shards").exists() else []:
+    for p in own_tmp_files(out):
         p.unlink(missing_ok=True)
         n += 1
     return n
@@ -191,32 +192,44 @@ def _write_atomic(path: Path, text: str) -> None:
 def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over finished inputs (the part of stats.json that resumes add up)."""
     stages = {s: {"in": 0, "out": 0, "seconds_in": 0.0, "seconds_out": 0.0} for s in STAGES}
-    reasons: Counter[str] = Counter()
+    codes: dict[str, dict[str, float]] = {}
     reject_seconds: Counter[str] = Counter()
     methods: Counter[str] = Counter()
     timing: Counter[str] = Counter()
-    tot = {"inputs": 0, "inputs_rejected": 0, "clips": 0, "frames_in": 0, "seconds_in": 0.0,
-           "seconds_accepted": 0.0, "seconds_rejected": 0.0, "processing_seconds": 0.0}
+    enforced: set[bool] = set()
+    tot = {"inputs": 0, "inputs_rejected": 0, "inputs_vfr": 0, "clips": 0, "frames_in": 0, "seconds_in": 0.0,
+           "seconds_accepted": 0.0, "seconds_rejected": 0.0, "processing_seconds": 0.0, "cpu_seconds": 0.0}
+
+    def add_code(r: dict[str, Any]) -> None:
+        c = codes.setdefault(reject_code(r), {"count": 0, "seconds": 0.0})
+        c["count"] += 1
+        c["seconds"] = round(c["seconds"] + r.get("seconds", 0.0), 3)
+
     for rec in records:
         if rec["input_id"].startswith("csvrows_"):  # bad CSV rows of a labelled import
             for r in rec["rejects"]:
-                reasons[f"{r['stage']}: {_reason_kind(r['reason'])}"] += 1
+                add_code(r)
             continue
         tot["inputs"] += 1
+        tot["inputs_vfr"] += bool(rec.get("source_vfr"))
         tot["frames_in"] += rec.get("frames", 0)
         tot["seconds_in"] += rec.get("seconds", 0.0)
         tot["processing_seconds"] += rec.get("proc_seconds", 0.0)
+        tot["cpu_seconds"] += rec.get("cpu_seconds", 0.0)
         tot["clips"] += len(rec["manifest"])
         tot["seconds_accepted"] += sum(r["seconds"] for r in rec["manifest"])
         tot["seconds_rejected"] += sum(r["seconds"] for r in rec["rejects"])
-        if any(r["stage"] in ("decode", "error") for r in rec["rejects"]):
+        if any(r["stage"] in ("decode", "error") and r.get("start", 0.0) == 0.0 for r in rec["rejects"]) \
+                and not rec["manifest"]:
             tot["inputs_rejected"] += 1
+        if "sync_enforced" in rec:
+            enforced.add(bool(rec["sync_enforced"]))
         for name, d in rec.get("stages", {}).items():
             agg = stages.setdefault(name, {"in": 0, "out": 0, "seconds_in": 0.0, "seconds_out": 0.0})
             for k in agg:
                 agg[k] += d.get(k, 0)
         for r in rec["rejects"]:
-            reasons[f"{r['stage']}: {_reason_kind(r['reason'])}"] += 1
+            add_code(r)
             reject_seconds[r["stage"]] += r["seconds"]
         for m in rec.get("sync_methods", []):
             methods[m] += 1
@@ -225,17 +238,33 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     for d in stages.values():
         d["seconds_in"] = round(d["seconds_in"], 3)
         d["seconds_out"] = round(d["seconds_out"], 3)
-    for k in ("seconds_in", "seconds_accepted", "seconds_rejected", "processing_seconds"):
+    for k in ("seconds_in", "seconds_accepted", "seconds_rejected", "processing_seconds", "cpu_seconds"):
         tot[k] = round(tot[k], 3)
-    return {**tot, "stages": stages, "rejects_by_reason": dict(reasons.most_common()),
+    by_code = dict(sorted(codes.items(), key=lambda kv: (-kv[1]["seconds"], kv[0])))
+    return {**tot, "stages": stages, "rejects_by_code": by_code,
             "rejected_seconds_by_stage": {k: round(v, 3) for k, v in reject_seconds.items()},
             "sync_methods": dict(methods),
+            "sync_enforced": (enforced == {True}) if enforced else None,
             "stage_cpu_seconds": {k: round(v, 3) for k, v in timing.items()}}
 
 
-def _reason_kind(reason: str) -> str:
-    """Group reasons for counting: drop the numbers in parentheses."""
-    return reason.split(" (")[0].split(":")[0] if reason else "?"
+def reject_code(row: dict[str, Any]) -> str:
+    """A reject row's reason code (rows of older builds have none: ``<stage>.other``)."""
+    return row.get("code") or f"{row.get('stage', '?')}.other"
+
+
+def stage_warnings(stats: dict[str, Any], threshold: float = 0.5) -> list[str]:
+    """One line per stage that rejected more than ``threshold`` of the seconds it was given:
+    a default that throws away most of a corpus deserves a look before anyone trains on it."""
+    out = []
+    for name, d in stats["stages"].items():
+        s_in = d.get("seconds_in", 0.0)
+        if s_in > 0 and (s_in - d.get("seconds_out", 0.0)) / s_in > threshold:
+            codes = [c for c in stats["rejects_by_code"] if c.startswith(name + ".") or
+                     (name == "decode" and c.startswith("error."))][:3]
+            out.append(f"stage '{name}' rejected {(s_in - d['seconds_out']) / s_in:.0%} of its "
+                       f"{s_in:.1f} s ({', '.join(codes) or 'see rejects.jsonl'})")
+    return out
 
 
 def write_outputs(out: Path, cfg: BuildConfig, run_info: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +278,7 @@ def write_outputs(out: Path, cfg: BuildConfig, run_info: dict[str, Any]) -> dict
     methods = list(stats["sync_methods"])
     stats["sync_scorer"] = (methods[0] if len(methods) == 1 else ", ".join(methods)) if methods else "not run"
     stats["pipeline_version"] = PIPELINE_VERSION
+    stats["warnings"] = stage_warnings(stats)
     stats["run"] = run_info
     _write_atomic(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     from .report import write_report
@@ -260,17 +290,43 @@ def write_outputs(out: Path, cfg: BuildConfig, run_info: dict[str, Any]) -> dict
 # --------------------------------------------------------------------------- build
 
 
+WEIGHTS_ENV = "AVF_SYNCNET_WEIGHTS"
+
+
+def resolve_weights(weights: str | None, cfg: BuildConfig) -> str | None:
+    """The SyncNet weights to use: ``--syncnet-weights``, else ``sync.weights`` in the config,
+    else the ``AVF_SYNCNET_WEIGHTS`` environment variable."""
+    return weights or cfg.sync.weights or os.environ.get(WEIGHTS_ENV) or None
+
+
 def check_weights(weights: str, cfg: BuildConfig) -> None:
     """Load the SyncNet weights once in the driver so a bad path fails fast and clearly
     (instead of every worker failing to start)."""
     if not os.path.isfile(weights):
-        raise FileNotFoundError(f"--syncnet-weights: no such file {weights!r}")
+        raise FileNotFoundError(f"SyncNet weights: no such file {weights!r}")
     from .stages.sync import build_sync_scorer
 
     try:
         build_sync_scorer(cfg.sync, weights)
     except Exception as exc:
-        raise ValueError(f"--syncnet-weights {weights!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        raise ValueError(f"SyncNet weights {weights!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+
+
+def check_sync_setup(weights: str | None, cfg: BuildConfig) -> None:
+    """Refuse a build that must enforce sync with SyncNet but has no usable weights."""
+    if weights:
+        check_weights(weights, cfg)
+    elif cfg.sync.require_syncnet and cfg.sync.mode != "off":
+        raise ValueError("SyncNet is required (--require-syncnet / sync.require_syncnet) but no weights were "
+                         f"given: pass --syncnet-weights syncnet_v2.model, set sync.weights or {WEIGHTS_ENV}")
+
+
+def sync_banner(stats: dict[str, Any]) -> str | None:
+    """The warning every output of a build without enforced sync carries."""
+    if stats.get("sync_enforced") is not False:
+        return None
+    return ("sync NOT enforced: no SyncNet weights, so audio-visual sync was measured with the weight-free "
+            "fallback and nothing was rejected for it (pass --syncnet-weights, or run `avf-data sync` later)")
 
 
 def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: BuildConfig | None = None, *,
@@ -284,11 +340,25 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
     import yaml
     from tqdm import tqdm
 
+    from .outdir import BuildLock, claim
+
     cfg = cfg or BuildConfig()
-    if weights:
-        check_weights(weights, cfg)
-    out = Path(out_dir)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
+    weights = resolve_weights(weights, cfg)
+    check_sync_setup(weights, cfg)
+    if workers is not None and workers < 0:
+        raise ValueError(f"--workers must be 0 (inline) or more, got {workers}")
+    out = claim(out_dir, "import" if labels is not None else "build")
+    with BuildLock(out):
+        return _build_locked(inputs, out, cfg, workers=workers, engine=engine, ray_address=ray_address,
+                             weights=weights, labels=labels, progress=progress)
+
+
+def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, *, workers: int | None,
+                  engine: str, ray_address: str | None, weights: str | None,
+                  labels: dict[str, dict[str, Any]] | None, progress: bool) -> dict[str, Any]:
+    import yaml
+    from tqdm import tqdm
+
     _repair_done_log(out)
     done, committed = read_log(out)
     _clean_tmp(out)
@@ -306,7 +376,7 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
     tasks = group_tasks(todo, cfg.output.inputs_per_task, workers)
     t0 = time.perf_counter()
     frames = clips = 0
-    busy = 0.0
+    busy = cpu = 0.0
     by_stage: Counter[str] = Counter()
     if engine == "local":
         results = run_local(tasks, cfg, str(out), weights, workers)
@@ -323,6 +393,7 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
             for rec in task["inputs"]:
                 frames += rec.get("frames", 0)
                 busy += rec.get("proc_seconds", 0.0)
+                cpu += rec.get("cpu_seconds", 0.0)
                 clips += len(rec["manifest"])
                 for r in rec["rejects"]:
                     by_stage[r["stage"]] += 1
@@ -343,5 +414,7 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
                 "clips_per_second": round(clips / wall, 3) if wall > 0 else 0.0,
                 # throughput of one busy worker (excludes pool start-up and idle time)
                 "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
+                # the same per CPU-second of the workers (comparable across machines and loads)
+                "frames_per_cpu_second": round(frames / cpu, 2) if cpu > 0 else 0.0,
                 "syncnet_weights": path_text(weights) if weights else None}
     return write_outputs(out, cfg, run_info)

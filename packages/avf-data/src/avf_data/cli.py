@@ -62,7 +62,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="Ray cluster to join (e.g. 'auto'); default starts a local Ray with --workers CPUs")
     p.add_argument("--config", type=Path, default=None, metavar="FILE.yaml", help="stage options (YAML)")
     p.add_argument("--syncnet-weights", default=None, metavar="PATH",
-                   help="SyncNet v2 weights (syncnet_v2.model); without it the fallback sync scorer runs")
+                   help="SyncNet v2 weights (syncnet_v2.model; also sync.weights in the config or the "
+                        "AVF_SYNCNET_WEIGHTS variable). Without weights sync is measured, not enforced")
+    p.add_argument("--require-syncnet", action="store_true",
+                   help="fail at start unless SyncNet weights are usable (production corpora)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -127,27 +130,54 @@ def _load_cfg(args):
 
 
 def _summary(stats: dict, out: Path) -> None:
-    print(f"{stats['inputs']} inputs -> {stats['clips']} clips ({stats['seconds_accepted']:.1f} s of "
-          f"{stats['seconds_in']:.1f} s accepted); sync scorer: {stats['sync_scorer']}; "
-          f"{stats['run']['frames_per_second']:.0f} frames/s")
+    from .build import sync_banner
+
+    top = ", ".join(f"{code} {v['seconds']:.1f} s" for code, v in list(stats["rejects_by_code"].items())[:3])
+    run = stats["run"]
+    print(f"{stats['inputs']} inputs -> {stats['clips']} clips: kept {stats['seconds_accepted']:.1f} s of "
+          f"{stats['seconds_in']:.1f} s ({stats['seconds_accepted'] / max(stats['seconds_in'], 1e-9):.0%})"
+          + (f"; top rejects: {top}" if top else "")
+          + f"; sync: {stats['sync_scorer']}; {run.get('frames_per_cpu_second', 0):.0f} frames per CPU-second")
+    for line in stats.get("warnings", []):
+        print(f"avf-data: warning: {line}", file=sys.stderr)
+    banner = sync_banner(stats)
+    if banner:
+        print(f"avf-data: warning: {banner}", file=sys.stderr)
     print(f"outputs in {out}: shards/, manifest.jsonl, rejects.jsonl, stats.json, report.md")
 
 
+def _check_inputs(inputs: list[str]) -> None:
+    """A path named on the command line that does not exist is a typo: stop before any work
+    (paths inside a .txt list that are missing stay reject rows)."""
+    import os
+
+    for p in inputs:
+        if not os.path.lexists(p):
+            raise ValueError(f"input {p!r} does not exist")
+
+
 def _build(args) -> int:
-    from .build import build
+    from .build import build, check_sync_setup, resolve_weights
 
     cfg = _load_cfg(args)
+    if args.require_syncnet:
+        cfg.sync.require_syncnet = True
     inputs = list(args.inputs)
+    _check_inputs(inputs)
+    check_sync_setup(resolve_weights(args.syncnet_weights, cfg), cfg)
     if args.demo:
         from .demo import make_demo_inputs
 
         demo = make_demo_inputs(args.out / "demo-inputs")
         inputs += [str(p) for p in demo.values()]
     if not inputs:
-        print("avf-data build: give INPUT paths or --demo", file=sys.stderr)
-        return 2
+        raise ValueError("give INPUT paths or --demo")
+    weights = resolve_weights(args.syncnet_weights, cfg)
+    if not weights and cfg.sync.mode == "enforce" and not cfg.sync.require_syncnet and not cfg.sync.enforce_fallback:
+        print("avf-data: warning: no SyncNet weights: sync is measured with the weight-free fallback and NOT "
+              "enforced (see --syncnet-weights, --require-syncnet)", file=sys.stderr)
     stats = build(inputs, args.out, cfg, workers=args.workers, engine=args.engine, ray_address=args.ray_address,
-                  weights=args.syncnet_weights, progress=not args.no_progress)
+                  weights=weights, progress=not args.no_progress)
     _summary(stats, args.out)
     return 0
 

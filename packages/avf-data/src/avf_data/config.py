@@ -8,7 +8,7 @@ Every field has a default, so a YAML file only lists what it changes, e.g.::
     silence:
       max_clip_seconds: 10
     sync:
-      min_confidence_fallback: 0.25
+      mode: measure          # every stage: off | measure | enforce
 
 Unknown keys are errors (with the list of valid ones), so typos do not pass silently.
 """
@@ -22,30 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .media import MediaConfig
+from .stages.base import MODES
 from .stages.crop import CropConfig
 from .stages.face_filter import FaceFilterConfig
+from .stages.quality import QualityConfig
 from .stages.scene import SceneConfig
 from .stages.silence import SilenceConfig
+from .stages.sync import SyncConfig
 
-PIPELINE_VERSION = "avf-data-curation/1"
-
-try:  # stage 5 is written by another module owner; keep the config usable without it
-    from .stages.sync import SyncConfig
-except ImportError:  # pragma: no cover - only while stage 5 is missing
-    @dataclass
-    class SyncConfig:  # type: ignore[no-redef]
-        max_offset_frames: int = 3
-        search_frames: int = 15
-        min_confidence_syncnet: float = 3.0
-        min_confidence_fallback: float = 0.3
-        device: str = "cpu"
-
-try:
-    from .stages.quality import QualityConfig
-except ImportError:  # pragma: no cover
-    @dataclass
-    class QualityConfig:  # type: ignore[no-redef]
-        pass
+PIPELINE_VERSION = "avf-data-curation/2"
 
 
 @dataclass
@@ -67,6 +52,9 @@ class OutputConfig:
     report_examples: int = 12
 
 
+STAGE_SECTIONS = ("scene", "face", "silence", "crop", "sync", "quality")
+
+
 @dataclass
 class BuildConfig:
     """Everything ``avf-data build`` needs besides the input list and output folder."""
@@ -82,12 +70,6 @@ class BuildConfig:
     # curate=False (``import --no-curate``): no detection at all; every input becomes one
     # clip, centre-cropped to a square and resized to crop.out_size.
     curate: bool = True
-    # Stage switches (the labelled import uses them for lenient curation).
-    enable_scene: bool = True
-    enable_face: bool = True
-    enable_silence: bool = True
-    enable_sync: bool = True
-    enable_quality: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,6 +87,10 @@ class BuildConfig:
         for name in ("inputs_per_task", "max_clips_per_shard"):
             if getattr(cfg.output, name) < 1:
                 raise ValueError(f"config key 'output.{name}' must be >= 1, got {getattr(cfg.output, name)}")
+        for section in STAGE_SECTIONS:
+            mode = getattr(cfg, section).mode
+            if mode not in MODES:
+                raise ValueError(f"config key '{section}.mode' must be one of {', '.join(MODES)}, got {mode!r}")
         return cfg
 
 
@@ -169,13 +155,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
 def lenient(cfg: BuildConfig) -> BuildConfig:
     """Options for labelled datasets (already cut clips): no scene or silence splitting,
-    whole clip kept up to 60 s, a looser face check, sync/quality measured but not enforced."""
-    cfg = dataclasses.replace(cfg)
-    cfg.enable_scene = False
-    cfg.enable_silence = False
-    cfg.enable_sync = False
-    cfg.enable_quality = False
-    cfg.face = dataclasses.replace(cfg.face, min_hit_fraction=0.34, good_score=cfg.face.threshold)
-    cfg.crop = dataclasses.replace(cfg.crop, max_missing=0.6, second_face_ratio=0.0, max_outside=0.6)
-    cfg.scene = dataclasses.replace(cfg.scene, min_segment_seconds=0.2)
-    return cfg
+    whole clip kept up to the chunk length, a looser face check, sync and quality measured
+    but not enforced."""
+    r = dataclasses.replace
+    return r(cfg, scene=r(cfg.scene, mode="off"), silence=r(cfg.silence, mode="off"),
+             sync=r(cfg.sync, mode="measure"), quality=r(cfg.quality, mode="measure"),
+             face=r(cfg.face, min_hit_fraction=0.34, good_score=cfg.face.threshold),
+             crop=r(cfg.crop, max_missing=0.6, second_face_ratio=0.0, max_outside=0.6))

@@ -77,11 +77,21 @@ def _run_task(task: Task) -> dict[str, Any]:
     return process_task(items, out_dir, _WORKER_CFG, weights, tid=tid, before_input=_crash_hook)
 
 
+WORKER_MEMORY_BYTES = 1_500_000_000  # peak RSS budget of one curation worker (tools/bench/real.py)
+
+
 def default_workers() -> int:
+    """One worker per core, but no more than the machine's memory holds at
+    ``WORKER_MEMORY_BYTES`` each (with 1 GB left for the driver and the system)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return cores
+    return max(1, min(cores, int((avail - 1_000_000_000) // WORKER_MEMORY_BYTES)))
 
 
 def single_tasks(task: Task) -> list[Task]:
@@ -178,29 +188,30 @@ def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights:
                 if len(task[1]) > 1:
                     to_alone.extend(single_tasks(task))
                 else:
-                    yield _crash_task(task)
+                    yield _crash_task(task, cfg)
         alone.extend(to_alone)
 
 
-def _crash_task(task: Task, reason: str = f"worker process crashed while curating this input ({MAX_TRIES} tries)"
-                ) -> dict[str, Any]:
+CRASH_REASON = f"worker process crashed while curating this input ({MAX_TRIES} tries)"
+
+
+def _crash_task(task: Task, cfg: BuildConfig, reason: str = CRASH_REASON) -> dict[str, Any]:
     """The result of a task whose inputs are rejected because it keeps crashing."""
-    recs = [_crash_result(path, reason) for path, _ in task[1]]
+    recs = [_crash_result(path, cfg, reason) for path, _ in task[1]]
     for rec in recs:
         rec["task_id"] = task[0]
     return {"task_id": task[0], "shards": [], "inputs": recs}
 
 
-def _crash_result(path: str, reason: str = f"worker process crashed while curating this input ({MAX_TRIES} tries)"
-                  ) -> dict[str, Any]:
+def _crash_result(path: str, cfg: BuildConfig, reason: str = CRASH_REASON) -> dict[str, Any]:
     from .media import path_text, probe_seconds
     from .pipeline import InputResult, input_id
 
+    fps = cfg.media.fps
     res = InputResult(input_id=input_id(path), source=path_text(path))
-    dur = probe_seconds(path) if os.path.exists(path) else 0.0
-    res.seconds = round(int(dur * 25 + 1e-6) / 25, 6)
+    res.seconds = round(int(probe_seconds(path) * fps + 1e-6) / fps, 6)
     res.count("decode", 1, 0, res.seconds, 0.0)
-    res.reject("error", 0.0, res.seconds, reason)
+    res.reject("error", 0.0, res.seconds, "error.crash", reason)
     return res.to_dict()
 
 
@@ -255,7 +266,7 @@ def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: s
                     if len(task[1]) > 1:
                         queue.extend(reversed(single_tasks(task)))
                     else:
-                        yield _crash_task(task, f"Ray task failed: {type(exc).__name__}")
+                        yield _crash_task(task, cfg, f"{CRASH_REASON}; Ray: {type(exc).__name__}")
     finally:
         if started:
             ray.shutdown()

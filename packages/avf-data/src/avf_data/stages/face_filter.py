@@ -15,7 +15,8 @@ import numpy as np
 
 @dataclass
 class FaceFilterConfig:
-    """num_samples: frames sampled evenly inside the segment.
+    """mode: off | measure (scores recorded, nothing dropped) | enforce.
+    num_samples: frames sampled evenly inside the segment.
     upsample: dlib upsampling steps (1 finds faces down to ~40 px; 0 only ~80 px).
     detect_width: frames are resized to this width before detection (0 = as decoded).
     threshold: dlib detection score threshold (0 is dlib's default; higher = stricter).
@@ -27,6 +28,7 @@ class FaceFilterConfig:
         face size are "cut by the frame border".
     """
 
+    mode: str = "enforce"
     num_samples: int = 3
     upsample: int = 1
     detect_width: int = 480
@@ -41,6 +43,7 @@ class FaceFilterConfig:
 @dataclass
 class FaceCheck:
     reason: str | None
+    code: str | None = None
     scores: list[float] = field(default_factory=list)  # best dlib score per sampled frame (nan = none)
     counts: list[int] = field(default_factory=list)  # faces found per sampled frame
 
@@ -64,8 +67,10 @@ def sample_indices(start: int, end: int, n: int) -> list[int]:
     return [start + int((k + 0.5) * length / n) for k in range(n)]
 
 
-def check_faces(frames: np.ndarray, start: int, end: int, cfg: FaceFilterConfig | None = None) -> FaceCheck:
-    """Run dlib on sampled frames of ``frames[start:end]``; ``reason`` is None when accepted."""
+def check_faces(frames, start: int, end: int, cfg: FaceFilterConfig | None = None) -> FaceCheck:
+    """Run dlib on sampled frames of ``frames[start:end]``; ``reason`` is None when accepted.
+    ``frames`` is anything indexable by frame number (an array, or the pipeline's
+    nearest-analysis-frame lookup)."""
     cfg = cfg or FaceFilterConfig()
     det = get_dlib_detector()
     scores: list[float] = []
@@ -106,13 +111,13 @@ def check_faces(frames: np.ndarray, start: int, end: int, cfg: FaceFilterConfig 
     need = cfg.min_hit_fraction * n
     if problems.count("many"):
         k = max(counts)
-        return FaceCheck(f"several faces ({k} in a sampled frame)", scores, counts)
+        return FaceCheck(f"several faces ({k} in a sampled frame)", "face.several", scores, counts)
     if problems.count("ok") >= need:
-        return FaceCheck(None, scores, counts)
+        return FaceCheck(None, None, scores, counts)
     if problems.count("none") > n - need:
-        return FaceCheck(f"no face in {problems.count('none')}/{n} sampled frames", scores, counts)
+        return FaceCheck(f"no face in {problems.count('none')}/{n} sampled frames", "face.none", scores, counts)
     for key, text in (("tiny", "tiny face"), ("border", "face cut by the frame border"),
                       ("weak", "distorted or unclear face (low detector score)")):
         if problems.count(key):
-            return FaceCheck(f"{text} in {problems.count(key)}/{n} sampled frames", scores, counts)
-    return FaceCheck("face not found consistently", scores, counts)
+            return FaceCheck(f"{text} in {problems.count(key)}/{n} sampled frames", f"face.{key}", scores, counts)
+    return FaceCheck("face not found consistently", "face.inconsistent", scores, counts)

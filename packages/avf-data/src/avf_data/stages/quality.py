@@ -55,6 +55,9 @@ MOTION_DOWNSCALE = 4  # motion is measured on a 40x40 (reference/4) grey image
 
 @dataclass
 class QualityConfig:
+    """mode: off | measure (scores recorded, nothing dropped) | enforce; thresholds above."""
+
+    mode: str = "enforce"
     min_blur_variance: float = 50.0
     min_motion: float = 0.1
     # Extensions (defaulted).

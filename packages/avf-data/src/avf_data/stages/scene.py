@@ -14,7 +14,8 @@ import numpy as np
 
 @dataclass
 class SceneConfig:
-    """detector: "adaptive" (AdaptiveDetector, default) or "content" (ContentDetector).
+    """mode: off (no cuts) | measure (cuts recorded, nothing split or dropped) | enforce.
+    detector: "adaptive" (AdaptiveDetector, default) or "content" (ContentDetector).
     adaptive_threshold / min_content_val / window_width: AdaptiveDetector parameters.
     content_threshold: ContentDetector threshold.
     min_scene_frames: PySceneDetect's minimum distance between two cuts (frames).
@@ -24,6 +25,7 @@ class SceneConfig:
         fraction) is rejected as "incomplete".
     """
 
+    mode: str = "enforce"
     detector: str = "adaptive"
     adaptive_threshold: float = 3.0
     min_content_val: float = 15.0

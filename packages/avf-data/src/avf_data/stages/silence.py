@@ -17,7 +17,8 @@ import numpy as np
 
 @dataclass
 class SilenceConfig:
-    """top_db: librosa threshold below the segment's peak that counts as silence.
+    """mode: off | measure (speech recorded, nothing split or dropped) | enforce.
+    top_db: librosa threshold below the segment's peak that counts as silence.
     floor_db: absolute RMS floor (dBFS); quieter audio is silence whatever top_db says.
     frame_length / hop_length: librosa analysis window and hop (samples at 16 kHz).
     min_gap_seconds: pauses shorter than this are kept inside the clip.
@@ -25,6 +26,7 @@ class SilenceConfig:
     min_clip_seconds / max_clip_seconds: clip length bounds; long speech is chunked.
     """
 
+    mode: str = "enforce"
     top_db: float = 35.0
     floor_db: float = -50.0
     frame_length: int = 1024

@@ -42,12 +42,13 @@ class CuratedVideo:
 
 def prediction_config() -> Any:
     """avf-data's default curation config with sync/quality reported, not enforced."""
+    import dataclasses
+
     from avf_data.config import BuildConfig
 
     cfg = BuildConfig()
-    cfg.enable_sync = False
-    cfg.enable_quality = False
-    return cfg
+    return dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, mode="measure"),
+                               quality=dataclasses.replace(cfg.quality, mode="measure"))
 
 
 def _from_sample(sample: Any) -> CuratedClip:
