@@ -25,15 +25,18 @@ def test_build_demo_cli(demo_inputs, tmp_path, monkeypatch, capsys):
     cfg.write_text("crop:\n  out_size: 96\n")
     assert main(["build", "--demo", "--out", str(out), "--workers", "2", "--config", str(cfg)]) == 0
     assert seen["folder"] == out / "demo-inputs"
-    text = capsys.readouterr().out
-    assert "5 clips" in text and "fallback_motion_envelope" in text
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "6 clips" in text and "fallback_motion_envelope" in text and "top rejects: " in text
+    # without SyncNet weights sync is measured, not enforced, and every run says so
+    assert captured.err.count("NOT enforced") == 2
     for name in ("manifest.jsonl", "rejects.jsonl", "stats.json", "report.md", "contact_sheet.png"):
         assert (out / name).exists()
     from avf_data.shards import iter_clips
 
     assert {c.frames.shape[1:] for c in iter_clips(out / "shards")} == {(96, 96, 3)}
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["run"]["workers"] == 2 and stats["clips"] == 5
+    assert stats["run"]["workers"] == 2 and stats["clips"] == 6 and stats["sync_enforced"] is False
 
 
 def test_resolve_inputs(tmp_path):

@@ -75,7 +75,7 @@ def test_inspect(demo_build, labelled, capsys):
     from avf_data.inspect_cmd import summarize
 
     info = summarize(demo_build["out"])
-    assert info["samples"] == 5 and info["duplicate_keys"] == 0
+    assert info["samples"] == 6 and info["duplicate_keys"] == 0
     assert info["stats"]["sync_scorer"] == "fallback_motion_envelope"
     assert info["example"]["frames"][1:] == [160, 160, 3]
     assert main(["inspect", str(labelled)]) == 0
@@ -107,3 +107,34 @@ def test_cli_help_teaches(capsys):
     text = capsys.readouterr().out
     for word in ("--demo", "--engine", "--syncnet-weights", "manifest.jsonl", "rejects.jsonl", "RetinaFace"):
         assert word in text
+
+
+def test_label_maps_for_import(tmp_path):
+    """--protocol numbers by the registry, --classes FILE by a list; label_id must agree with label."""
+    from avf_data.importer import read_class_list, read_label_csv
+
+    csv = tmp_path / "fold.csv"
+    csv.write_text("key,label,label_id\n"
+                   "a.mp4,NEU,2\n"      # CREMA-D code, agrees with label_id
+                   "b.mp4,sad,1\n"      # disagrees: sadness is 3 in crema-d-4
+                   "c.mp4,DIS,\n"       # dropped by the 4-class protocol
+                   "d.mp4,,0\n"         # label_id alone
+                   "a.mp4,NEU,2\n")     # duplicate
+    labels, space, rejects, rows = read_label_csv(csv, protocol="crema-d-4")
+    assert space.classes == ("anger", "happiness", "neutral", "sadness") and rows == 5
+    assert {k.rsplit("/", 1)[-1]: v["label"] for k, v in labels.items()} == {"a.mp4": 2, "d.mp4": 0}
+    assert labels[str(tmp_path / "a.mp4")]["classes"] == list(space.classes)
+    reasons = " | ".join(r["reason"] for r in rejects)
+    assert "label_id 1 disagrees" in reasons and "dropped label 'DIS'" in reasons and "duplicate path" in reasons
+    with pytest.raises(ValueError, match="label_id column"):
+        read_label_csv(csv)  # indices without names
+    # --classes FILE: a previous import's classes.json keeps its order
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": ["sad", "neu", "ang"], "num_classes": 3}))
+    assert read_class_list(str(tmp_path / "classes.json")) == ["sad", "neu", "ang"]
+    assert read_class_list("x, y") == ["x", "y"]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("a.mp4,NEU\nb.mp4,ang\n")
+    labels, space, _, _ = read_label_csv(plain, classes=read_class_list(str(tmp_path / "classes.json")))
+    assert [v["label"] for v in labels.values()] == [1, 2] and not space.inferred
+    labels, space, _, _ = read_label_csv(plain)  # no map given: sorted names of this CSV, flagged
+    assert space.classes == ("NEU", "ang") and space.inferred

@@ -68,39 +68,99 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
         load_media(path)
 
 
-def test_variable_frame_rate_is_rejected(tmp_path, canvas):
+def _write_vfr(path, frames_and_ms, audio, sr=16000):
+    """An mkv whose frames last the given milliseconds (jittered: variable frame rate)."""
     import av
     from fractions import Fraction
 
-    path = tmp_path / "vfr.mkv"
-    img = canvas((160, 96), head=60)
+    h, w = frames_and_ms[0][0].shape[:2]
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=25)
-        vs.width, vs.height, vs.pix_fmt = 160, 96, "yuv420p"
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         vs.time_base = Fraction(1, 1000)
         vs.codec_context.time_base = Fraction(1, 1000)
         vs.options = {"bf": "0"}
-        a_s = c.add_stream("aac", rate=16000)
+        a_s = c.add_stream("pcm_s16le", rate=sr)  # no AAC priming delay: the test measures alignment
         a_s.layout = "mono"
         t = 0
-        for i in range(40):
+        for img, ms in frames_and_ms:
             fr = av.VideoFrame.from_ndarray(img, format="rgb24")
             fr.pts = t
             fr.time_base = Fraction(1, 1000)
-            t += 20 if i % 2 else 100  # alternating 20 ms / 100 ms frames
+            t += ms
             for p in vs.encode(fr):
                 c.mux(p)
         for p in vs.encode():
             c.mux(p)
-        a = _tone(2.4).reshape(1, -1)
+        a = audio.reshape(1, -1)
         for i in range(0, a.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + 1024]), format="fltp", layout="mono")
+            pcm = (np.clip(a[:, i:i + 1024], -1, 1) * 32767).astype(np.int16)
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout="mono")
+            af.sample_rate = sr
+            for p in a_s.encode(af):
+                c.mux(p)
+        for p in a_s.encode():
+            c.mux(p)
+    return path
+
+
+def test_variable_frame_rate_becomes_25fps_with_aligned_audio(tmp_path, canvas):
+    """Phone-style VFR (frame durations jittered 15-65 ms): resampled to 25 fps by nearest
+    timestamp, flagged as VFR, and a flash in the picture lines up with a click in the audio
+    to within one frame."""
+    rng = np.random.default_rng(0)
+    img = canvas((160, 96), head=60)
+    white = np.full_like(img, 255)
+    t, frames, flash_ms = 0, [], None
+    while t < 4000:
+        ms = int(rng.integers(15, 66))
+        lit = 2000 <= t < 2060
+        if lit and flash_ms is None:
+            flash_ms = t
+        frames.append((white if lit else img, ms))
+        t += ms
+    sr = 16000
+    audio = 0.01 * rng.standard_normal(int(t / 1000 * sr) + sr).astype(np.float32)
+    audio[int(flash_ms / 1000 * sr)] = 0.9  # the click, at the first lit frame
+    m = load_media(_write_vfr(tmp_path / "vfr.mkv", frames, audio, sr))
+    assert m.fps == 25 and m.source_vfr
+    assert abs(m.num_frames - t / 40) <= 2
+    flash = int(np.argmax(m.frames.reshape(m.num_frames, -1).mean(axis=1)))
+    click = int(np.argmax(np.abs(m.audio))) / sr * 25
+    assert abs(flash - flash_ms / 40) <= 1 and abs(flash - click) <= 1, (flash, click)
+
+
+def test_constant_rate_is_not_flagged_vfr(tmp_path, canvas):
+    frames = np.repeat(canvas((160, 96), head=60)[None], 30, axis=0)
+    path = write_av(tmp_path / "cfr.mp4", frames, _tone(1.2), fps=25)
+    assert not load_media(path).source_vfr
+
+
+def test_stereo_is_downmixed_as_the_mean_of_the_channels(tmp_path, canvas):
+    """(L + R) / 2, as ffmpeg -ac 1 (FFmpeg's own default downmix is (L + R) / sqrt(2))."""
+    import av
+
+    path = tmp_path / "stereo.mp4"
+    img = canvas((160, 96), head=60)
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = 160, 96, "yuv420p"
+        a_s = c.add_stream("pcm_s16le" if False else "aac", rate=16000)
+        a_s.layout = "stereo"
+        for _ in range(25):
+            for p in vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        left = _tone(1.2) * 0 + 0.4 * np.sin(2 * np.pi * 300 * np.arange(int(1.2 * 16000)) / 16000)
+        st = np.stack([left, left]).astype(np.float32)
+        for i in range(0, st.shape[1], 1024):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(st[:, i:i + 1024]), format="fltp", layout="stereo")
             af.sample_rate = 16000
             for p in a_s.encode(af):
                 c.mux(p)
         for p in a_s.encode():
             c.mux(p)
-    m = None
-    with pytest.raises(MediaError, match="variable frame rate"):
-        m = load_media(path)
-    assert m is None
+    m = load_media(path)
+    rms = float(np.sqrt(np.mean(m.audio[4000:12000] ** 2)))
+    assert abs(rms - 0.4 / np.sqrt(2)) < 0.02  # same level as each channel, not sqrt(2) louder

@@ -35,18 +35,34 @@ def test_per_input_outcomes(demo_build):
     assert len(_by_source(man, "scene_cut")) == 2
     assert len(_by_source(man, "long_silence")) == 2
     assert any(r["stage"] == "silence" and r["seconds"] > 2.5 for r in _by_source(rej, "long_silence"))
-    for name, stage, text in [("two_faces", "face", "several faces"), ("no_face", "face", "no face"),
-                              ("corrupt", "decode", "corrupt"), ("shifted_audio", "sync", "")]:
+    for name, stage, code in [("two_faces", "face", "face.several"), ("no_face", "face", "face.none"),
+                              ("corrupt", "decode", "decode.corrupt")]:
         assert not _by_source(man, name), name
-        assert any(r["stage"] == stage and text in r["reason"] for r in _by_source(rej, name)), name
+        assert any(r["stage"] == stage and r["code"] == code for r in _by_source(rej, name)), name
+    # no SyncNet weights: the shifted clip is kept, flagged, never rejected for sync
+    assert not [r for r in rej if r["stage"] == "sync"]
+    assert [r["flags"] for r in _by_source(man, "shifted_audio")] == [["sync.offset"]]
 
 
-def test_shifted_audio_rejected_by_fallback_sync(demo_build):
-    rows = [r for r in _by_source(demo_build["rejects"], "shifted_audio") if r["stage"] == "sync"]
-    assert rows and rows[0]["sync"]["method"] == "fallback_motion_envelope"
-    assert rows[0]["sync"]["offset_frames"] <= -8  # audio delayed 0.5 s = 12 frames
+def test_shifted_audio_flagged_by_fallback_sync(demo_build):
+    rows = _by_source(demo_build["manifest"], "shifted_audio")
+    assert rows and rows[0]["sync_method"] == "fallback_motion_envelope" and rows[0]["sync_enforced"] is False
+    assert rows[0]["sync_offset"] <= -8  # audio delayed 0.5 s = 12 frames
     assert demo_build["stats"]["sync_scorer"] == "fallback_motion_envelope"
-    assert "fallback_motion_envelope" in (demo_build["out"] / "report.md").read_text()
+    assert demo_build["stats"]["sync_enforced"] is False
+    report = (demo_build["out"] / "report.md").read_text()
+    assert "fallback_motion_envelope" in report and "sync NOT enforced" in report
+
+
+def test_fallback_sync_enforced_on_request(demo_inputs):
+    """sync.enforce_fallback lets the weight-free scorer reject (synthetic data only)."""
+    from avf_data.config import load_config
+    from avf_data.pipeline import process_input
+
+    cfg = load_config(overrides={"sync.enforce_fallback": True})
+    r = process_input(str(demo_inputs["shifted_audio"]), None, cfg)
+    assert r["manifest"] == [] and r["sync_enforced"] is True
+    assert [x["code"] for x in r["rejects"] if x["stage"] == "sync"] == ["sync.offset"]
 
 
 def test_every_second_is_accounted_for(demo_build):
@@ -102,13 +118,15 @@ def test_inputs_share_task_shards(demo_build):
 
 def test_stats_and_report(demo_build):
     st = demo_build["stats"]
-    assert st["inputs"] == 7 and st["clips"] == 5
+    assert st["inputs"] == 7 and st["clips"] == 6
     assert st["stages"]["decode"] == {"in": 7, "out": 6, "seconds_in": pytest.approx(st["seconds_in"]),
                                       "seconds_out": pytest.approx(st["seconds_in"])}
     assert st["stages"]["face"]["in"] - st["stages"]["face"]["out"] == 2
     assert st["run"]["frames_per_second"] > 0 and st["run"]["wall_seconds"] > 0
     report = (demo_build["out"] / "report.md").read_text()
     assert "sync scorer" in report and "contact_sheet.png" in report
+    assert "`face.several`" in report and "## Per input" in report and "corrupt.mp4" in report
+    assert set(st["rejects_by_code"]) >= {"face.several", "face.none", "decode.corrupt", "silence.silence"}
     from PIL import Image
 
     assert Image.open(demo_build["out"] / "contact_sheet.png").size[0] > 300
@@ -185,10 +203,12 @@ def test_unexpected_error_rejects_the_input_only(demo_inputs, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pipeline, "crop_clip", boom)
+    from avf_data.stages import crop
+
+    monkeypatch.setattr(crop, "plan_track", boom)
     r = pipeline.process_input(str(demo_inputs["single_face"]), None, BuildConfig())
     assert r["manifest"] == [] and len(r["rejects"]) == 1
     row = r["rejects"][0]
-    assert row["stage"] == "error" and "boom" in row["reason"]
+    assert row["stage"] == "error" and row["code"] == "error.internal" and "boom" in row["reason"]
     assert row["start"] == 0.0 and row["end"] == r["seconds"] > 0
     json.dumps(r)

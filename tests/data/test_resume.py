@@ -80,7 +80,7 @@ def test_kill_and_resume(demo_build, tmp_path):
     n_done = len(done_ids)
     assert 2 <= n_done < len(inputs)  # whole tasks only
     # a half-written shard as a crash would leave it
-    (out / "shards" / "deadbeef-000000.tar.tmp").write_bytes(b"partial")
+    (out / "shards" / "00000000deadbeef-000000.tar.tmp").write_bytes(b"partial")
     # A task whose shards were renamed but whose done-log line was never written (the driver
     # died in between): made here with a grouping the rerun will not use, so only the
     # orphan cleanup (not a rewrite under the same name) can prevent duplicate keys.

@@ -208,6 +208,8 @@ def _run_stages(path: str, out: Path | None, cfg: BuildConfig, weights: str | No
     c0 = time.process_time()
     ctx = get_context(cfg, weights)
     res = InputResult(input_id=iid, source=path_text(path), sync_enforced=ctx.sync_enforced)
+    if cfg.curate and cfg.sync.mode != "off":
+        res.sync_methods = [getattr(ctx.scorer, "method", "none")]
     thumbs = out if (out is not None and cfg.output.thumbnails) else None
     samples: list[Any] = []  # encoded (mp4/wav bytes): small, unlike raw crops
     fps = cfg.media.fps
@@ -334,8 +336,6 @@ def _accept(span, idx: int, chunk, res: InputResult, ctx: WorkerContext, thumbs:
                         sample_rate=chunk.sample_rate, label=lab)
     samples.append(sample.to_wds() if encode else sample)  # encode now: raw crops take much memory
     method = meta.get("sync_method") or "none"
-    if method not in res.sync_methods:
-        res.sync_methods.append(method)
     row = {"key": key, "shard": None, "source": res.source, "input_id": res.input_id, "clip_index": idx,
            "start": start, "end": end, "seconds": round((b - a) / fps, 6), "num_frames": int(b - a),
            "sync_offset": meta.get("sync_offset"), "sync_confidence": meta.get("sync_confidence"),
