@@ -83,6 +83,20 @@ def test_bad_checkpoint_messages(tmp_path: Path, demo_videos: dict[str, Path]) -
         load_model(tmp_path / "missing.pt")
 
 
+def test_missing_cuda_is_blamed_on_the_device_not_the_checkpoint(tmp_path: Path, checkpoint: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"")  # never opened: the device is checked first
+    assert main(["predict", str(video), "-c", str(checkpoint), "--device", "cuda"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--device cuda: this machine has no CUDA device" in lines[0]
+    assert "checkpoint" not in lines[0]
+    assert main(["predict", str(video), "-c", str(checkpoint), "--device", "gpu0"]) == 2
+    assert "not a torch device" in capsys.readouterr().err
+
+
 def _avf_train_run(tmp_path: Path, task: str, num_classes: int, label_map: str) -> Path:
     """A run folder written with avf-train's own config and checkpoint helpers."""
     config = pytest.importorskip("avf_train.config")

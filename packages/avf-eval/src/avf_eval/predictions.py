@@ -35,6 +35,7 @@ long training runs and a vague error would mean reading megabytes by hand.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -72,13 +73,15 @@ class PredictionTable:
     outputs: NDArray[np.float64]
     is_logits: NDArray[np.bool_]
     sources: NDArray[np.str_]
+    class_names: tuple[str, ...] = ()  # the label map the rows carry (checked against the protocol)
 
     def __len__(self) -> int:
         return int(self.keys.size)
 
     def take(self, mask: NDArray[np.bool_]) -> PredictionTable:
         """Rows where ``mask`` is true, as a new table."""
-        return PredictionTable(**{name: getattr(self, name)[mask] for name in self.__dataclass_fields__})
+        arrays = {name: getattr(self, name)[mask] for name in self.__dataclass_fields__ if name != "class_names"}
+        return PredictionTable(**arrays, class_names=self.class_names)
 
 
 @dataclass(frozen=True)
@@ -290,7 +293,8 @@ def _table(rows: Sequence[_Row], regression: bool) -> PredictionTable:
     )
 
 
-def _check_label_map(record: dict[str, Any], source: str, protocol: Protocol, seen: dict[tuple[str, ...], str | None]) -> None:
+def _check_label_map(record: dict[str, Any], source: str, protocol: Protocol,
+                     seen: dict[tuple[str, ...], str | None]) -> None:
     """Refuse a row whose ``classes`` (the model's label map) are not the protocol's, in order."""
     names = record.get("classes")
     if names in (None, ""):
@@ -310,6 +314,16 @@ def _check_label_map(record: dict[str, Any], source: str, protocol: Protocol, se
                             "and train on them, or score with the protocol the model was trained for")
 
 
+def _row_names(record: dict[str, Any]) -> tuple[str, ...]:
+    names = record.get("classes")
+    if isinstance(names, str):
+        try:
+            names = json.loads(names)
+        except json.JSONDecodeError:
+            names = names.split(",")
+    return tuple(str(n).strip() for n in names) if isinstance(names, list) else ()
+
+
 def load_predictions(paths: Iterable[str | Path], protocol: Protocol | None = None) -> PredictionTable:
     """Read and validate prediction files; with a protocol, widths, label ranges and the rows'
     label map (``classes``) are checked."""
@@ -318,11 +332,13 @@ def load_predictions(paths: Iterable[str | Path], protocol: Protocol | None = No
     if not files:
         raise PredictionFormatError("no predictions files given")
     seen: dict[tuple[str, ...], str | None] = {}
+    class_names: tuple[str, ...] = ()
     for index, path in enumerate(files, start=1):
         before = len(rows)
         for source, record in _records(path):
             if protocol is not None:
                 _check_label_map(record, source, protocol, seen)
+            class_names = class_names or _row_names(record)
             rows.append(_parse(record, source, protocol, str(index)))
         if len(rows) == before:
             raise PredictionFormatError(f"{path}: no prediction rows")
@@ -330,4 +346,5 @@ def load_predictions(paths: Iterable[str | Path], protocol: Protocol | None = No
     if len(kinds) > 1:
         odd = next(r for r in rows if isinstance(r.label, tuple) != isinstance(rows[0].label, tuple))
         raise _fail(odd.source, "mixes regression (list) and class-id labels with earlier rows")
-    return _table(rows, regression=kinds == {True})
+    table = _table(rows, regression=kinds == {True})
+    return dataclasses.replace(table, class_names=class_names) if class_names else table

@@ -34,7 +34,14 @@ class Section:
     image: str | None = None
 
 
-def _class_rows(result: ScoreResult) -> tuple[list[str], list[list[str]]] | None:
+def class_names(result: ScoreResult, table: PredictionTable) -> tuple[str, ...]:
+    """Per-class names: the label map the predictions carry (avf-train copies it from the shards;
+    loading checked it is the protocol's, in order), else the protocol's class list."""
+    names = table.class_names
+    return names if len(names) == result.protocol.num_classes else result.protocol.classes
+
+
+def _class_rows(result: ScoreResult, names: tuple[str, ...]) -> tuple[list[str], list[list[str]]] | None:
     if result.pooled_confusion is None:
         return None
     protocol = result.protocol
@@ -43,7 +50,7 @@ def _class_rows(result: ScoreResult) -> tuple[list[str], list[list[str]]] | None
     models = [m for m in PUBLISHED_MODELS if m in protocol.published_class_recall]
     header = ["Class", "Support", "Recall (ours, pooled)"] + [PUBLISHED_MODELS[m] for m in models]
     rows = []
-    for i, name in enumerate(protocol.classes):
+    for i, name in enumerate(names):
         ours = "—" if math.isnan(recall[i]) else f"{100 * recall[i]:.2f}"
         rows.append([name, str(int(support[i])), ours] + [f"{protocol.published_class_recall[m][i]:.2f}" for m in models])
     return header, rows
@@ -57,21 +64,24 @@ def build_sections(result: ScoreResult, table: PredictionTable, out_dir: Path) -
         f"Aggregation: {result.aggregation}. Model selection: {result.selection} epoch. "
         "Our scores and the paper's are in percent."
     )
+    names = class_names(result, table)
+    if table.class_names:
+        intro += " Class names and order: the label map carried by the predictions (checked against the protocol)."
     sections = [Section("Protocol", text=intro + (f" Note: {p.notes}" if p.notes else ""))]
     sections += [Section("Warning", text=w) for w in result.warnings]
     sections.append(Section("Ours vs. the paper", table=comparison_rows(result)))
     sections.append(Section("Per fold", table=fold_rows(result)))
-    class_rows = _class_rows(result)
+    class_rows = _class_rows(result, names)
     if class_rows:
         sections.append(Section("Per class", table=class_rows))
     if p.kind == "classification":
         if result.pooled_confusion is not None:
-            plot_confusion(result.pooled_confusion, p.classes, out_dir / "confusion_all.png", f"{p.name}: all folds")
+            plot_confusion(result.pooled_confusion, names, out_dir / "confusion_all.png", f"{p.name}: all folds")
             sections.append(Section("Confusion matrix, all folds", image="confusion_all.png"))
         for fold in result.folds:
             if fold.confusion is not None and len(result.folds) > 1:
                 name = f"confusion_fold_{fold.fold}.png"
-                plot_confusion(fold.confusion, p.classes, out_dir / name, f"{p.name}: fold {fold.fold}")
+                plot_confusion(fold.confusion, names, out_dir / name, f"{p.name}: fold {fold.fold}")
                 sections.append(Section(f"Confusion matrix, fold {fold.fold}", image=name))
     else:
         selected, _ = select_epochs(table, p, result.selection)

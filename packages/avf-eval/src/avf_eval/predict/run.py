@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from avf_eval.aggregation import softmax
-from avf_eval.predict.checkpoint import LoadedModel, load_model
+from avf_eval.predict.checkpoint import LoadedModel, check_device, load_model
 from avf_eval.predict.curate import CuratedClip, curate_video
 from avf_eval.protocols.types import Protocol
 
@@ -96,6 +96,7 @@ def predict_video(
     curation_config: Any = None,
 ) -> VideoPrediction:
     """Curate ``video``, run ``checkpoint`` on every clip, return per-clip and whole-video scores."""
+    check_device(device)  # a missing GPU is named as such, before the video or checkpoint is read
     path = Path(video)
     if not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist")
