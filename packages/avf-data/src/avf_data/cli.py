@@ -73,7 +73,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avf-data", description="avf-data: curate talking-face video corpora "
                                      "into WebDataset shards.", formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="run 'avf-data build --help' for the pipeline and its outputs")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,import,inspect}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{build,import,inspect,sync}")
 
     b = sub.add_parser("build", help="curate videos into shards", description=BUILD_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +105,18 @@ def make_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("inspect", help="summarise a curated folder or shards")
     n.add_argument("path", type=Path, metavar="DIR", help="output folder of build/import, or shards")
     n.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    y = sub.add_parser("sync", help="enforce SyncNet sync on a finished build (batched, GPU-ready, resumable)",
+                       description=SYNC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    y.add_argument("out", type=Path, metavar="DIR", help="output folder of a finished `avf-data build`")
+    y.add_argument("--syncnet-weights", default=None, metavar="PATH",
+                   help="syncnet_v2.model (else sync.weights in the config, else $AVF_SYNCNET_WEIGHTS)")
+    y.add_argument("--device", default=None, metavar="DEV", help="cpu (default) or cuda[:N]; bf16 on CUDA")
+    y.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="SyncNet windows per forward pass (default sync.batch_size, 32; e.g. 512 on a GPU)")
+    y.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
+                   help="thresholds etc. from this file's sync section (default: DIR/config.yaml of the build)")
+    y.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return _import(args)
         if args.command == "inspect":
             return _inspect(args)
+        if args.command == "sync":
+            return _sync(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"avf-data: error: {exc}", file=sys.stderr)
         return 2
@@ -204,6 +218,42 @@ def _inspect(args) -> int:
     info = summarize(args.path)
     print(json.dumps(info, indent=2) if args.json else format_summary(info))
     return 0 if info["samples"] or (args.path / "stats.json").exists() else 1
+
+
+SYNC_HELP = """\
+Score every clip of a finished build with SyncNet v2 and enforce sync: clips with
+|offset| > sync.max_offset_frames (3 frames = 120 ms) or confidence < sync.min_confidence_syncnet
+(3.0) move to rejects.jsonl (stage sync, code sync.offset / sync.confidence / sync.unmeasurable,
+with their scores); shards are rewritten atomically; manifest.jsonl, rejects.jsonl, stats.json and
+report.md are regenerated. SyncNet sees the reference pipeline's crop (face box + chin, per-frame
+size median-filtered over 13 frames) cut from the source video at source resolution, using the face
+boxes stored in each sample; samples without them (older builds) or whose source is gone are scored
+on their 160 px crop, and say so. Interrupted (even kill -9)? Run the same command again: finished
+shards are kept (DIR/sync.jsonl), no clip is lost or duplicated.
+
+weights: syncnet_v2.model is the authors' release with joonson/syncnet_python (its
+download_model.sh fetches data/syncnet_v2.model, about 52 MiB: 13.6 M float32 parameters). Give it
+with --syncnet-weights, the config key sync.weights, or AVF_SYNCNET_WEIGHTS (in that order). It is
+loaded with torch.load(weights_only=True) and checked key by key against the official layout.
+
+examples:
+  avf-data build videos/ --out corpus            # on CPUs, no weights: sync measured only
+  avf-data sync corpus --syncnet-weights syncnet_v2.model --device cuda --batch-size 512
+"""
+
+
+def _sync(args) -> int:
+    from .sync_pass import run_sync_pass
+
+    stats = run_sync_pass(args.out, args.syncnet_weights, config=args.config, device=args.device,
+                          batch_size=args.batch_size, progress=not args.no_progress)
+    p = stats["sync_pass"]
+    print(f"sync pass: {p['kept'] + p['rejected']} clips judged by SyncNet: kept {p['kept']}, rejected "
+          f"{p['rejected']} ({', '.join(f'{k} {v}' for k, v in sorted(p['by_code'].items())) or 'none'}); "
+          f"{p['clips_scored']} scored in this run at {p['frames_per_second']:.1f} frames/s")
+    print(f"now {stats['clips']} clips, {stats['seconds_accepted']:.1f} s of {stats['seconds_in']:.1f} s; "
+          f"outputs in {args.out}: shards/, manifest.jsonl, rejects.jsonl, stats.json, report.md, sync.jsonl")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,591 @@
+"""``avf-data sync DIR``: enforce SyncNet sync on an existing build, in large batches.
+
+Why a pass of its own: SyncNet is the expensive stage (a 13.6 M parameter network on every
+5-frame window) and the only one that wants a GPU. A build can run everywhere on CPUs
+without weights (sync measured, not enforced); this pass then scores every accepted clip
+with SyncNet v2 where the weights and the GPU are, batching windows of many clips into
+one forward pass, and moves failing clips to the rejects.
+
+What SyncNet sees (see :mod:`avf_data.stages.syncnet_input`): the reference crop geometry
+cut from the **source** video at source resolution, using the per-frame ``face_boxes`` the
+build stored in each sample's json, and the sample's own audio (the shard's 16 kHz mono
+wav, i.e. exactly what training reads). A sample without ``face_boxes`` (older builds), or
+whose source file is gone, is scored on its 160 px training crop instead and its result
+says so in ``sync.note`` / ``sync_input: crop``.
+
+Crash safety and resume (``kill -9`` at any point, then the same command again):
+
+* ``DIR/sync.jsonl`` is the pass's log. Its first line fixes the settings (weights hash,
+  thresholds); a rerun with other settings is refused. Then one fsynced line per shard
+  holds every clip's result and decision plus the SHA-1 of the rewritten shard.
+* Per shard: score its clips; write the filtered shard to ``<shard>.sync.tmp`` and fsync;
+  append the shard's log line (the commit point); ``os.replace`` the tmp over the shard.
+  A rerun skips shards whose log line is present, re-applying the logged decisions when the
+  shard on disk is not the logged result yet (the apply is deterministic and idempotent),
+  so a clip is never scored twice with different outcomes, lost or duplicated.
+* When every shard is done, ``done.jsonl`` (the build's log) is rewritten atomically with
+  the decisions applied: failing clips move from a record's manifest rows to its reject
+  rows (stage ``sync``, ``code`` ``sync.offset`` / ``sync.confidence`` /
+  ``sync.unmeasurable``, the scores in ``sync``), stage counts are adjusted, and
+  ``manifest.jsonl``, ``rejects.jsonl``, ``stats.json`` and ``report.md`` are regenerated
+  from it. Every input second stays in a clip or a reject row.
+
+A shard whose clips all fail stays as an empty tar (its name is in ``done.jsonl``).
+The folder is locked (``.avf-data.lock``, the build's lock) for the duration of the pass.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import io
+import json
+import os
+import socket
+import sys
+import tarfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SYNC_LOG = "sync.jsonl"
+LOG_VERSION = 1
+LOCK_NAME = ".avf-data.lock"
+WEIGHTS_HELP = (
+    "SyncNet v2 weights are the authors' release with joonson/syncnet_python (its download_model.sh "
+    "fetches data/syncnet_v2.model, about 52 MiB); give the file with --syncnet-weights, the config key "
+    "sync.weights or the AVF_SYNCNET_WEIGHTS environment variable"
+)
+
+
+# --------------------------------------------------------------------------- source decode
+
+
+def decode_source_crops(path: str | os.PathLike, start: float, n_frames: int, rects: np.ndarray,
+                        fps: float = 25.0, size: int = 224) -> np.ndarray:
+    """Cut ``rects[k]`` (source px, :func:`~avf_data.stages.syncnet_input.reference_rects`)
+    from the source frame nearest to ``start + k / fps`` for ``k < n_frames``.
+
+    Times are measured from the video stream's start (the build's time 0). Decoding seeks
+    to the keyframe before ``start`` and streams; only chosen frames are converted to RGB
+    (at source resolution) and each is cut at once, so memory holds 224 px crops only.
+    Past the end of the stream the last frame is reused.
+    """
+    import av
+
+    from .stages.syncnet_input import cut_padded
+
+    out = np.empty((n_frames, size, size, 3), np.uint8)
+    if n_frames == 0:
+        return out
+    targets = start + np.arange(n_frames) / fps
+    with av.open(os.fspath(path)) as container:
+        vs = container.streams.video[0]
+        vs.thread_type = "AUTO"
+        tb = float(vs.time_base)
+        t0 = vs.start_time if vs.start_time is not None else 0
+        if start > 1.0:
+            container.seek(int(t0 + (start - 1.0) / tb), stream=vs, backward=True, any_frame=False)
+        k = 0
+        prev: tuple[float, Any] | None = None
+        cache: dict[int, np.ndarray] = {}
+
+        def rgb(frame) -> np.ndarray:
+            key = id(frame)
+            if key not in cache:
+                cache.clear()
+                cache[key] = frame.to_ndarray(format="rgb24")
+            return cache[key]
+
+        def cut(frame, kk: int) -> None:
+            x0, y0, x1, y1 = (int(v) for v in rects[kk])
+            out[kk] = cut_padded(rgb(frame), x0, y0, x1, y1, size, size)
+
+        for i, frame in enumerate(container.decode(vs)):
+            t = (frame.pts - t0) * tb if frame.pts is not None else i / fps
+            while k < n_frames and targets[k] <= t:
+                use_prev = prev is not None and targets[k] - prev[0] <= t - targets[k]
+                cut(prev[1] if use_prev else frame, k)
+                k += 1
+            if k >= n_frames:
+                break
+            prev = (t, frame)
+        if k < n_frames:
+            if prev is None:
+                raise ValueError(f"{path}: no video frame at or after {start:.3f} s")
+            for kk in range(k, n_frames):
+                cut(prev[1], kk)
+    return out
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass
+class ClipJob:
+    """One shard sample prepared for scoring."""
+
+    key: str
+    meta: dict[str, Any]
+    sample: dict[str, Any]
+    input_kind: str  # "source" (reference crops from the source) or "crop" (160 px training crop)
+
+
+def prepare_sample(sample: dict[str, Any], face_crop_scale: float):
+    """A shard sample -> (:class:`~avf_data.stages.sync.SyncInput`, input kind)."""
+    from .shards import decode_audio, decode_mp4
+    from .stages.sync import FALLBACK_GEOMETRY_NOTE, SyncInput
+    from .stages.syncnet_input import reference_rects
+
+    meta = json.loads(sample["json"])
+    audio, sr = decode_audio(sample["wav"] if "wav" in sample else sample["flac"])
+    n = int(meta.get("num_frames") or round((float(meta["end"]) - float(meta["start"])) * 25.0))
+    boxes = meta.get("face_boxes")
+    src = meta.get("source")
+    why = None
+    fps = float(meta.get("fps", 25.0))
+    if boxes is None:
+        why = "no face_boxes in the sample json (older build)"
+    elif len(boxes) != n:
+        why = f"{len(boxes)} face_boxes for {n} frames"
+    elif abs(fps - 25.0) > 1e-3:
+        why = f"clip at {fps:g} fps, SyncNet's geometry needs 25"
+    elif not src or not os.path.isfile(src):
+        why = f"source file missing: {src}"
+    if why is None:
+        try:
+            crops = decode_source_crops(src, float(meta["start"]), n, reference_rects(np.asarray(boxes, np.float64)))
+            return SyncInput(crops, audio, 25.0, sr, "reference"), "source"
+        except Exception as exc:  # noqa: BLE001 - an unreadable source falls back, with the reason
+            why = f"source not decodable ({type(exc).__name__}: {exc})"
+    frames, vfps = decode_mp4(sample["mp4"])
+    return SyncInput(frames, audio, vfps, sr, "face_crop", f"{FALLBACK_GEOMETRY_NOTE}: {why}"), "crop"
+
+
+def _sha1_file(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _updated_json(raw: bytes, decision: dict[str, Any]) -> bytes:
+    """The sample json with the pass's result (idempotent: the build's own measurement is
+    kept once, as ``sync_build``)."""
+    meta = json.loads(raw)
+    if "sync_build" not in meta and "sync" in meta:
+        meta["sync_build"] = meta["sync"]
+    sj = decision["sync"]
+    meta.update(sync=sj, sync_offset=sj["offset_frames"], sync_confidence=sj["confidence"],
+                sync_method=sj["method"], sync_enforced=True, sync_input=decision["input"])
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+def write_filtered_shard(src: Path, dst: Path, decisions: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """Write ``src``'s samples that ``decisions`` keep (json updated) to ``dst`` and fsync it.
+    Deterministic bytes (same member order, mtime 0), so a re-apply gives the same file.
+    Returns (kept, dropped)."""
+    from .shards import iter_raw_samples
+
+    kept = dropped = 0
+    with open(dst, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w") as tar:
+            for sample in iter_raw_samples([str(src)]):
+                key = sample["__key__"]
+                d = decisions.get(key)
+                if d is not None and d.get("code"):
+                    dropped += 1
+                    continue
+                kept += 1
+                for ext in sorted(k for k in sample if not k.startswith("__")):
+                    data = sample[ext]
+                    if ext == "json" and d is not None:
+                        data = _updated_json(data, d)
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    tar.addfile(info, io.BytesIO(data))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return kept, dropped
+
+
+# --------------------------------------------------------------------------- log
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_sync_log(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """(header, shard lines by shard path). A torn last line (kill during the append) is
+    dropped from the file, so that shard is simply redone."""
+    path = out / SYNC_LOG
+    if not path.exists():
+        return None, {}
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as fh:
+            fh.truncate(data.rfind(b"\n") + 1)
+        data = data[: data.rfind(b"\n") + 1]
+    header, shards = None, {}
+    for raw in data.splitlines():
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if rec.get("kind") == "header":
+            header = rec
+        elif rec.get("kind") == "shard":
+            shards[rec["shard"]] = rec
+    return header, shards
+
+
+def _append_line(path: Path, rec: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec, ensure_ascii=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+class _Lock:
+    """The build's folder lock (same file and protocol as a build), so a build and a sync
+    pass never write one folder at once. The kernel drops it when the process dies."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_NAME
+        self.fh = None
+
+    def __enter__(self) -> _Lock:
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ValueError(f"another avf-data run ({holder}) is writing to {self.path.parent}; "
+                             "wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} (sync)\n")
+        fh.flush()
+        self.fh = fh
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fh is not None:
+            self.fh.seek(0)
+            self.fh.truncate()
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+            self.fh.close()
+            self.fh = None
+
+
+# --------------------------------------------------------------------------- done.jsonl
+
+
+def apply_to_record(rec: dict[str, Any], decisions: dict[str, dict[str, Any]]) -> int:
+    """Apply the pass's decisions to one input record of ``done.jsonl`` in place; returns how
+    many clips moved to the rejects. Idempotent: a moved clip is no longer in the manifest."""
+    moved = 0
+    manifest = []
+    other_methods = {r.get("sync", {}).get("method") for r in rec.get("rejects", []) if r.get("stage") == "sync"}
+    for row in rec.get("manifest", []):
+        d = decisions.get(row.get("key"))
+        if d is None:
+            manifest.append(row)
+            continue
+        sj = d["sync"]
+        if not d.get("code"):
+            row.update(sync_offset=sj["offset_frames"], sync_confidence=sj["confidence"], sync_method=sj["method"],
+                       sync_enforced=True, sync_input=d["input"])
+            manifest.append(row)
+            continue
+        reject = {k: row[k] for k in ("source", "input_id", "start", "end", "seconds") if k in row}
+        reject.update(stage="sync", reason=d["reason"], code=d["code"], key=row["key"], sync=sj,
+                      sync_input=d["input"])
+        if row.get("thumb"):
+            reject["thumb"] = row["thumb"]
+        rec.setdefault("rejects", []).append(reject)
+        seconds = float(row.get("seconds", 0.0))
+        stages = rec.setdefault("stages", {})
+        for name, fields in (("sync", ("out",)), ("quality", ("in", "out"))):
+            d_st = stages.get(name)
+            if not d_st:
+                continue
+            for f in fields:
+                d_st[f] = max(0, d_st.get(f, 0) - 1)
+                key = f"seconds_{f}"
+                d_st[key] = round(max(0.0, d_st.get(key, 0.0) - seconds), 6)
+        moved += 1
+    rec["manifest"] = manifest
+    rec["rejects"] = sorted(rec.get("rejects", []), key=lambda r: (r.get("start", 0.0), r.get("end", 0.0)))
+    from .stages.sync import METHOD_SYNCNET
+
+    rec["sync_methods"] = [METHOD_SYNCNET] + sorted(m for m in other_methods if m and m != METHOD_SYNCNET)
+    rec["sync_enforced"] = True
+    return moved
+
+
+def rewrite_done_log(out: Path, decisions: dict[str, dict[str, Any]]) -> int:
+    """Rewrite ``done.jsonl`` atomically with the decisions applied; returns clips moved."""
+    path = out / "done.jsonl"
+    lines = []
+    moved = 0
+    for raw in path.read_bytes().splitlines():
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError:
+            continue  # a torn last line of an interrupted build: that task is not finished
+        if isinstance(rec, dict) and isinstance(rec.get("inputs"), list):
+            for r in rec["inputs"]:
+                moved += apply_to_record(r, decisions)
+        elif isinstance(rec, dict) and "input_id" in rec:
+            moved += apply_to_record(rec, decisions)
+        lines.append(json.dumps(rec, ensure_ascii=True) + "\n")
+    tmp = out / "done.jsonl.sync-tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("".join(lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(out)
+    return moved
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+@dataclass
+class SyncPassReport:
+    shards: int = 0
+    shards_scored: int = 0
+    shards_resumed: int = 0
+    clips_scored: int = 0
+    frames_scored: int = 0
+    kept: int = 0
+    rejected: int = 0
+    by_code: dict[str, int] = field(default_factory=dict)
+    inputs: dict[str, int] = field(default_factory=dict)  # source / crop
+    moved_in_done_log: int = 0
+    wall_seconds: float = 0.0
+    scoring_seconds: float = 0.0
+    frames_per_second: float = 0.0
+
+
+def _settings(weights: str, cfg) -> dict[str, Any]:
+    s = cfg.sync
+    return {"weights_sha1": _sha1_file(Path(weights)), "max_offset_frames": s.max_offset_frames,
+            "min_confidence_syncnet": s.min_confidence_syncnet, "search_frames": s.search_frames}
+
+
+def _load_build_config(out: Path, config: str | os.PathLike | None):
+    from .config import BuildConfig, load_config
+
+    if config is not None:
+        return load_config(config)
+    saved = out / "config.yaml"
+    if saved.exists():
+        try:
+            return load_config(saved)
+        except ValueError as exc:  # written by another version: defaults, said out loud
+            print(f"avf-data: warning: {saved} not readable by this version ({exc}); using defaults",
+                  file=sys.stderr)
+    return BuildConfig()
+
+
+def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, config: str | os.PathLike | None = None,
+                  device: str | None = None, batch_size: int | None = None, clip_frames: int = 1500,
+                  progress: bool = True, after_shard: Any = None) -> dict[str, Any]:
+    """Score every committed shard of the build in ``out_dir`` with SyncNet and enforce sync.
+
+    ``config``: a YAML whose ``sync`` section sets thresholds / device / batch size (default:
+    the build's own ``config.yaml``). ``clip_frames``: frames of reference crops held in
+    memory per scoring batch (224 px: ~150 kB each). ``after_shard(rel)``: test hook, called
+    after each shard is committed. Returns the regenerated stats dict (with ``sync_pass``).
+    """
+    import dataclasses
+
+    from tqdm import tqdm
+
+    from .build import read_log, write_outputs
+    from .stages.sync import build_sync_scorer, resolve_weights, sync_reject_code, sync_reject_reason
+
+    out = Path(out_dir)
+    if not (out / "done.jsonl").is_file():
+        raise ValueError(f"{out} is not an avf-data build (no done.jsonl); run `avf-data build` first")
+    cfg = _load_build_config(out, config)
+    sync_cfg = cfg.sync
+    if device is not None:
+        sync_cfg = dataclasses.replace(sync_cfg, device=device)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        sync_cfg = dataclasses.replace(sync_cfg, batch_size=batch_size)
+    cfg = dataclasses.replace(cfg, sync=sync_cfg)
+    path, _source = resolve_weights(weights, sync_cfg)
+    if path is None:
+        raise ValueError(f"the sync pass needs SyncNet weights. {WEIGHTS_HELP}")
+    if not os.path.isfile(path):
+        raise ValueError(f"SyncNet weights: no such file {path!r}. {WEIGHTS_HELP}")
+    if sync_cfg.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {sync_cfg.device}: CUDA is not available on this machine")
+    scorer = build_sync_scorer(sync_cfg, path)  # SyncNetWeightsError is a ValueError: exit 2
+    face_crop_scale = float(getattr(cfg.crop, "margin", sync_cfg.face_crop_scale))
+    t_start = time.perf_counter()
+    rep = SyncPassReport()
+    with _Lock(out):
+        settings = _settings(path, cfg)
+        header, logged = read_sync_log(out)
+        log_path = out / SYNC_LOG
+        if header is None:
+            _append_line(log_path, {"kind": "header", "version": LOG_VERSION, **settings})
+        elif {k: header.get(k) for k in settings} != settings:
+            diff = ", ".join(f"{k}: {header.get(k)} -> {v}" for k, v in settings.items() if header.get(k) != v)
+            raise ValueError(f"{out} was sync-checked with other settings ({diff}); clips rejected then are "
+                             "no longer in the shards, so a different pass needs a fresh build")
+        _, committed = read_log(out)
+        shards = sorted(s for s in committed if (out / s).is_file())
+        rep.shards = len(shards)
+        bar = tqdm(total=len(shards), unit="shard", desc="sync", file=sys.stderr, disable=not progress,
+                   dynamic_ncols=True)
+        for rel in shards:
+            shard = out / rel
+            tmp = shard.with_name(shard.name + ".sync.tmp")
+            line = logged.get(rel)
+            if line is None:
+                t0 = time.perf_counter()
+                decisions = _score_shard(shard, scorer, sync_cfg, face_crop_scale, clip_frames,
+                                         sync_reject_code, sync_reject_reason, rep)
+                rep.scoring_seconds += time.perf_counter() - t0
+                kept, dropped = write_filtered_shard(shard, tmp, decisions)
+                line = {"kind": "shard", "shard": rel, "clips": decisions, "kept": kept, "rejected": dropped,
+                        "sha1": _sha1_file(tmp), "bytes": tmp.stat().st_size}
+                _append_line(log_path, line)  # commit point
+                os.replace(tmp, shard)
+                _fsync_dir(shard.parent)
+                logged[rel] = line
+                rep.shards_scored += 1
+            else:
+                _ensure_applied(shard, tmp, line)
+                rep.shards_resumed += 1
+            if after_shard is not None:
+                after_shard(rel)
+            bar.update(1)
+        bar.close()
+        decisions = {k: d for line in logged.values() for k, d in line["clips"].items()}
+        for d in decisions.values():
+            if d.get("code"):
+                rep.rejected += 1
+                rep.by_code[d["code"]] = rep.by_code.get(d["code"], 0) + 1
+            else:
+                rep.kept += 1
+            rep.inputs[d["input"]] = rep.inputs.get(d["input"], 0) + 1
+        rep.moved_in_done_log = rewrite_done_log(out, decisions)
+        old_stats = _read_json(out / "stats.json")
+        stats = write_outputs(out, cfg, old_stats.get("run", {}))
+        rep.wall_seconds = round(time.perf_counter() - t_start, 3)
+        rep.scoring_seconds = round(rep.scoring_seconds, 3)
+        rep.frames_per_second = round(rep.frames_scored / rep.scoring_seconds, 2) if rep.scoring_seconds else 0.0
+        stats["sync_pass"] = {**asdict(rep), "weights": os.path.abspath(path), "device": sync_cfg.device,
+                              "precision": sync_cfg.precision, "batch_size": sync_cfg.batch_size,
+                              "max_offset_frames": sync_cfg.max_offset_frames,
+                              "min_confidence_syncnet": sync_cfg.min_confidence_syncnet}
+        _write_atomic(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+        _append_report(out, stats["sync_pass"])
+    return stats
+
+
+def _score_shard(shard: Path, scorer, sync_cfg, face_crop_scale: float, clip_frames: int,
+                 code_of, reason_of, rep: SyncPassReport) -> dict[str, dict[str, Any]]:
+    """Score every sample of ``shard``; ``{key: {"sync", "code", "reason", "input"}}``."""
+    from .shards import iter_raw_samples
+
+    decisions: dict[str, dict[str, Any]] = {}
+    batch: list[tuple[str, Any, str]] = []
+    frames = 0
+
+    def flush() -> None:
+        nonlocal frames
+        if not batch:
+            return
+        results = scorer.score_many([inp for _, inp, _ in batch])
+        for (key, inp, kind), r in zip(batch, results):
+            code = code_of(r, sync_cfg)
+            decisions[key] = {"sync": r.to_json(), "code": code, "reason": reason_of(r, sync_cfg) if code else None,
+                              "input": kind}
+            rep.clips_scored += 1
+            rep.frames_scored += len(inp.frames)
+        batch.clear()
+        frames = 0
+
+    for sample in iter_raw_samples([str(shard)]):
+        inp, kind = prepare_sample(sample, face_crop_scale)
+        batch.append((sample["__key__"], inp, kind))
+        frames += len(inp.frames)
+        if frames >= clip_frames:
+            flush()
+    flush()
+    return decisions
+
+
+def _ensure_applied(shard: Path, tmp: Path, line: dict[str, Any]) -> None:
+    """After a crash between the log line and the rename: finish the rename, or re-apply."""
+    if shard.stat().st_size == line["bytes"] and _sha1_file(shard) == line["sha1"]:
+        tmp.unlink(missing_ok=True)
+        return
+    if not (tmp.exists() and tmp.stat().st_size == line["bytes"] and _sha1_file(tmp) == line["sha1"]):
+        write_filtered_shard(shard, tmp, line["clips"])
+    os.replace(tmp, shard)
+    _fsync_dir(shard.parent)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _append_report(out: Path, info: dict[str, Any]) -> None:
+    path = out / "report.md"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# avf-data curation report\n"
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(info["by_code"].items())) or "none"
+    text += "\n".join([
+        "", "## Sync pass (SyncNet v2)", "",
+        f"- weights `{info['weights']}` on `{info['device']}` ({info['precision']}), batch {info['batch_size']} windows",
+        f"- rule: reject |offset| > {info['max_offset_frames']} frames or confidence < "
+        f"{info['min_confidence_syncnet']:g} (see avf_data/stages/sync.py for the provenance)",
+        f"- clips judged: {info['kept'] + info['rejected']}, kept {info['kept']}, rejected {info['rejected']} ({codes})",
+        f"- SyncNet input: {info['inputs'].get('source', 0)} from source frames (reference geometry), "
+        f"{info['inputs'].get('crop', 0)} from the 160 px training crop (no face boxes or source)",
+        f"- this run: {info['clips_scored']} clips scored, {info['frames_scored']} frames, "
+        f"{info['frames_per_second']} frames/s while scoring, {info['wall_seconds']} s wall", "",
+    ])
+    _write_atomic(path, text)
