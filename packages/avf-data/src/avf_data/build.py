@@ -309,7 +309,8 @@ def check_weights(weights: str, cfg: BuildConfig) -> None:
     try:
         build_sync_scorer(cfg.sync, weights)
     except Exception as exc:
-        raise ValueError(f"SyncNet weights {weights!r} cannot be loaded: {type(exc).__name__}: {exc}") from None
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run over many lines
+        raise ValueError(f"SyncNet weights {weights!r} cannot be loaded: {type(exc).__name__}: {first}") from None
 
 
 def check_sync_setup(weights: str | None, cfg: BuildConfig) -> None:
@@ -332,10 +333,11 @@ def sync_banner(stats: dict[str, Any]) -> str | None:
 def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: BuildConfig | None = None, *,
           workers: int | None = None, engine: str = "local", ray_address: str | None = None,
           weights: str | None = None, labels: dict[str, dict[str, Any]] | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, warn: Any = None) -> dict[str, Any]:
     """Curate ``inputs`` into ``out_dir``; returns the stats dict. Resumes an interrupted run.
 
     ``labels`` (labelled import) maps an input path to the label fields of its samples.
+    ``warn(line)`` receives the start-of-run warnings (the CLI prints them).
     """
     import yaml
     from tqdm import tqdm
@@ -349,6 +351,9 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
         raise ValueError(f"--workers must be 0 (inline) or more, got {workers}")
     out = claim(out_dir, "import" if labels is not None else "build")
     with BuildLock(out):
+        if warn is not None and not weights and cfg.sync.mode == "enforce" and not cfg.sync.enforce_fallback:
+            warn("no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
+                 "(see --syncnet-weights, --require-syncnet)")
         return _build_locked(inputs, out, cfg, workers=workers, engine=engine, ray_address=ray_address,
                              weights=weights, labels=labels, progress=progress)
 

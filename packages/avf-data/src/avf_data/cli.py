@@ -53,7 +53,7 @@ tasks and shards: the pending inputs, in order, are cut into tasks of
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder (created; reruns resume)")
+    p.add_argument("--out", required=True, type=_out_dir, metavar="DIR", help="output folder (created; reruns resume)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="parallel worker processes (default: CPU count; 0 = run inline)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
@@ -160,6 +160,17 @@ def _summary(stats: dict, out: Path) -> None:
     print(f"outputs in {out}: shards/, manifest.jsonl, rejects.jsonl, stats.json, report.md")
 
 
+def _warn(line: str) -> None:
+    print(f"avf-data: warning: {line}", file=sys.stderr)
+
+
+def _out_dir(text: str) -> Path:
+    """--out: a folder path; an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name an output folder")
+    return Path(text)
+
+
 def _check_inputs(inputs: list[str]) -> None:
     """A path named on the command line that does not exist is a typo: stop before any work
     (paths inside a .txt list that are missing stay reject rows)."""
@@ -172,6 +183,7 @@ def _check_inputs(inputs: list[str]) -> None:
 
 def _build(args) -> int:
     from .build import build, check_sync_setup, resolve_weights
+    from .outdir import check_out
 
     cfg = _load_cfg(args)
     if args.require_syncnet:
@@ -179,6 +191,7 @@ def _build(args) -> int:
     inputs = list(args.inputs)
     _check_inputs(inputs)
     check_sync_setup(resolve_weights(args.syncnet_weights, cfg), cfg)
+    check_out(args.out)
     if args.demo:
         from .demo import make_demo_inputs
 
@@ -186,12 +199,8 @@ def _build(args) -> int:
         inputs += [str(p) for p in demo.values()]
     if not inputs:
         raise ValueError("give INPUT paths or --demo")
-    weights = resolve_weights(args.syncnet_weights, cfg)
-    if not weights and cfg.sync.mode == "enforce" and not cfg.sync.require_syncnet and not cfg.sync.enforce_fallback:
-        print("avf-data: warning: no SyncNet weights: sync is measured with the weight-free fallback and NOT "
-              "enforced (see --syncnet-weights, --require-syncnet)", file=sys.stderr)
     stats = build(inputs, args.out, cfg, workers=args.workers, engine=args.engine, ray_address=args.ray_address,
-                  weights=weights, progress=not args.no_progress)
+                  weights=resolve_weights(args.syncnet_weights, cfg), progress=not args.no_progress, warn=_warn)
     _summary(stats, args.out)
     return 0
 

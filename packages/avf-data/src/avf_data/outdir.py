@@ -42,8 +42,8 @@ def _is_ours(out: Path) -> bool:
     return names <= OWN_FILES | {"shards", "thumbs", "demo-inputs"}
 
 
-def claim(out_dir: str | os.PathLike, kind: str = "build") -> Path:
-    """Check and mark ``out_dir`` as an avf-data output folder (created if missing)."""
+def check_out(out_dir: str | os.PathLike) -> Path:
+    """Whether ``out_dir`` may be used (see module doc); changes nothing."""
     text = os.fspath(out_dir)
     if not text.strip():
         raise OutputFolderError("--out is empty; name an output folder")
@@ -53,6 +53,13 @@ def claim(out_dir: str | os.PathLike, kind: str = "build") -> Path:
     if out.is_dir() and any(out.iterdir()) and not _is_ours(out):
         raise OutputFolderError(f"--out {text!r} is not empty and is not an avf-data output folder "
                                 "(no .avf-data marker); choose a new or empty folder")
+    return out
+
+
+def claim(out_dir: str | os.PathLike, kind: str = "build") -> Path:
+    """Check and mark ``out_dir`` as an avf-data output folder (created if missing)."""
+    out = check_out(out_dir)
+    text = os.fspath(out_dir)
     try:
         (out / "shards").mkdir(parents=True, exist_ok=True)
         marker = out / MARKER
