@@ -320,3 +320,39 @@ def test_syncnet_on_cuda_matches_cpu(weights_file, loaded):
     torch.testing.assert_close(a_gpu, a_cpu, rtol=1e-2, atol=1e-2)
     r_gpu, r_cpu = gpu.score(frames, audio), loaded.score(frames, audio)
     assert r_gpu.offset_frames == r_cpu.offset_frames
+
+
+def test_loader_hints_for_common_wrong_files(tmp_path):
+    """A saved error page, a cut-off download and the face detector from the same script."""
+    html = tmp_path / "html.model"
+    html.write_text("<!DOCTYPE html><html><body>404</body></html>")
+    with pytest.raises(sn.SyncNetWeightsError, match="HTML/XML page: the download failed"):
+        sn.load_syncnet_v2(html)
+    full = tmp_path / "full.model"
+    torch.save(random_official_state_dict(), full)
+    cut = tmp_path / "cut.model"
+    cut.write_bytes(full.read_bytes()[: 1 << 20])
+    with pytest.raises(sn.SyncNetWeightsError, match="truncated download"):
+        sn.load_syncnet_v2(cut)
+    sfd = tmp_path / "sfd_face.pth"
+    torch.save({"conv1_1.weight": torch.zeros(64, 3, 3, 3), "fc7.bias": torch.zeros(1024)}, sfd)
+    with pytest.raises(sn.SyncNetWeightsError, match="S3FD face detector"):
+        sn.load_syncnet_v2(sfd)
+    assert 54_000_000 < sn.OFFICIAL_TENSOR_BYTES < 55_000_000  # 13.6 M float32 parameters + BN statistics
+
+
+def test_weights_come_from_argument_config_or_environment(weights_file, monkeypatch):
+    from avf_data.stages.sync import ENV_WEIGHTS, MotionEnvelopeScorer, resolve_weights
+
+    path = str(weights_file[0])
+    cfg = SyncConfig(weights="/from/config.model")
+    env = {ENV_WEIGHTS: "/from/env.model"}
+    assert resolve_weights("/cli.model", cfg, env) == ("/cli.model", "--syncnet-weights")
+    assert resolve_weights(None, cfg, env) == ("/from/config.model", "config sync.weights")
+    assert resolve_weights(None, SyncConfig(), env) == ("/from/env.model", ENV_WEIGHTS)
+    assert resolve_weights(None, SyncConfig(), {}) == (None, "none")
+    monkeypatch.setenv(ENV_WEIGHTS, path)
+    assert build_sync_scorer(SyncConfig()).method == METHOD_SYNCNET
+    monkeypatch.delenv(ENV_WEIGHTS)
+    assert isinstance(build_sync_scorer(SyncConfig()), MotionEnvelopeScorer)
+    assert build_sync_scorer(SyncConfig(weights=path)).method == METHOD_SYNCNET

@@ -233,7 +233,7 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise SyncNetWeightsError(
             f"cannot read SyncNet weights {p}: not a torch.save'd state dict "
-            f"loadable with weights_only=True ({type(exc).__name__}: {exc})"
+            f"loadable with weights_only=True{_file_hint(p)} ({type(exc).__name__}: {exc})"
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -267,8 +267,12 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
     if wrong:
         problems.append(f"shape mismatch {_short(wrong)}")
     if problems:
+        hint = ""
+        if any(k.startswith(("conv1_1.", "conv3_3_norm", "fc7.", "conv4_3_norm_mbox")) for k in state):
+            hint = (" (this looks like the S3FD face detector, sfd_face.pth, which download_model.sh fetches "
+                    "too; SyncNet's file is syncnet_v2.model)")
         raise SyncNetWeightsError(
-            f"SyncNet weights {p} do not match the official syncnet_v2 layout: " + "; ".join(problems)
+            f"SyncNet weights {p} do not match the official syncnet_v2 layout{hint}: " + "; ".join(problems)
         )
     model = SyncNetV2()
     own = model.state_dict()
@@ -277,6 +281,26 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
             if k in own:
                 own[k].copy_(v.to(own[k].dtype))
     return model.to(device).eval()
+
+
+#: Bytes of the official file's tensors (float32): a much smaller file is a cut-off download.
+OFFICIAL_TENSOR_BYTES = 4 * sum(math.prod(s) for s in OFFICIAL_STATE_DICT_SHAPES.values())
+
+
+def _file_hint(p: Path) -> str:
+    """Why a file that torch cannot read is probably not the weights: a web page saved in
+    its place (a failed download) or a truncated download."""
+    try:
+        head = p.read_bytes()[:64].lstrip().lower()
+        size = p.stat().st_size
+    except OSError:
+        return ""
+    if head.startswith((b"<!doctype", b"<html", b"<?xml")):
+        return " (it is an HTML/XML page: the download failed; fetch syncnet_v2.model again)"
+    if size < 0.9 * OFFICIAL_TENSOR_BYTES:
+        return (f" (it has {size} bytes, the official file about {OFFICIAL_TENSOR_BYTES / 2**20:.0f} MiB: "
+                "a truncated download?)")
+    return ""
 
 
 def _short(items: list[str], n: int = 6) -> str:

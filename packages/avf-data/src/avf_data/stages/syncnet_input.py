@@ -30,6 +30,7 @@ give the same samples from float audio.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -76,7 +77,9 @@ def reference_rects(face_boxes: np.ndarray, crop_scale: float = CROP_SCALE,
     s = np.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]) / 2
     y = (boxes[:, 1] + boxes[:, 3]) / 2
     x = (boxes[:, 0] + boxes[:, 2]) / 2
-    s, x, y = (medfilt(v, kernel_size=kernel) for v in (s, x, y))
+    with warnings.catch_warnings():  # tracks shorter than the kernel: zero-padded, as the reference
+        warnings.simplefilter("ignore", UserWarning)
+        s, x, y = (medfilt(v, kernel_size=kernel) for v in (s, x, y))
     cs = crop_scale
     out = np.empty((len(boxes), 4), np.int64)
     for k in range(len(boxes)):
