@@ -198,7 +198,8 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     timing: Counter[str] = Counter()
     enforced: set[bool] = set()
     tot = {"inputs": 0, "inputs_rejected": 0, "inputs_vfr": 0, "clips": 0, "frames_in": 0, "seconds_in": 0.0,
-           "seconds_accepted": 0.0, "seconds_rejected": 0.0, "processing_seconds": 0.0, "cpu_seconds": 0.0}
+           "seconds_accepted": 0.0, "seconds_rejected": 0.0, "processing_seconds": 0.0, "cpu_seconds": 0.0,
+           "peak_worker_rss_mb": 0.0}
 
     def add_code(r: dict[str, Any]) -> None:
         c = codes.setdefault(reject_code(r), {"count": 0, "seconds": 0.0})
@@ -216,6 +217,7 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         tot["seconds_in"] += rec.get("seconds", 0.0)
         tot["processing_seconds"] += rec.get("proc_seconds", 0.0)
         tot["cpu_seconds"] += rec.get("cpu_seconds", 0.0)
+        tot["peak_worker_rss_mb"] = max(tot["peak_worker_rss_mb"], rec.get("peak_rss_mb", 0.0))
         tot["clips"] += len(rec["manifest"])
         tot["seconds_accepted"] += sum(r["seconds"] for r in rec["manifest"])
         tot["seconds_rejected"] += sum(r["seconds"] for r in rec["rejects"])

@@ -148,6 +148,7 @@ class InputResult:
     source_size: list[int] | None = None
     proc_seconds: float = 0.0
     cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0  # of the worker process so far (benchmarks, memory goals)
     timing: dict[str, float] = field(default_factory=dict)  # CPU seconds spent per stage
 
     def add_time(self, stage: str, seconds: float) -> None:
@@ -439,5 +440,8 @@ def curate_video(path: str | os.PathLike, cfg: BuildConfig | None = None,
 
 
 def _finish(res: InputResult, t0: float) -> dict[str, Any]:
+    import resource
+
     res.proc_seconds = round(time.perf_counter() - t0, 4)
+    res.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
     return res.to_dict()

@@ -246,6 +246,10 @@ def _invalid(method: str, note: str, n: int = 0) -> SyncResult:
 
 
 def _gray(frames: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if frames.dtype == np.uint8:  # OpenCV's integer path: ~10x cheaper than float arithmetic
+        return np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]).astype(np.float32)
     f = frames.astype(np.float32)
     return f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114
 
