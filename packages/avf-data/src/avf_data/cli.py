@@ -10,16 +10,21 @@ from pathlib import Path
 BUILD_HELP = """\
 Curate raw talking-face videos into WebDataset shards (paper §4.1, five stages):
 
+  decode   one pass, any frame rate (also variable) to 25 fps by timestamp, audio 16 kHz mono
   1 scene    PySceneDetect AdaptiveDetector cuts; short or incomplete segments dropped
   2 face     dlib HOG detector on a few frames per segment: no face / several / tiny / distorted
   3 silence  librosa.effects.split: clips hold continuous speech, min/max length
-  4 crop     RetinaFace on every 5th frame (interpolated), Savitzky-Golay smoothed centre,
-             one window per clip from the largest face x margin, resized to 160x160
-  5 sync     SyncNet (--syncnet-weights) or a weight-free motion/envelope fallback;
-    quality  blur / motion filter
+  4 crop     RetinaFace every 5th frame (interpolated), Savitzky-Golay smoothed centre,
+             one window per clip from the largest face x margin (kept inside the frame), 160x160
+  5 sync     SyncNet v2 with weights (--syncnet-weights, sync.weights or AVF_SYNCNET_WEIGHTS);
+             without weights sync is only MEASURED (weight-free scorer), never enforced
+    quality  blur / frozen / flat video
 
-Every second of every input ends up in an accepted clip (manifest.jsonl) or a reject row
-with a stage and reason (rejects.jsonl). Re-running into the same --out resumes.
+Every stage has a mode in its config section: off | measure (record scores, keep the clip
+and list the failing code in its "flags") | enforce (reject). Every second of every input
+ends up in an accepted clip (manifest.jsonl) or a reject row with a stage, a reason code
+(face.several, sync.offset, decode.corrupt, ...) and a reason (rejects.jsonl). Re-running
+into the same --out resumes; a folder that is not an avf-data output is refused.
 
 outputs in DIR:
   shards/<task-id>-NNNNNN.tar
@@ -27,8 +32,8 @@ outputs in DIR:
                    face crop), <key>.wav (16 kHz mono), <key>.json (source, start, end,
                    boxes, scores, sync, blur, ...)
   manifest.jsonl   accepted clips      rejects.jsonl   rejected inputs/segments/gaps
-  stats.json       per-stage counts, seconds, frames/s, sync scorer
-  report.md        summary + contact_sheet.png of accepted and rejected examples
+  stats.json       per-stage seconds in/out, rejects by code, CPU time, peak worker memory
+  report.md        warnings, stages, reject codes, per-input table, contact_sheet.png
 
 examples:
   avf-data build --demo --out demo-out
@@ -38,6 +43,8 @@ examples:
 
 config (YAML, only what changes; sections: media scene face silence crop sync quality output):
   crop: {out_size: 224, margin: 1.6}
+  quality: {mode: measure}
+  sync: {require_syncnet: true, weights: /models/syncnet_v2.model}
   silence: {min_clip_seconds: 1.5, max_clip_seconds: 10}
   output: {inputs_per_task: 16, max_clips_per_shard: 1000}
 
