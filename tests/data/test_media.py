@@ -164,3 +164,36 @@ def test_stereo_is_downmixed_as_the_mean_of_the_channels(tmp_path, canvas):
     m = load_media(path)
     rms = float(np.sqrt(np.mean(m.audio[4000:12000] ** 2)))
     assert abs(rms - 0.4 / np.sqrt(2)) < 0.02  # same level as each channel, not sqrt(2) louder
+
+
+def test_display_rotation_is_applied(tmp_path, canvas):
+    """A phone clip stored sideways with a 90-degree display matrix is decoded upright."""
+    import av
+
+    upright = canvas((96, 160), head=60)  # portrait, as displayed
+    upright[:10] = (255, 0, 0)  # a red band at the top, to check the orientation
+    stored = np.ascontiguousarray(np.rot90(upright, -1))  # sideways, as a phone stores it
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.width, vs.height, vs.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
+        vs.set_display_rotation(90)  # counter-clockwise, as players apply it
+        a_s = c.add_stream("aac", rate=16000)
+        a_s.layout = "mono"
+        for _ in range(25):
+            for p in vs.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        a = _tone(1.0).reshape(1, -1)
+        for i in range(0, a.shape[1], 1024):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + 1024]), format="fltp", layout="mono")
+            af.sample_rate = 16000
+            for p in a_s.encode(af):
+                c.mux(p)
+        for p in a_s.encode():
+            c.mux(p)
+    m = load_media(path)
+    assert m.frames.shape[1:] == (160, 96, 3) and m.source_size == (96, 160)
+    top, bottom = m.frames[0, :8].mean(axis=(0, 1)), m.frames[0, -8:].mean(axis=(0, 1))
+    assert top[0] > 200 and top[1] < 80 and not (bottom[0] > 200 and bottom[1] < 80)
