@@ -28,6 +28,7 @@ the source path hash + clip index, so they never change.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -39,34 +40,49 @@ from typing import Any
 
 from .config import PIPELINE_VERSION, BuildConfig
 from .engines import Item, Task, default_workers, run_local, run_ray
-from .media import path_text
-from .pipeline import STAGES, input_id
+from .media import MediaError, check_file, path_text
+from .pipeline import STAGES, input_id, rejected_input, task_id
 
 VIDEO_EXTS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".wmv", ".3gp"}
 LIST_EXTS = {".txt", ".lst", ".list"}
 
 
-def resolve_inputs(items: list[str | os.PathLike]) -> list[str]:
-    """Expand INPUT arguments: video files, folders (recursive, by extension) and text files
-    listing one path per line (relative paths are relative to the list file; ``#`` comments)."""
+def resolve_inputs(items: list[str | os.PathLike], notes: list[str] | None = None) -> list[str]:
+    """Expand INPUT arguments into absolute input paths: video files, folders (recursive, by
+    extension) and text files listing one path per line (relative paths are relative to the
+    list file; ``#`` comments). The same file reached twice (a symlink, a folder given twice)
+    is kept once. ``notes`` collects what was skipped and why (unreadable subfolders, folders
+    without videos, duplicates), for the report."""
     out: list[str] = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
+    notes = notes if notes is not None else []
 
     def add(p: str) -> None:
-        key = os.path.abspath(p)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
+        path = os.path.abspath(p)
+        key = os.path.realpath(path)
+        if key in seen:
+            if seen[key] != path:
+                notes.append(f"{path_text(path)}: same file as {path_text(seen[key])} (kept once)")
+            return
+        seen[key] = path
+        out.append(path)
 
     for item in items:
         p = os.fspath(item)
         if os.path.isdir(p):
             found = []
-            for root, dirs, files in os.walk(p):
+
+            def unreadable(err: OSError) -> None:
+                notes.append(f"{path_text(err.filename or p)}: folder skipped ({err.strerror or err})")
+
+            for root, dirs, files in os.walk(p, onerror=unreadable):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in files:
                     if Path(name).suffix.lower() in VIDEO_EXTS and not name.startswith("."):
                         found.append(os.path.join(root, name))
+            if not found:
+                what = "a folder named like a video" if Path(p).suffix.lower() in VIDEO_EXTS else "a folder"
+                notes.append(f"{path_text(p)}: {what} with no video files ({', '.join(sorted(VIDEO_EXTS))})")
             for f in sorted(found):
                 add(f)
         elif Path(p).suffix.lower() in LIST_EXTS and os.path.isfile(p):
@@ -353,16 +369,13 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
         raise ValueError(f"--workers must be 0 (inline) or more, got {workers}")
     out = claim(out_dir, "import" if labels is not None else "build")
     with BuildLock(out):
-        if warn is not None and not weights and cfg.sync.mode == "enforce" and not cfg.sync.enforce_fallback:
-            warn("no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
-                 "(see --syncnet-weights, --require-syncnet)")
         return _build_locked(inputs, out, cfg, workers=workers, engine=engine, ray_address=ray_address,
-                             weights=weights, labels=labels, progress=progress)
+                             weights=weights, labels=labels, progress=progress, warn=warn)
 
 
 def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, *, workers: int | None,
                   engine: str, ray_address: str | None, weights: str | None,
-                  labels: dict[str, dict[str, Any]] | None, progress: bool) -> dict[str, Any]:
+                  labels: dict[str, dict[str, Any]] | None, progress: bool, warn: Any) -> dict[str, Any]:
     import yaml
     from tqdm import tqdm
 
@@ -371,14 +384,27 @@ def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, 
     _clean_tmp(out)
     orphans = remove_orphans(out, committed)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    paths = resolve_inputs(inputs) if labels is None else list(inputs)
+    notes: list[str] = []
+    paths = resolve_inputs(inputs, notes) if labels is None else list(inputs)
+    if not paths:
+        raise ValueError("no inputs to curate" + (": " + "; ".join(notes[:3]) if notes else ""))
+    if warn is not None and not weights and cfg.sync.mode == "enforce" and not cfg.sync.enforce_fallback:
+        warn("no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
+             "(see --syncnet-weights, --require-syncnet)")
     todo: list[Item] = []
     skipped = 0
+    early: list[dict[str, Any]] = []  # inputs that fail the cheap file checks: no worker needed
     for p in paths:
         if input_id(p) in done:
             skipped += 1
-        else:
-            todo.append((os.fspath(p), (labels or {}).get(os.fspath(p))))
+            continue
+        try:
+            check_file(p)
+        except MediaError as exc:
+            rec = rejected_input(os.fspath(p), cfg, exc.code, str(exc))
+            early.append({"task_id": task_id([rec["input_id"]]), "shards": [], "inputs": [rec]})
+            continue
+        todo.append((os.fspath(p), (labels or {}).get(os.fspath(p))))
     workers = default_workers() if workers is None else workers
     tasks = group_tasks(todo, cfg.output.inputs_per_task, workers)
     t0 = time.perf_counter()
@@ -391,7 +417,8 @@ def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, 
         results = run_ray(tasks, cfg, str(out), weights, workers, ray_address)
     else:
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
-    bar = tqdm(total=len(todo), unit="input", desc="curating", file=sys.stderr, disable=not progress,
+    results = itertools.chain(early, results)
+    bar = tqdm(total=len(todo) + len(early), unit="input", desc="curating", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     with open(out / "done.jsonl", "a", encoding="utf-8") as log:
         for task in results:
@@ -412,7 +439,7 @@ def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, 
     # shards of tasks given up after crashes (their inputs were redone one by one)
     remove_orphans(out, committed)
     wall = time.perf_counter() - t0
-    run_info = {"engine": engine, "workers": workers, "inputs_given": len(paths), "inputs_processed": len(todo),
+    run_info = {"engine": engine, "workers": workers, "inputs_given": len(paths), "inputs_processed": len(todo) + len(early),
                 "inputs_skipped_resume": skipped, "tasks": len(tasks),
                 "inputs_per_task": len(tasks[0][1]) if tasks else 0, "orphan_shards_removed": len(orphans),
                 "wall_seconds": round(wall, 3), "frames_processed": frames,
@@ -423,5 +450,6 @@ def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, 
                 "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
                 # the same per CPU-second of the workers (comparable across machines and loads)
                 "frames_per_cpu_second": round(frames / cpu, 2) if cpu > 0 else 0.0,
-                "syncnet_weights": path_text(weights) if weights else None}
+                "syncnet_weights": path_text(weights) if weights else None,
+                "inputs_skipped": notes}
     return write_outputs(out, cfg, run_info)

@@ -141,6 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"avf-data: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, read-only file system, permissions: the user's to fix
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+            raise
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"avf-data: error: {exc.strerror or exc}{where}; fix it and run the same command again "
+              "(finished work is kept and resumed)", file=sys.stderr)
+        return 2
     return 1
 
 
@@ -161,6 +170,8 @@ def _summary(stats: dict, out: Path) -> None:
           + f"; sync: {stats['sync_scorer']}; {run.get('frames_per_cpu_second', 0):.0f} frames per CPU-second")
     for line in stats.get("warnings", []):
         print(f"avf-data: warning: {line}", file=sys.stderr)
+    for line in stats["run"].get("inputs_skipped", [])[:10]:
+        print(f"avf-data: note: {line}", file=sys.stderr)
     banner = sync_banner(stats)
     if banner:
         print(f"avf-data: warning: {banner}", file=sys.stderr)

@@ -96,13 +96,13 @@ class BuildConfig:
 
 def _from_dict(cls, data: dict[str, Any], where: str):
     if not isinstance(data, dict):
-        raise ValueError(f"config section {where or '<root>'!r} must be a mapping, got {type(data).__name__}")
+        raise ValueError(f"config section '{where.rstrip('.') or '<root>'}' must be a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            raise ValueError(f"unknown config key {where + key!r}; valid keys: {', '.join(sorted(names))}")
+            raise ValueError(f"unknown config key '{where + key}'; valid keys: {', '.join(sorted(names))}")
         hint = hints.get(key)
         if dataclasses.is_dataclass(hint):
             kwargs[key] = _from_dict(hint, value or {}, f"{where}{key}.")
@@ -132,7 +132,7 @@ def _coerce(hint, value, name):
         if hint in (int, float, str, bool):
             raise ValueError
     except ValueError:
-        raise ValueError(f"config key {name!r} expects {hint.__name__}, got {value!r}") from None
+        raise ValueError(f"config key '{name}' expects {hint.__name__}, got {value!r}") from None
     return value
 
 
@@ -142,8 +142,23 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
     data: dict[str, Any] = {}
     if path is not None:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except IsADirectoryError:
+            raise ValueError(f"--config {os.fspath(path)!r} is a folder, not a YAML file") from None
+        except FileNotFoundError:
+            raise ValueError(f"--config {os.fspath(path)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--config {os.fspath(path)!r} cannot be read: {exc}") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"--config {os.fspath(path)!r}: YAML syntax error{where}: {problem}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {os.fspath(path)!r}: the top level must be a mapping of sections "
+                             f"(scene:, crop:, ...), not a {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

@@ -204,15 +204,29 @@ def _crash_task(task: Task, cfg: BuildConfig, reason: str = CRASH_REASON) -> dic
 
 
 def _crash_result(path: str, cfg: BuildConfig, reason: str = CRASH_REASON) -> dict[str, Any]:
-    from .media import path_text, probe_seconds
-    from .pipeline import InputResult, input_id
+    from .pipeline import rejected_input
 
-    fps = cfg.media.fps
-    res = InputResult(input_id=input_id(path), source=path_text(path))
-    res.seconds = round(int(probe_seconds(path) * fps + 1e-6) / fps, 6)
-    res.count("decode", 1, 0, res.seconds, 0.0)
-    res.reject("error", 0.0, res.seconds, "error.crash", reason)
-    return res.to_dict()
+    return rejected_input(path, cfg, "error.crash", reason)
+
+
+RAY_CONNECT_TIMEOUT = 10.0
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
+    """Fail fast when ``host:port`` does not answer: ``ray.init`` would wait for minutes."""
+    import socket
+
+    if address in ("auto", "local") or address.startswith(("ray://", "anyscale://")):
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray-address {address!r}: expected HOST:PORT, 'auto' or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--ray-address {address!r}: no Ray cluster answers there "
+                         f"({exc.strerror or type(exc).__name__}); is `ray start --head` running?") from None
 
 
 def _ray_task(task: Task, cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> dict[str, Any]:
@@ -239,10 +253,18 @@ def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: s
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                                   "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=max(1, workers), **kwargs)
+        try:
+            if address:
+                check_ray_address(address)
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=max(1, workers), **kwargs)
+        except ValueError:
+            raise
+        except Exception as exc:  # auth required, version mismatch, GCS gone: one line, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
+                             f"{type(exc).__name__}: {first}") from None
         started = True
     try:
         remote = ray.remote(num_cpus=1, max_retries=1)(_ray_task)

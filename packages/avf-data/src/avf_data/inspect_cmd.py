@@ -14,12 +14,29 @@ from .shards import expand_shards, iter_raw_samples
 def summarize(target: str | os.PathLike, decode: int = 1) -> dict[str, Any]:
     """Shard count, sample count, extensions, keys, stats.json highlights; decodes ``decode``
     samples to report their shapes (0 = none)."""
+    import tarfile
+
     target = Path(target)
+    if not target.exists():
+        raise FileNotFoundError(f"{target} not found")
     info: dict[str, Any] = {"path": str(target)}
     try:
         shards = expand_shards(target / "shards" if (target / "shards").is_dir() else target)
     except FileNotFoundError:
         shards = []
+    for p in shards:
+        if not tarfile.is_tarfile(p):
+            raise ValueError(f"{p} is not a tar shard")
+    manifest = target / "manifest.jsonl"
+    if manifest.is_file():
+        listed = set()
+        for line in manifest.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                shard = json.loads(line).get("shard")
+                if shard:
+                    listed.add(shard)
+        missing = sorted(s for s in listed if not (target / s).is_file())
+        info["missing_shards"] = missing
     info["shards"] = len(shards)
     info["shard_bytes"] = sum(os.path.getsize(p) for p in shards)
     n = 0
@@ -57,7 +74,8 @@ def summarize(target: str | os.PathLike, decode: int = 1) -> dict[str, Any]:
         info["stats"] = {k: st.get(k) for k in ("inputs", "inputs_rejected", "clips", "seconds_in",
                                                 "seconds_accepted", "seconds_rejected", "sync_scorer")}
         info["stats"]["stages"] = {k: f"{v['in']} -> {v['out']}" for k, v in st.get("stages", {}).items()}
-        info["stats"]["rejects_by_reason"] = st.get("rejects_by_reason")
+        info["stats"]["rejects_by_code"] = {k: v.get("count") for k, v in (st.get("rejects_by_code") or {}).items()}
+        info["stats"]["sync_enforced"] = st.get("sync_enforced")
     classes = target / "classes.json"
     if classes.exists():
         info["classes"] = json.loads(classes.read_text())
@@ -68,6 +86,8 @@ def format_summary(info: dict[str, Any]) -> str:
     lines = [f"{info['path']}: {info['samples']} samples in {info['shards']} shards "
              f"({info['shard_bytes'] / 1e6:.1f} MB, {info['seconds']:.1f} s of clips)"]
     lines.append(f"  files per sample: {info['extensions']}")
+    if not info["shards"]:
+        lines.append("  WARNING: no shards found")
     if info["duplicate_keys"]:
         lines.append(f"  WARNING: {info['duplicate_keys']} duplicate keys")
     if "example" in info:
@@ -85,6 +105,9 @@ def format_summary(info: dict[str, Any]) -> str:
                      f"seconds in/accepted/rejected {st['seconds_in']}/{st['seconds_accepted']}/{st['seconds_rejected']}")
         lines.append(f"  sync scorer: {st['sync_scorer']}")
         lines.append("  stages: " + ", ".join(f"{k} {v}" for k, v in (st.get("stages") or {}).items()))
-        for reason, count in (st.get("rejects_by_reason") or {}).items():
-            lines.append(f"    reject {reason}: {count}")
+        for code, count in (st.get("rejects_by_code") or {}).items():
+            lines.append(f"    reject {code}: {count}")
+    if info.get("missing_shards"):
+        lines.append(f"  WARNING: {len(info['missing_shards'])} shards listed in manifest.jsonl are missing: "
+                     + ", ".join(info["missing_shards"][:5]))
     return "\n".join(lines)

@@ -16,6 +16,7 @@ exactly; the input's length is its container duration (an undecodable tail is a
 from __future__ import annotations
 
 import dataclasses
+import errno
 import glob
 import hashlib
 import os
@@ -32,6 +33,7 @@ from .media import MediaError, MediaReader, path_text, probe_seconds
 from .shards import ClipSample, ShardWriter
 
 STAGES = ["decode", "scene", "face", "silence", "crop", "sync", "quality"]
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
 def input_id(path: str | os.PathLike) -> str:
@@ -260,6 +262,11 @@ def _run_stages(path: str, out: Path | None, cfg: BuildConfig, weights: str | No
                     res.seconds = end
     except MediaError as exc:
         return reject_input(exc.code, str(exc))
+    except OSError as exc:
+        if exc.errno in _OUTPUT_ERRNOS:  # our disk, not the input: stop the run, a rerun resumes
+            raise
+        return reject_input("error.internal", f"internal error: {type(exc).__name__}: {exc}",
+                            traceback=traceback.format_exc(limit=4))
     except Exception as exc:  # a bug or an unexpected library error: the input is rejected, the run goes on
         return reject_input("error.internal", f"internal error: {type(exc).__name__}: {exc}",
                             traceback=traceback.format_exc(limit=4))
@@ -437,6 +444,17 @@ def curate_video(path: str | os.PathLike, cfg: BuildConfig | None = None,
     clips: list[ClipSample] = []
     res = process_input(os.fspath(path), None, cfg, weights, keep_samples=clips)
     return sorted(clips, key=lambda c: c.meta.get("start", 0.0)), res["rejects"]
+
+
+def rejected_input(path: str, cfg: BuildConfig, code: str, reason: str) -> dict[str, Any]:
+    """The result of an input rejected whole without curating it (a file that fails the cheap
+    checks, a worker that keeps crashing on it): one row spanning its container duration."""
+    fps = cfg.media.fps
+    res = InputResult(input_id=input_id(path), source=path_text(path))
+    res.seconds = round(_frames_of(probe_seconds(path), fps) / fps, 6)
+    res.count("decode", 1, 0, res.seconds, 0.0)
+    res.reject("decode" if code.startswith("decode.") else "error", 0.0, res.seconds, code, reason)
+    return res.to_dict()
 
 
 def _finish(res: InputResult, t0: float) -> dict[str, Any]:

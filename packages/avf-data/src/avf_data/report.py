@@ -118,6 +118,10 @@ def write_report(out: Path, stats: dict[str, Any], manifest: list[dict[str, Any]
         lines += [f"> **Warning: {banner}.** Clips in this corpus may be out of sync.", ""]
     for w in stats.get("warnings", []):
         lines += [f"> **Warning:** {w}.", ""]
+    skipped = run.get("inputs_skipped") or []
+    if skipped:
+        lines += [f"> **Skipped while looking for inputs ({len(skipped)}):** " + "; ".join(skipped[:20])
+                  + (" ..." if len(skipped) > 20 else ""), ""]
     lines += [
         f"- pipeline: `{stats.get('pipeline_version')}`",
         f"- sync scorer: `{stats.get('sync_scorer')}`, enforced: **{stats.get('sync_enforced')}**",
