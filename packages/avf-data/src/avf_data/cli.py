@@ -123,6 +123,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="SyncNet windows per forward pass (default sync.batch_size, 32; e.g. 512 on a GPU)")
     y.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
                    help="thresholds etc. from this file's sync section (default: DIR/config.yaml of the build)")
+    y.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (all cores or the GPU); ray: a pool of scorer actors, one per GPU "
+                        "with --device cuda, else --workers one-CPU actors")
+    y.add_argument("--workers", type=int, default=None, metavar="N", help="Ray actors (default: one per GPU, or 1)")
+    y.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (its nodes must see DIR and the source videos)")
     y.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -266,6 +272,7 @@ loaded with torch.load(weights_only=True) and checked key by key against the off
 examples:
   avf-data build videos/ --out corpus            # on CPUs, no weights: sync measured only
   avf-data sync corpus --syncnet-weights syncnet_v2.model --device cuda --batch-size 512
+  avf-data sync corpus --engine ray --ray-address auto --device cuda   # one actor per GPU
 """
 
 
@@ -273,7 +280,8 @@ def _sync(args) -> int:
     from .sync_pass import run_sync_pass
 
     stats = run_sync_pass(args.out, args.syncnet_weights, config=args.config, device=args.device,
-                          batch_size=args.batch_size, progress=not args.no_progress)
+                          batch_size=args.batch_size, engine=args.engine, workers=args.workers,
+                          ray_address=args.ray_address, progress=not args.no_progress)
     p = stats["sync_pass"]
     print(f"sync pass: {p['kept'] + p['rejected']} clips judged by SyncNet: kept {p['kept']}, rejected "
           f"{p['rejected']} ({', '.join(f'{k} {v}' for k, v in sorted(p['by_code'].items())) or 'none'}); "

@@ -30,6 +30,11 @@ Crash safety and resume (``kill -9`` at any point, then the same command again):
   ``manifest.jsonl``, ``rejects.jsonl``, ``stats.json`` and ``report.md`` are regenerated
   from it. Every input second stays in a clip or a reject row.
 
+Engines: ``local`` scores in this process (all cores, or the GPU); ``ray`` hands shards to
+a pool of :class:`ShardScorer` actors (one per GPU with ``device: cuda``, else one-CPU
+actors) that write the filtered ``.sync.tmp`` shards; the driver alone appends to the log
+and renames, in completion order, so the crash story above is the same.
+
 A shard whose clips all fail stays as an empty tar (its name is in ``done.jsonl``).
 The folder is locked (``.avf-data.lock``, the build's lock) for the duration of the pass.
 """
@@ -413,20 +418,27 @@ def _load_build_config(out: Path, config: str | os.PathLike | None):
 
 def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, config: str | os.PathLike | None = None,
                   device: str | None = None, batch_size: int | None = None, clip_frames: int = 1500,
+                  engine: str = "local", workers: int | None = None, ray_address: str | None = None,
                   progress: bool = True, after_shard: Any = None) -> dict[str, Any]:
     """Score every committed shard of the build in ``out_dir`` with SyncNet and enforce sync.
 
     ``config``: a YAML whose ``sync`` section sets thresholds / device / batch size (default:
     the build's own ``config.yaml``). ``clip_frames``: frames of reference crops held in
-    memory per scoring batch (224 px: ~150 kB each). ``after_shard(rel)``: test hook, called
-    after each shard is committed. Returns the regenerated stats dict (with ``sync_pass``).
+    memory per scoring batch (224 px: ~150 kB each). ``engine``: ``local`` (this process,
+    all cores or the GPU) or ``ray`` (a pool of scorer actors: one per GPU with ``--device
+    cuda``, else ``workers`` one-CPU actors; ``ray_address`` joins a cluster, whose nodes
+    must see ``out_dir`` and the sources). ``after_shard(rel)``: test hook, called after each
+    shard is committed. Returns the regenerated stats dict (with ``sync_pass``).
     """
     import dataclasses
 
     from tqdm import tqdm
 
     from .build import read_log, write_outputs
-    from .stages.sync import build_sync_scorer, resolve_weights, sync_reject_code, sync_reject_reason
+    from .stages.sync import build_sync_scorer, resolve_weights
+
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
 
     out = Path(out_dir)
     if not (out / "done.jsonl").is_file():
@@ -445,13 +457,16 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
         raise ValueError(f"the sync pass needs SyncNet weights. {WEIGHTS_HELP}")
     if not os.path.isfile(path):
         raise ValueError(f"SyncNet weights: no such file {path!r}. {WEIGHTS_HELP}")
-    if sync_cfg.device.startswith("cuda"):
+    if sync_cfg.device.startswith("cuda") and engine == "local":
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {sync_cfg.device}: CUDA is not available on this machine")
-    scorer = build_sync_scorer(sync_cfg, path)  # SyncNetWeightsError is a ValueError: exit 2
     face_crop_scale = float(getattr(cfg.crop, "margin", sync_cfg.face_crop_scale))
+    # a bad weights file fails here, before any work (SyncNetWeightsError is a ValueError: exit 2)
+    local = ShardScorer(path, asdict(sync_cfg), face_crop_scale, clip_frames) if engine == "local" else None
+    if local is None:
+        build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
     t_start = time.perf_counter()
     rep = SyncPassReport()
     with _Lock(out):
@@ -469,26 +484,38 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
         rep.shards = len(shards)
         bar = tqdm(total=len(shards), unit="shard", desc="sync", file=sys.stderr, disable=not progress,
                    dynamic_ncols=True)
+        todo = []
         for rel in shards:
             shard = out / rel
             tmp = shard.with_name(shard.name + ".sync.tmp")
-            line = logged.get(rel)
-            if line is None:
-                t0 = time.perf_counter()
-                decisions = _score_shard(shard, scorer, sync_cfg, face_crop_scale, clip_frames,
-                                         sync_reject_code, sync_reject_reason, rep)
-                rep.scoring_seconds += time.perf_counter() - t0
-                kept, dropped = write_filtered_shard(shard, tmp, decisions)
-                line = {"kind": "shard", "shard": rel, "clips": decisions, "kept": kept, "rejected": dropped,
-                        "sha1": _sha1_file(tmp), "bytes": tmp.stat().st_size}
-                _append_line(log_path, line)  # commit point
-                os.replace(tmp, shard)
-                _fsync_dir(shard.parent)
-                logged[rel] = line
-                rep.shards_scored += 1
-            else:
-                _ensure_applied(shard, tmp, line)
+            if rel in logged:
+                _ensure_applied(shard, tmp, logged[rel])
                 rep.shards_resumed += 1
+                if after_shard is not None:
+                    after_shard(rel)
+                bar.update(1)
+            else:
+                tmp.unlink(missing_ok=True)
+                todo.append((rel, shard, tmp))
+        if todo and engine == "ray":
+            results = _score_ray(todo, path, asdict(sync_cfg), face_crop_scale, clip_frames, workers, ray_address)
+        elif todo:
+            results = _score_local(todo, local)
+        else:
+            results = iter(())
+        for rel, res in results:
+            shard = out / rel
+            tmp = shard.with_name(shard.name + ".sync.tmp")
+            line = {"kind": "shard", "shard": rel, "clips": res["clips"], "kept": res["kept"],
+                    "rejected": res["rejected"], "sha1": res["sha1"], "bytes": res["bytes"]}
+            _append_line(log_path, line)  # commit point
+            os.replace(tmp, shard)
+            _fsync_dir(shard.parent)
+            logged[rel] = line
+            rep.shards_scored += 1
+            rep.clips_scored += len(res["clips"])
+            rep.frames_scored += res["frames"]
+            rep.scoring_seconds += res["seconds"]
             if after_shard is not None:
                 after_shard(rel)
             bar.update(1)
@@ -508,6 +535,7 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
         rep.scoring_seconds = round(rep.scoring_seconds, 3)
         rep.frames_per_second = round(rep.frames_scored / rep.scoring_seconds, 2) if rep.scoring_seconds else 0.0
         stats["sync_pass"] = {**asdict(rep), "weights": os.path.abspath(path), "device": sync_cfg.device,
+                              "engine": engine,
                               "precision": sync_cfg.precision, "batch_size": sync_cfg.batch_size,
                               "max_offset_frames": sync_cfg.max_offset_frames,
                               "min_confidence_syncnet": sync_cfg.min_confidence_syncnet}
@@ -516,37 +544,123 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
     return stats
 
 
-def _score_shard(shard: Path, scorer, sync_cfg, face_crop_scale: float, clip_frames: int,
-                 code_of, reason_of, rep: SyncPassReport) -> dict[str, dict[str, Any]]:
-    """Score every sample of ``shard``; ``{key: {"sync", "code", "reason", "input"}}``."""
-    from .shards import iter_raw_samples
+class ShardScorer:
+    """Scores whole shards into filtered ``.sync.tmp`` shards: one per process (local engine)
+    or per Ray actor (one GPU each, or one CPU). Builds its SyncNet scorer once."""
 
-    decisions: dict[str, dict[str, Any]] = {}
-    batch: list[tuple[str, Any, str]] = []
-    frames = 0
+    def __init__(self, weights: str, sync_cfg: dict[str, Any], face_crop_scale: float, clip_frames: int,
+                 threads: int | None = None) -> None:
+        from .stages.sync import SyncConfig, build_sync_scorer
 
-    def flush() -> None:
-        nonlocal frames
-        if not batch:
-            return
-        results = scorer.score_many([inp for _, inp, _ in batch])
-        for (key, inp, kind), r in zip(batch, results):
-            code = code_of(r, sync_cfg)
-            decisions[key] = {"sync": r.to_json(), "code": code, "reason": reason_of(r, sync_cfg) if code else None,
-                              "input": kind}
-            rep.clips_scored += 1
-            rep.frames_scored += len(inp.frames)
-        batch.clear()
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.cfg = SyncConfig(**sync_cfg)
+        self.scorer = build_sync_scorer(self.cfg, weights)
+        self.face_crop_scale = face_crop_scale
+        self.clip_frames = clip_frames
+
+    def score(self, shard: str, tmp: str) -> dict[str, Any]:
+        """Score every sample of ``shard``, write the kept ones to ``tmp`` (fsynced); returns
+        ``{"clips": {key: {"sync", "code", "reason", "input"}}, "kept", "rejected", "sha1",
+        "bytes", "frames", "seconds"}``."""
+        from .shards import iter_raw_samples
+        from .stages.sync import sync_reject_code, sync_reject_reason
+
+        t0 = time.perf_counter()
+        decisions: dict[str, dict[str, Any]] = {}
+        batch: list[tuple[str, Any, str]] = []
         frames = 0
+        total_frames = 0
 
-    for sample in iter_raw_samples([str(shard)]):
-        inp, kind = prepare_sample(sample, face_crop_scale)
-        batch.append((sample["__key__"], inp, kind))
-        frames += len(inp.frames)
-        if frames >= clip_frames:
-            flush()
-    flush()
-    return decisions
+        def flush() -> None:
+            nonlocal frames, total_frames
+            if not batch:
+                return
+            results = self.scorer.score_many([inp for _, inp, _ in batch])
+            for (key, inp, kind), r in zip(batch, results):
+                code = sync_reject_code(r, self.cfg)
+                decisions[key] = {"sync": r.to_json(), "code": code,
+                                  "reason": sync_reject_reason(r, self.cfg) if code else None, "input": kind}
+                total_frames += len(inp.frames)
+            batch.clear()
+            frames = 0
+
+        for sample in iter_raw_samples([shard]):
+            inp, kind = prepare_sample(sample, self.face_crop_scale)
+            batch.append((sample["__key__"], inp, kind))
+            frames += len(inp.frames)
+            if frames >= self.clip_frames:
+                flush()
+        flush()
+        kept, dropped = write_filtered_shard(Path(shard), Path(tmp), decisions)
+        return {"clips": decisions, "kept": kept, "rejected": dropped, "sha1": _sha1_file(Path(tmp)),
+                "bytes": os.path.getsize(tmp), "frames": total_frames, "seconds": time.perf_counter() - t0}
+
+
+def _score_local(todo: list[tuple[str, Path, Path]], scorer: ShardScorer):
+    for rel, shard, tmp in todo:
+        yield rel, scorer.score(str(shard), str(tmp))
+
+
+def _score_ray(todo: list[tuple[str, Path, Path]], weights: str, sync_cfg: dict[str, Any], face_crop_scale: float,
+               clip_frames: int, workers: int | None, address: str | None):
+    """A pool of :class:`ShardScorer` actors: one per GPU on CUDA (``num_gpus=1`` each), else
+    ``workers`` one-CPU actors. Shards go to whichever actor is free; results come back in
+    completion order and are committed by the driver (the only writer of the log)."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover
+        raise ValueError("--engine ray needs Ray: pip install 'avf-data[distributed]'") from exc
+    gpu = str(sync_cfg.get("device", "cpu")).startswith("cuda")
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=max(1, workers or 1) + 1, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"cannot start or join Ray: {type(exc).__name__}: {first}") from None
+        started = True
+    try:
+        if gpu:
+            n = workers or int(ray.cluster_resources().get("GPU", 0))
+            if n < 1:
+                raise ValueError("--device cuda with --engine ray: the Ray cluster has no GPU")
+            cfg = {**sync_cfg, "device": "cuda"}  # each actor sees its own GPU as cuda:0
+            actor_cls = ray.remote(num_gpus=1, num_cpus=1)(ShardScorer)
+            actors = [actor_cls.remote(weights, cfg, face_crop_scale, clip_frames) for _ in range(n)]
+        else:
+            n = max(1, workers or 1)
+            actor_cls = ray.remote(num_cpus=1)(ShardScorer)
+            actors = [actor_cls.remote(weights, sync_cfg, face_crop_scale, clip_frames, 1) for _ in range(n)]
+        queue = list(reversed(todo))
+        pending: dict[Any, tuple[str, Any]] = {}
+        free = list(actors)
+        while queue or pending:
+            while queue and free:
+                rel, shard, tmp = queue.pop()
+                actor = free.pop()
+                pending[actor.score.remote(str(shard), str(tmp))] = (rel, actor)
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                rel, actor = pending.pop(ref)
+                free.append(actor)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise ValueError(f"scoring {rel} failed on Ray ({type(exc).__name__}: {first}); "
+                                     "rerun the same command to resume") from None
+                yield rel, result
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _ensure_applied(shard: Path, tmp: Path, line: dict[str, Any]) -> None:
