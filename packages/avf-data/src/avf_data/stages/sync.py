@@ -9,6 +9,14 @@ Two scorers return the same :class:`SyncResult`:
     ``SyncNetInstance.evaluate``: mean Euclidean embedding distance per shift,
     ``offset = argmin`` in SyncNet's sign convention, ``confidence = median -
     min`` of the per-shift mean distances, ``min_distance`` = that minimum.
+    Its input: :meth:`SyncNetScorer.score_clip` cuts the reference pipeline's
+    crop from source-resolution frames by the clip's face boxes
+    (:mod:`avf_data.stages.syncnet_input`; equal to a transcription of the
+    reference code, ``tests/data/test_sync_reference.py``); without face boxes
+    it rebuilds the window from the 160 px training crop and says so in
+    ``note``. Weights: argument, ``sync.weights``, or ``AVF_SYNCNET_WEIGHTS``
+    (:func:`resolve_weights`); the authors' ``syncnet_v2.model`` comes with
+    joonson/syncnet_python (``download_model.sh``, about 52 MiB).
 
 ``MotionEnvelopeScorer`` (``method = "fallback_motion_envelope"``)
     Weight-free fallback (numpy + a few OpenCV image ops, no model). Video
