@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from curation import decode_rates  # same folder: plain decode in the same unit
+
 SHIFTS = (-12, -5, -2, 2, 5, 12)
 
 
@@ -142,29 +144,6 @@ def sync_table(manifest: list[dict], variant_of: dict[str, str], max_offset: int
         ok = sum(abs(o) <= max_offset and (min_conf is None or c >= min_conf) for o, c in zip(offs, confs))
         print(f"{name:<10} {len(rows):>5} {' '.join(f'{o:+d}' for o in offs)[:34]:<34} {ok / len(rows):>8.0%} "
               f"{statistics.median(confs):>11.2f} {min(confs):>6.2f}-{max(confs):<6.2f}")
-
-
-def decode_rates(path: str) -> tuple[float, float]:
-    """Plain decode, frames per CPU-second: (decode only, decode + RGB at the analysis size)."""
-    import av
-
-    from avf_data.chunks import FrameImage
-
-    rates = []
-    for convert in (False, True):
-        t0 = time.process_time()
-        n = 0
-        with av.open(path) as c:
-            s = c.streams.video[0]
-            s.codec_context.thread_count = 1
-            for f in c.decode(s):
-                if convert:
-                    img = FrameImage(f)
-                    a = min(1.0, 480 / max(img.width, img.height))
-                    img.scaled(int(img.width * a) // 2 * 2, int(img.height * a) // 2 * 2)
-                n += 1
-        rates.append(n / max(1e-9, time.process_time() - t0))
-    return rates[0], rates[1]
 
 
 def upscale(src: Path, dst: Path, width: int, height: int, seconds: float | None = None) -> Path:
