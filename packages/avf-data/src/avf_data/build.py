@@ -308,13 +308,12 @@ def write_outputs(out: Path, cfg: BuildConfig, run_info: dict[str, Any]) -> dict
 # --------------------------------------------------------------------------- build
 
 
-WEIGHTS_ENV = "AVF_SYNCNET_WEIGHTS"
-
-
 def resolve_weights(weights: str | None, cfg: BuildConfig) -> str | None:
     """The SyncNet weights to use: ``--syncnet-weights``, else ``sync.weights`` in the config,
-    else the ``AVF_SYNCNET_WEIGHTS`` environment variable."""
-    return weights or cfg.sync.weights or os.environ.get(WEIGHTS_ENV) or None
+    else the ``AVF_SYNCNET_WEIGHTS`` environment variable (see stages.sync.resolve_weights)."""
+    from .stages.sync import resolve_weights as resolve
+
+    return resolve(weights, cfg.sync)[0]
 
 
 def check_weights(weights: str, cfg: BuildConfig) -> None:
@@ -337,7 +336,7 @@ def check_sync_setup(weights: str | None, cfg: BuildConfig) -> None:
         check_weights(weights, cfg)
     elif cfg.sync.require_syncnet and cfg.sync.mode != "off":
         raise ValueError("SyncNet is required (--require-syncnet / sync.require_syncnet) but no weights were "
-                         f"given: pass --syncnet-weights syncnet_v2.model, set sync.weights or {WEIGHTS_ENV}")
+                         "given: pass --syncnet-weights syncnet_v2.model, set sync.weights or AVF_SYNCNET_WEIGHTS")
 
 
 def sync_banner(stats: dict[str, Any]) -> str | None:

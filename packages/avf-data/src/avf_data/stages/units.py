@@ -210,7 +210,7 @@ class SyncStage:
         self.mode = "off" if cfg.mode == "off" else ("enforce" if enforced else "measure")
 
     def run(self, span: Span, ctx: ChunkContext) -> list[Part]:
-        from .sync import sync_reject_reason
+        from .sync import sync_reject_code, sync_reject_reason
 
         chunk = ctx.chunk
         if self.scorer is None:
@@ -226,11 +226,8 @@ class SyncStage:
         sj = r.to_json()
         meta = {"sync": sj, "sync_offset": sj["offset_frames"], "sync_confidence": sj["confidence"],
                 "sync_method": r.method}
-        reason = sync_reject_reason(r, self.cfg)
-        code = None
-        if reason:
-            code = ("sync.unmeasurable" if "not measurable" in reason
-                    else "sync.offset" if reason.startswith("av offset") else "sync.confidence")
+        code = sync_reject_code(r, self.cfg)
+        reason = sync_reject_reason(r, self.cfg) if code else None
         return [Part(span.start, span.end, code, reason, meta=meta, row={"sync": sj})]
 
 
