@@ -59,6 +59,12 @@ tasks and shards: the pending inputs, in order, are cut into tasks of
 """
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value after --config (repeatable), e.g. --set crop.out_size=224 "
+                        "--set quality.mode=measure")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=_out_dir, metavar="DIR", help="output folder (created; reruns resume)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
@@ -68,6 +74,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="Ray cluster to join (e.g. 'auto'); default starts a local Ray with --workers CPUs")
     p.add_argument("--config", type=Path, default=None, metavar="FILE.yaml", help="stage options (YAML)")
+    _add_set(p)
     p.add_argument("--syncnet-weights", default=None, metavar="PATH",
                    help="SyncNet v2 weights (syncnet_v2.model; also sync.weights in the config or the "
                         "AVF_SYNCNET_WEIGHTS variable). Without weights sync is measured, not enforced")
@@ -123,6 +130,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="SyncNet windows per forward pass (default sync.batch_size, 32; e.g. 512 on a GPU)")
     y.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
                    help="thresholds etc. from this file's sync section (default: DIR/config.yaml of the build)")
+    _add_set(y)
     y.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (all cores or the GPU); ray: a pool of scorer actors, one per GPU "
                         "with --device cuda, else --workers one-CPU actors")
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 def _load_cfg(args):
     from .config import load_config
 
-    return load_config(args.config)
+    return load_config(args.config, sets=args.set)
 
 
 def _summary(stats: dict, out: Path) -> None:
@@ -279,7 +287,7 @@ examples:
 def _sync(args) -> int:
     from .sync_pass import run_sync_pass
 
-    stats = run_sync_pass(args.out, args.syncnet_weights, config=args.config, device=args.device,
+    stats = run_sync_pass(args.out, args.syncnet_weights, config=args.config, sets=args.set, device=args.device,
                           batch_size=args.batch_size, engine=args.engine, workers=args.workers,
                           ray_address=args.ray_address, progress=not args.no_progress)
     p = stats["sync_pass"]

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from .media import MediaConfig
+from .settings import ConfigError, gather, to_dict, update
 from .stages.base import MODES
 from .stages.crop import CropConfig
 from .stages.face_filter import FaceFilterConfig
@@ -72,10 +72,10 @@ class BuildConfig:
     curate: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "BuildConfig":
+    def from_dict(cls, data: dict[str, Any] | None) -> BuildConfig:
         data = dict(data or {})
         output = data.get("output")
         if isinstance(output, dict) and "shard_max_count" in output:  # pre-task-grouping name
@@ -83,89 +83,22 @@ class BuildConfig:
             old = output.pop("shard_max_count")
             output.setdefault("max_clips_per_shard", old)
             data["output"] = output
-        cfg = _from_dict(cls, data, "")
+        cfg = update(cls(), data)
         for name in ("inputs_per_task", "max_clips_per_shard"):
             if getattr(cfg.output, name) < 1:
-                raise ValueError(f"config key 'output.{name}' must be >= 1, got {getattr(cfg.output, name)}")
+                raise ConfigError(f"config key 'output.{name}' must be >= 1, got {getattr(cfg.output, name)}")
         for section in STAGE_SECTIONS:
             mode = getattr(cfg, section).mode
             if mode not in MODES:
-                raise ValueError(f"config key '{section}.mode' must be one of {', '.join(MODES)}, got {mode!r}")
+                raise ConfigError(f"config key '{section}.mode' must be one of {', '.join(MODES)}, got {mode!r}")
         return cfg
 
 
-def _from_dict(cls, data: dict[str, Any], where: str):
-    if not isinstance(data, dict):
-        raise ValueError(f"config section '{where.rstrip('.') or '<root>'}' must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise ValueError(f"unknown config key '{where + key}'; valid keys: {', '.join(sorted(names))}")
-        hint = hints.get(key)
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _from_dict(hint, value or {}, f"{where}{key}.")
-        else:
-            kwargs[key] = _coerce(hint, value, where + key)
-    return cls(**kwargs)
-
-
-def _coerce(hint, value, name):
-    if value is None:
-        return None
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
-        hint = args[0]
-    try:
-        if hint is bool and not isinstance(value, bool):
-            raise ValueError
-        if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if hint is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if hint is int and isinstance(value, float) and value.is_integer():
-            return int(value)
-        if hint in (str, bool) and isinstance(value, hint):
-            return value
-        if hint in (int, float, str, bool):
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"config key '{name}' expects {hint.__name__}, got {value!r}") from None
-    return value
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> BuildConfig:
-    """Read a YAML config (or defaults when ``path`` is None), then apply ``overrides``."""
-    import yaml
-
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh) or {}
-        except IsADirectoryError:
-            raise ValueError(f"--config {os.fspath(path)!r} is a folder, not a YAML file") from None
-        except FileNotFoundError:
-            raise ValueError(f"--config {os.fspath(path)!r} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"--config {os.fspath(path)!r} cannot be read: {exc}") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ValueError(f"--config {os.fspath(path)!r}: YAML syntax error{where}: {problem}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"--config {os.fspath(path)!r}: the top level must be a mapping of sections "
-                             f"(scene:, crop:, ...), not a {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return BuildConfig.from_dict(data)
+def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                sets: list[str] | None = None) -> BuildConfig:
+    """Read a YAML config (or defaults when ``path`` is None), then apply ``--set a.b=v``
+    assignments and then dotted ``overrides`` ({"crop.out_size": 224})."""
+    return BuildConfig.from_dict(gather(path, sets, overrides))
 
 
 def lenient(cfg: BuildConfig) -> BuildConfig:

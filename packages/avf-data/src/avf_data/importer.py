@@ -171,7 +171,7 @@ def read_label_csv(csv_path: str | os.PathLike, classes: list[str] | None = None
 
     def bad(rec: dict[str, str], where: str, reason: str) -> None:
         rejects.append({"source": path_text(rec.get("path") or where), "input_id": "", "start": 0.0, "end": 0.0,
-                        "seconds": 0.0, "stage": "import", "reason": f"{where}: {reason}"})
+                        "seconds": 0.0, "stage": "import", "code": "import.row", "reason": f"{where}: {reason}"})
 
     for n, r in enumerate(body, start=first_line):
         rec = {c: (r[i].strip() if i < len(r) else "") for i, c in enumerate(columns)}

@@ -401,23 +401,23 @@ def _settings(weights: str, cfg) -> dict[str, Any]:
             "min_confidence_syncnet": s.min_confidence_syncnet, "search_frames": s.search_frames}
 
 
-def _load_build_config(out: Path, config: str | os.PathLike | None):
-    from .config import BuildConfig, load_config
+def _load_build_config(out: Path, config: str | os.PathLike | None, sets: list[str] | None = None):
+    from .config import load_config
 
     if config is not None:
-        return load_config(config)
+        return load_config(config, sets=sets)
     saved = out / "config.yaml"
     if saved.exists():
         try:
-            return load_config(saved)
+            return load_config(saved, sets=sets)
         except ValueError as exc:  # written by another version: defaults, said out loud
             print(f"avf-data: warning: {saved} not readable by this version ({exc}); using defaults",
                   file=sys.stderr)
-    return BuildConfig()
+    return load_config(None, sets=sets)
 
 
 def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, config: str | os.PathLike | None = None,
-                  device: str | None = None, batch_size: int | None = None, clip_frames: int = 1500,
+                  sets: list[str] | None = None, device: str | None = None, batch_size: int | None = None, clip_frames: int = 1500,
                   engine: str = "local", workers: int | None = None, ray_address: str | None = None,
                   progress: bool = True, after_shard: Any = None) -> dict[str, Any]:
     """Score every committed shard of the build in ``out_dir`` with SyncNet and enforce sync.
@@ -443,7 +443,7 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
     out = Path(out_dir)
     if not (out / "done.jsonl").is_file():
         raise ValueError(f"{out} is not an avf-data build (no done.jsonl); run `avf-data build` first")
-    cfg = _load_build_config(out, config)
+    cfg = _load_build_config(out, config, sets)
     sync_cfg = cfg.sync
     if device is not None:
         sync_cfg = dataclasses.replace(sync_cfg, device=device)
