@@ -198,3 +198,41 @@ def test_disk_full_is_one_line(tmp_path, demo_inputs, capsys, monkeypatch):
     assert "No space left on device" in err[-1] and "run the same command again" in err[-1]
     monkeypatch.setattr(shards.ShardWriter, "write", real_write)
     assert main(["build", str(clip), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]) == 0
+
+
+def test_rotated_phone_clip_is_kept_upright(tmp_path, demo_media):
+    """A talking face stored sideways with a 90-degree display matrix (as phones record
+    portrait video) is curated like the upright original: the face filter finds it."""
+    import av
+
+    from avf_data.config import BuildConfig
+    from avf_data.pipeline import curate_video
+
+    m = demo_media("single_face")
+    frames, audio = m.frames[:100], m.audio[:100 * 640]
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=25)
+        vs.height, vs.width = frames.shape[2], frames.shape[1]  # stored sideways
+        vs.pix_fmt = "yuv420p"
+        vs.set_display_rotation(90)
+        a_s = c.add_stream("pcm_s16le", rate=16000)
+        a_s.layout = "mono"
+        for img in frames:
+            stored = np.ascontiguousarray(np.rot90(img, -1))
+            for p in vs.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")):
+                c.mux(p)
+        for p in vs.encode():
+            c.mux(p)
+        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        for i in range(0, pcm.shape[1], 1024):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + 1024]), format="s16", layout="mono")
+            af.sample_rate = 16000
+            for p in a_s.encode(af):
+                c.mux(p)
+        for p in a_s.encode():
+            c.mux(p)
+    clips, rejects = curate_video(path, BuildConfig())
+    assert clips, rejects
+    assert clips[0].meta["source_size"] == [frames.shape[2], frames.shape[1]]
+    assert not [r for r in rejects if r["stage"] in ("face", "crop")]

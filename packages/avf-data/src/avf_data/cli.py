@@ -59,6 +59,11 @@ tasks and shards: the pending inputs, in order, are cut into tasks of
 """
 
 
+# what `pip install avf-data` lacks and `avf-data[curate]` brings
+CURATION_MODULES = {"cv2", "scipy", "librosa", "scenedetect", "dlib", "retinaface", "onnxruntime", "skimage",
+                    "PIL", "torch"}
+
+
 def _add_set(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one config value after --config (repeatable), e.g. --set crop.out_size=224 "
@@ -83,6 +88,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _importer_doc() -> str:
+    """The importer's docstring, read without importing it (it needs the curation extra)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("avf_data.importer")
+    try:
+        with open(spec.origin, encoding="utf-8") as fh:  # type: ignore[union-attr]
+            return ast.get_docstring(ast.parse(fh.read())) or ""
+    except (OSError, AttributeError, TypeError):  # pragma: no cover
+        return "labelled CSV -> labelled shards"
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avf-data", description="avf-data: curate talking-face video corpora "
                                      "into WebDataset shards.", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,7 +116,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also write the built-in demo inputs to DIR/demo-inputs and curate them")
 
     i = sub.add_parser("import", help="labelled CSV -> labelled shards (for avf-train / avf-eval)",
-                       description=__import__("avf_data.importer", fromlist=["x"]).__doc__,
+                       description=_importer_doc(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     i.add_argument("csv", type=Path, metavar="CSV", help="path,label[,subject,fold][,targets...]")
     _add_run_args(i)
@@ -154,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             return _sync(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"avf-data: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in CURATION_MODULES:
+            raise
+        print(f"avf-data: error: `avf-data {args.command}` needs the curation stack, which this install lacks "
+              f"(no module {exc.name!r}): pip install 'avf-data[curate]'", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only file system, permissions: the user's to fix
         import errno
