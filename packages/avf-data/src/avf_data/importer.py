@@ -43,6 +43,7 @@ from typing import Any, Callable
 from .build import _append_done, build
 from .config import BuildConfig, lenient
 from .media import path_text
+from .rows import RejectRow
 
 
 @dataclass(frozen=True)
@@ -170,8 +171,8 @@ def read_label_csv(csv_path: str | os.PathLike, classes: list[str] | None = None
     seen: set[str] = set()
 
     def bad(rec: dict[str, str], where: str, reason: str) -> None:
-        rejects.append({"source": path_text(rec.get("path") or where), "input_id": "", "start": 0.0, "end": 0.0,
-                        "seconds": 0.0, "stage": "import", "code": "import.row", "reason": f"{where}: {reason}"})
+        rejects.append(RejectRow(path_text(rec.get("path") or where), "", 0.0, 0.0, "import", "import.row",
+                                 f"{where}: {reason}").to_dict())
 
     for n, r in enumerate(body, start=first_line):
         rec = {c: (r[i].strip() if i < len(r) else "") for i, c in enumerate(columns)}

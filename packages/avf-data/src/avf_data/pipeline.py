@@ -30,6 +30,7 @@ import numpy as np
 
 from .config import PIPELINE_VERSION, BuildConfig
 from .media import MediaError, MediaReader, path_text, probe_seconds
+from .rows import ManifestRow, RejectRow
 from .shards import ClipSample, ShardWriter
 
 STAGES = ["decode", "scene", "face", "silence", "crop", "sync", "quality"]
@@ -171,9 +172,7 @@ class InputResult:
         d["seconds_out"] = round(d["seconds_out"] + s_out, 6)
 
     def reject(self, stage: str, start: float, end: float, code: str, reason: str, **extra: Any) -> dict[str, Any]:
-        row = {"source": self.source, "input_id": self.input_id, "start": round(start, 6), "end": round(end, 6),
-               "seconds": round(end - start, 6), "stage": stage, "code": code, "reason": reason}
-        row.update(extra)
+        row = RejectRow(self.source, self.input_id, start, end, stage, code, reason, extra).to_dict()
         self.rejects.append(row)
         return row
 
@@ -350,19 +349,10 @@ def _accept(span, idx: int, chunk, res: InputResult, ctx: WorkerContext, thumbs:
     sample = ClipSample(key=key, frames=crop, audio=chunk.audio_slice(a, b), meta=meta, fps=fps,
                         sample_rate=chunk.sample_rate, label=lab)
     samples.append(sample.to_wds() if encode else sample)  # encode now: raw crops take much memory
-    method = meta.get("sync_method") or "none"
-    row = {"key": key, "shard": None, "source": res.source, "input_id": res.input_id, "clip_index": idx,
-           "start": start, "end": end, "seconds": round((b - a) / fps, 6), "num_frames": int(b - a),
-           "sync_offset": meta.get("sync_offset"), "sync_confidence": meta.get("sync_confidence"),
-           "sync_method": method, "sync_enforced": ctx.sync_enforced, "blur": meta.get("blur"),
-           "face_side": meta.get("face_side"), "source_vfr": meta["source_vfr"]}
-    if meta.get("flags"):
-        row["flags"] = meta["flags"]
-    if label is not None:
-        row.update({k: label.get(k) for k in ("label", "label_name", "subject", "fold", "targets") if k in label})
+    row = ManifestRow.from_meta({**meta, "key": key}, label)
     if thumbs is not None:
-        row["thumb"] = _thumb(thumbs, f"{res.input_id}/a{idx:03d}", crop[len(crop) // 2])
-    res.manifest.append(row)
+        row.extra["thumb"] = _thumb(thumbs, f"{res.input_id}/a{idx:03d}", crop[len(crop) // 2])
+    res.manifest.append(row.to_dict())
 
 
 def _write_samples(writer: ShardWriter, out: Path, res: InputResult, samples: list[Any]) -> None:

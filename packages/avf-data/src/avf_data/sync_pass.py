@@ -41,13 +41,10 @@ The folder is locked (``.avf-data.lock``, the build's lock) for the duration of 
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import io
 import json
 import os
-import socket
 import sys
 import tarfile
 import time
@@ -58,9 +55,11 @@ from typing import Any
 
 import numpy as np
 
+from .outdir import BuildLock
+from .rows import ManifestRow
+
 SYNC_LOG = "sync.jsonl"
 LOG_VERSION = 1
-LOCK_NAME = ".avf-data.lock"
 WEIGHTS_HELP = (
     "SyncNet v2 weights are the authors' release with joonson/syncnet_python (its download_model.sh "
     "fetches data/syncnet_v2.model, about 52 MiB); give the file with --syncnet-weights, the config key "
@@ -267,42 +266,6 @@ def _append_line(path: Path, rec: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
-class _Lock:
-    """The build's folder lock (same file and protocol as a build), so a build and a sync
-    pass never write one folder at once. The kernel drops it when the process dies."""
-
-    def __init__(self, out: Path) -> None:
-        self.path = out / LOCK_NAME
-        self.fh = None
-
-    def __enter__(self) -> _Lock:
-        fh = open(self.path, "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise ValueError(f"another avf-data run ({holder}) is writing to {self.path.parent}; "
-                             "wait for it to finish") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()} (sync)\n")
-        fh.flush()
-        self.fh = fh
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fh is not None:
-            self.fh.seek(0)
-            self.fh.truncate()
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-            self.fh.close()
-            self.fh = None
-
-
 # --------------------------------------------------------------------------- done.jsonl
 
 
@@ -323,12 +286,8 @@ def apply_to_record(rec: dict[str, Any], decisions: dict[str, dict[str, Any]]) -
                        sync_enforced=True, sync_input=d["input"])
             manifest.append(row)
             continue
-        reject = {k: row[k] for k in ("source", "input_id", "start", "end", "seconds") if k in row}
-        reject.update(stage="sync", reason=d["reason"], code=d["code"], key=row["key"], sync=sj,
-                      sync_input=d["input"])
-        if row.get("thumb"):
-            reject["thumb"] = row["thumb"]
-        rec.setdefault("rejects", []).append(reject)
+        reject = ManifestRow.from_dict(row).rejected("sync", d["code"], d["reason"], sync=sj, sync_input=d["input"])
+        rec.setdefault("rejects", []).append(reject.to_dict())
         seconds = float(row.get("seconds", 0.0))
         stages = rec.setdefault("stages", {})
         for name, fields in (("sync", ("out",)), ("quality", ("in", "out"))):
@@ -469,7 +428,7 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
         build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
     t_start = time.perf_counter()
     rep = SyncPassReport()
-    with _Lock(out):
+    with BuildLock(out):
         settings = _settings(path, cfg)
         header, logged = read_sync_log(out)
         log_path = out / SYNC_LOG
