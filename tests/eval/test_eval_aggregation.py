@@ -9,7 +9,7 @@ import pytest
 from sklearn import metrics as skm
 
 from avf_eval.aggregation import merge_views, score_protocol, select_epochs, softmax
-from avf_eval.predictions import PredictionFormatError, load_predictions
+from avf_eval.prediction_reader import PredictionFormatError, load_predictions
 from avf_eval.protocols import get_protocol
 
 
@@ -167,7 +167,8 @@ def test_inconsistent_views_and_duplicates(jsonl_writer) -> None:
 
 
 def test_avf_train_rows_and_default_folds(jsonl_writer) -> None:
-    """avf-train's predict rows (no fold/epoch, `outputs`/`targets`, extra `probs`) score as they are."""
+    """avf-train's predict rows (no fold/epoch, regression `label`/`prediction` lists, extra `probs`,
+    `segment`, `crop`) score as they are."""
     werewolf = get_protocol("werewolf-xl")
     rng = np.random.default_rng(3)
     files = []
@@ -176,8 +177,8 @@ def test_avf_train_rows_and_default_folds(jsonl_writer) -> None:
         for i in range(10):
             target = rng.normal(size=3).tolist()
             for view in range(2):
-                rows.append({"key": f"{fold}_{i}", "label": -1, "view": view, "segment": view, "crop": 0,
-                             "targets": target, "outputs": rng.normal(size=3).tolist()})
+                rows.append({"key": f"{fold}_{i}", "label": target, "view": view, "segment": view, "crop": 0,
+                             "prediction": rng.normal(size=3).tolist()})
         files.append(jsonl_writer(f"fold{fold}.jsonl", rows))
     result = score_protocol(load_predictions(files, werewolf), werewolf)
     assert [f.fold for f in result.folds] == ["1", "2", "3", "4", "5"] and not result.warnings

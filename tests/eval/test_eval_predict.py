@@ -13,7 +13,7 @@ pytest.importorskip("avf_models")
 demo = pytest.importorskip("avf_data.demo")
 
 from avf_eval.cli import main  # noqa: E402
-from avf_eval.predict import NoUsableClipsError, load_model, predict_video  # noqa: E402
+from avf_eval.video_emotions import NoUsableClipsError, load_model, predict_video  # noqa: E402
 from avf_eval.protocols import get_protocol  # noqa: E402
 
 CLASSES = list(get_protocol("dfew").classes)
@@ -117,8 +117,8 @@ def _avf_train_run(tmp_path: Path, task: str, num_classes: int, label_map: str) 
 
 
 def test_avf_train_checkpoint_layout(tmp_path: Path) -> None:
-    from avf_eval.predict import CuratedClip
-    from avf_eval.predict.run import clip_views
+    from avf_eval.video_emotions import CuratedClip
+    from avf_eval.video_emotions.run import clip_views
 
     loaded = load_model(_avf_train_run(tmp_path, "cea", 13, "cea13"))
     assert loaded.model_name == "avfmae_pp_tiny" and len(loaded.names) == 13
@@ -150,7 +150,7 @@ def test_avf_train_regression_checkpoint_uses_protocol_names(tmp_path: Path) -> 
 
 
 def test_render_text() -> None:
-    from avf_eval.predict import ClipPrediction, VideoPrediction, render_prediction
+    from avf_eval.video_emotions import ClipPrediction, VideoPrediction, render_prediction
 
     result = VideoPrediction(video="v.mp4", checkpoint="c.pt", model_name="m", task="classification",
                              names=["a", "b", "c"], names_source="checkpoint",

@@ -1,12 +1,21 @@
-"""Config plumbing (YAML, --set, precedence) and the Table 3 label alignment."""
+"""Config plumbing (YAML, --set, precedence, one error type) and the Table 3 label alignment."""
 
 from __future__ import annotations
 
 import pytest
 
-from avf_train.cli import build_parser, resolve_config
-from avf_train.config import load_yaml, save_yaml, set_dotted, stage_defaults, to_dict
+from avf_data.settings import ConfigError
+from avf_train.cli import build_parser, main
+from avf_train.config import load_yaml, resolve, save_yaml, stage_defaults, to_dict
 from avf_train.labels import CEA13_CLASSES, TABLE3_DATASET_LABELS, get_label_map
+
+
+def resolve_config(args):
+    """The config the CLI would run with these parsed arguments."""
+    from avf_train.cli import _flags
+
+    return resolve(args.command, config=args.config, resume_dir=args.out if args.resume else None,
+                   flags=_flags(args), sets=args.set)
 
 
 def test_stage_defaults_follow_tables_5_and_6():
@@ -19,21 +28,55 @@ def test_stage_defaults_follow_tables_5_and_6():
 
 
 def test_yaml_roundtrip_and_dotted_overrides(tmp_path):
-    cfg = stage_defaults("finetune")
-    set_dotted(cfg, "optim.lr=1e-4")
-    set_dotted(cfg, "optim.betas=[0.8, 0.9]")
-    set_dotted(cfg, "data.crop_scales=1,0.5")
-    set_dotted(cfg, "run.tensorboard=false")
-    set_dotted(cfg, "model.overrides={depth: 4}")
+    sets = ["optim.lr=1e-4", "optim.betas=[0.8, 0.9]", "data.crop_scales=[1, 0.5]", "run.tensorboard=false",
+            "model.overrides={depth: 4}"]
+    cfg = resolve("finetune", sets=sets)
     save_yaml(cfg, tmp_path / "c.yaml")
     back = load_yaml(tmp_path / "c.yaml")
     assert to_dict(back) == to_dict(cfg)
     assert back.optim.lr == 1e-4 and back.optim.betas == (0.8, 0.9) and back.data.crop_scales == (1.0, 0.5)
     assert back.run.tensorboard is False and back.model.overrides == {"depth": 4}
-    with pytest.raises(KeyError, match="optim.lrr"):
-        set_dotted(cfg, "optim.lrr=1")
-    with pytest.raises(ValueError, match="run.precision"):
-        set_dotted(cfg, "run.precision=fp8")
+    with pytest.raises(ConfigError, match="'optim.lrr'"):
+        resolve("finetune", sets=["optim.lrr=1"])
+    with pytest.raises(ConfigError, match="run.precision"):
+        resolve("finetune", sets=["run.precision=fp8"])
+
+
+@pytest.mark.parametrize("assignment", ["run.tensorboard=1", "data.flip=0", "run.fsdp=maybe"])
+def test_booleans_must_be_yaml_booleans(assignment):
+    """avf-data's rule: a number or a word is no switch (avf-train used to read "1" as true)."""
+    with pytest.raises(ConfigError, match="expects true or false"):
+        resolve("pretrain", sets=[assignment])
+
+
+def test_config_errors_are_one_line_without_stray_quotes(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    for args, words in ((["pretrain", "--out", out, "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+                        (["pretrain", "--out", out, "--set", "run.fsdp=1"], "'run.fsdp' expects true or false"),
+                        (["finetune", "--out", out, "--config", "pretrain_base"], "is for stage 'pretrain'"),
+                        (["pretrain", "--out", out, "--config", "nope"], "neither a file nor a shipped config"),
+                        (["postpretrain", "--out", out, "--set", "finetune.task=dea"], "cea and mer only"),
+                        (["postpretrain", "--out", out, "--task", "dea"], "invalid choice: 'dea'")):
+        capsys.readouterr()
+        assert _exit_code(args) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("avf-train: error: ") and words in lines[0], lines
+        assert not lines[0].removeprefix("avf-train: error: ").startswith(('"', "config: "))
+
+
+def _exit_code(args: list[str]) -> int:
+    """main's status, also when argparse itself refuses the command line."""
+    try:
+        return main(args)
+    except SystemExit as exc:
+        return int(exc.code)
+
+
+def test_a_config_file_without_a_stage_applies_to_the_command(tmp_path):
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("optim: {lr: 0.25}\nrun: {tensorboard: false}\n")
+    cfg = resolve("finetune", config=str(partial))
+    assert cfg.stage == "finetune" and cfg.optim.lr == 0.25 and cfg.optim.layer_decay == 0.75
 
 
 def test_cli_precedence_flags_then_set(tmp_path):
@@ -43,6 +86,9 @@ def test_cli_precedence_flags_then_set(tmp_path):
     cfg = resolve_config(args)
     assert cfg.stage == "postpretrain" and cfg.data.label_map == "mer3" and cfg.optim.lr == 0.2
     assert cfg.data.shards == "x/*.tar" and cfg.model.name == "tiny"
+    # the old spelling --shards still reaches data.shards
+    old = resolve_config(build_parser().parse_args(["pretrain", "--shards", "y/*.tar", "--out", str(tmp_path)]))
+    assert old.data.shards == "y/*.tar"
 
 
 def test_table3_every_dataset_label_maps_into_the_13_classes():

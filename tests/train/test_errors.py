@@ -30,7 +30,7 @@ def _refused(capsys, args: list[str]) -> str:
 
 def test_too_few_clips_for_the_batch_is_found_before_the_workers_start(shards, tmp_path, capsys):
     # 8 clips in 2 shards of 4; 2 workers read one shard each: 4 clips per stream per pass
-    line = _refused(capsys, ["pretrain", "--shards", shards["unlabelled"], "--out", str(tmp_path / "a"),
+    line = _refused(capsys, ["pretrain", "--data", shards["unlabelled"], "--out", str(tmp_path / "a"),
                              "--batch-size", "8", *FAST, "--num-workers", "2"])
     assert "8 clips in 2 shard(s)" in line and "1 rank(s) x 2 loader worker(s)" in line
     assert "smallest stream gets 4 clips" in line and "--batch-size 4 or less" in line
@@ -72,8 +72,8 @@ def test_corrupt_init_and_ckpt(shards, tmp_path, capsys, content):
     line = _refused(capsys, ["finetune", "--init", str(bad), "--data", shards["labelled"], "--num-classes", "3",
                              "--out", str(tmp_path / "a"), "--batch-size", "2", *FAST])
     assert f"cannot read checkpoint {bad}" in line
-    line = _refused(capsys, ["predict", "--ckpt", str(bad), "--data", shards["labelled"], "--out",
-                             str(tmp_path / "p.jsonl")])
+    line = _refused(capsys, ["predict", "--checkpoint", str(bad), "--data", shards["labelled"], "--out",
+                             str(tmp_path / "p")])
     assert f"cannot read checkpoint {bad}" in line
 
 
@@ -82,7 +82,7 @@ def test_device_cuda_without_cuda_is_one_line(shards, tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _refused(capsys, ["pretrain", "--shards", shards["unlabelled"], "--out", str(tmp_path / "a"),
+    line = _refused(capsys, ["pretrain", "--data", shards["unlabelled"], "--out", str(tmp_path / "a"),
                              "--batch-size", "2", "--device", "cuda", *FAST])
     assert "no CUDA device" in line
 
@@ -116,7 +116,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_loader_workers_exit_when_the_trainer_is_killed(shards, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "avf_train.cli", "pretrain", "--shards", shards["unlabelled"], "--out", str(run),
+    cmd = [sys.executable, "-m", "avf_train.cli", "pretrain", "--data", shards["unlabelled"], "--out", str(run),
            "--model", "tiny", "--batch-size", "2", "--num-workers", "2", "--precision", "fp32",
            "--epochs", "1000", "--set", "run.tensorboard=false", "--set", "run.log_every=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

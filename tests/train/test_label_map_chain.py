@@ -107,7 +107,7 @@ def test_finetune_val_predictions_and_report_keep_the_protocol_order(data, tmp_p
     # a protocol with other class names refuses the file in one line
     capsys.readouterr()
     assert avf_eval(["score", "-p", "avcaffe-arousal", "-i", str(run / "predictions.jsonl")]) == 2
-    assert "label map" in _one_error_line(capsys.readouterr().err, "avf-eval score")
+    assert "label map" in _one_error_line(capsys.readouterr().err, "avf-eval")
 
 
 def test_mismatched_label_maps_are_refused(data, tmp_path, capsys):
@@ -139,7 +139,7 @@ def test_mismatched_label_maps_are_refused(data, tmp_path, capsys):
     # predicting the differently numbered fold with the protocol-numbered model
     fine = tmp_path / "fine"
     assert avf_train([*base, "--out", str(fine)]) == 0
-    refused(["predict", "--ckpt", str(fine), "--data", shards, "--out", str(tmp_path / "p.jsonl")],
+    refused(["predict", "--checkpoint", str(fine), "--data", shards, "--out", str(tmp_path / "p")],
             "number classes as ['Sadness', 'neu', 'sad']")
     # re-importing into a folder numbered by another map
     capsys.readouterr()

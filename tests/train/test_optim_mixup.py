@@ -7,28 +7,28 @@ import pytest
 import torch
 
 from avf_train.config import stage_defaults
-from avf_train.optim import layer_id, model_param_groups, param_groups
-from avf_train.trainer import mix_targets
+from avf_train.mixup import mix_targets
+from avf_train.optim import build_optimizer
 
 
-def test_layer_decay_groups_on_the_tiny_finetune_model():
+def test_optimizer_uses_the_official_groups_on_the_tiny_finetune_model():
     from avf_models import create_model
 
     model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=3)
-    groups = model_param_groups(model, weight_decay=0.05, layer_decay=0.75)
-    by_name = {n: g for g in groups for n in g["names"]}
+    args = stage_defaults("finetune").optim
+    optimizer = build_optimizer(model, args, lr=1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_name = {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
     top = 2 + 2 + 1  # depth 2, fusion depth 2 (official layer ids)
     assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.75 ** top)
+    assert by_name["encoder.patch_embed.proj.weight"]["lr"] == pytest.approx(1e-3 * 0.75 ** top)
     assert by_name["encoder.blocks.1.mlp.fc1.weight"]["lr_scale"] == pytest.approx(0.75 ** (top - 2))
     assert by_name["head.weight"]["lr_scale"] == 1.0
     assert by_name["head.bias"]["weight_decay"] == 0.0 and by_name["head.weight"]["weight_decay"] == 0.05
-    assert sum(len(g["params"]) for g in groups) == sum(1 for p in model.parameters() if p.requires_grad)
-    # generic fallback for other networks
-    generic = {n: g for g in param_groups(model, 0.05, 0.75) for n in g["names"]}
-    assert generic["encoder.blocks.1.mlp.fc1.weight"]["lr_scale"] == 0.75
-    assert layer_id("encoder_fusion.blocks.0.attn.q.weight", 2) == 3
-    # no decay groups at all without layer decay
-    assert {g["lr_scale"] for g in model_param_groups(model, 0.05, 1.0)} == {1.0}
+    assert len(by_name) == sum(1 for p in model.parameters() if p.requires_grad)
+    # no layer-wise decay at all with layer_decay 1.0 (pre-training)
+    args.layer_decay = 1.0
+    assert {g["lr_scale"] for g in build_optimizer(model, args, lr=1e-3).param_groups} == {1.0}
 
 
 def test_mixup_and_cutmix_targets_are_distributions():

@@ -27,7 +27,7 @@ def _losses(run: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def pretrained(shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("pretrain") / "run"
-    assert main(["pretrain", "--shards", shards["unlabelled"], "--out", str(run), "--max-steps", "6",
+    assert main(["pretrain", "--data", shards["unlabelled"], "--out", str(run), "--max-steps", "6",
                  "--set", "run.save_every=2", "--set", "run.keep_last=2", *PRETRAIN]) == 0
     return run
 
@@ -48,7 +48,7 @@ def test_pretrain_loss_falls_and_run_layout(pretrained):
 
 def test_resume_reproduces_the_uninterrupted_losses(pretrained, shards, tmp_path):
     run = tmp_path / "halves"
-    args = ["pretrain", "--shards", shards["unlabelled"], "--out", str(run), *PRETRAIN]
+    args = ["pretrain", "--data", shards["unlabelled"], "--out", str(run), *PRETRAIN]
     assert main([*args, "--max-steps", "4", "--set", "run.save_every=3"]) == 0
     # simulate a kill after step 4 was logged but before it was saved: back to the step-3 checkpoint
     (run / "checkpoints" / "step-00000004.pt").unlink()
@@ -81,21 +81,38 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
     assert set(row) >= {"key", "label", "view", "segment", "crop", "logits", "probs"}
     assert len(row["probs"]) == 3 and abs(sum(row["probs"]) - 1) < 1e-5
 
-    # predict as its own command, one view per clip
-    out = tmp_path / "p.jsonl"
-    assert main(["predict", "--ckpt", str(fine), "--data", val, "--out", str(out), "--segments", "1",
-                 "--crops", "1", "--fold", "3"]) == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(rows) == 4 and rows[0]["fold"] == "3" and rows[0]["epoch"] == 1
+    # predict as its own command, into a folder: the same views give the same logits as the run's own
+    out = tmp_path / "p"
+    assert main(["predict", "--checkpoint", str(fine), "--data", val, "--out", str(out), "--fold", "3"]) == 0
+    again = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    logits = {(r["key"], r["view"]): r["logits"] for r in rows}
+    assert len(again) == len(rows) and again[0]["fold"] == "3" and again[0]["epoch"] == 1
+    assert all(r["logits"] == pytest.approx(logits[r["key"], r["view"]], abs=1e-5) for r in again)
+    # one view per clip, with the flag and with --set
+    assert main(["predict", "--checkpoint", str(fine), "--data", val, "--out", str(out), "--segments", "1",
+                 "--set", "data.test_crops=1"]) == 0
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
+    # the old spelling --ckpt still works
+    assert main(["predict", "--ckpt", str(fine), "--data", val, "--out", str(tmp_path / "old"), "--segments", "1",
+                 "--crops", "1"]) == 0
 
 
 def test_dea_regression_finetune(pretrained, shards, tmp_path):
     run = tmp_path / "dea"
+    val = str(Path(shards["labelled"]).parent / "labelled-000000.tar")
     assert main(["finetune", "--init", str(pretrained), "--data", shards["labelled"], "--task", "dea",
-                 "--num-classes", "2", "--out", str(run), "--max-steps", "1", "--grad-accum", "2", *FAST]) == 0
+                 "--num-classes", "2", "--out", str(run), "--max-steps", "1", "--grad-accum", "2",
+                 "--val-data", val, *FAST]) == 0
     ckpt = torch.load(run / "checkpoint", weights_only=True)
     assert ckpt["model"]["head.weight"].shape[0] == 2
     assert ckpt["data"][0]["consumed"] == 2  # two micro-batches for the one optimizer step
+    # regression rows in avf-eval's field names: the targets are the label, the outputs the prediction
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert rows and all(len(r["label"]) == 2 and len(r["prediction"]) == 2 and "logits" not in r for r in rows)
+    from avf_eval.prediction_reader import load_predictions
+
+    table = load_predictions([run / "predictions.jsonl"])
+    assert table.labels.shape == (len(rows), 2) and not table.is_logits.any()
 
 
 def test_finetune_checkpoint_names_its_classes(pretrained, shards, tmp_path):
@@ -118,10 +135,10 @@ def test_finetune_checkpoint_names_its_classes(pretrained, shards, tmp_path):
 
 def test_clear_errors(pretrained, shards, tmp_path, capsys):
     # missing shards
-    assert main(["pretrain", "--shards", str(tmp_path / "none/*.tar"), "--out", str(tmp_path / "a"), *FAST]) == 2
+    assert main(["pretrain", "--data", str(tmp_path / "none/*.tar"), "--out", str(tmp_path / "a"), *FAST]) == 2
     assert "none/*.tar" in capsys.readouterr().err
     # shape mismatch between the data config and the model
-    assert main(["pretrain", "--shards", shards["unlabelled"], "--out", str(tmp_path / "b"),
+    assert main(["pretrain", "--data", shards["unlabelled"], "--out", str(tmp_path / "b"),
                  "--set", "data.num_frames=8", *FAST]) == 2
     assert "shape mismatch" in capsys.readouterr().err
     # resuming a pre-training run as fine-tuning
@@ -131,9 +148,13 @@ def test_clear_errors(pretrained, shards, tmp_path, capsys):
                  *FAST]) == 2
     assert "'pretrain' checkpoint" in capsys.readouterr().err
     # predict needs a supervised checkpoint
-    assert main(["predict", "--ckpt", str(pretrained), "--data", shards["labelled"], "--out",
-                 str(tmp_path / "p.jsonl")]) == 2
+    assert main(["predict", "--checkpoint", str(pretrained), "--data", shards["labelled"], "--out",
+                 str(tmp_path / "p")]) == 2
     assert "predict needs" in capsys.readouterr().err
+    # --out is a folder now: a file name is refused rather than turned into a folder
+    assert main(["predict", "--checkpoint", str(pretrained), "--data", shards["labelled"], "--out",
+                 str(tmp_path / "p.jsonl")]) == 2
+    assert "--out is the folder" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -141,7 +162,7 @@ def test_torchrun_two_processes_on_cpu(shards, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     run = tmp_path / "ddp"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "avf_train.cli", "pretrain",
-           "--shards", shards["unlabelled"], "--out", str(run), "--max-steps", "1", "--device", "cpu",
+           "--data", shards["unlabelled"], "--out", str(run), "--max-steps", "1", "--device", "cpu",
            "--model", "tiny", "--batch-size", "2", *PRETRAIN[4:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)

@@ -2,7 +2,8 @@
 
 Each subcommand is a thin shell around a library function, so everything the CLI does can
 be done from Python too. Errors in user input (unknown protocol, malformed predictions
-file) print one clear line and exit with status 2 instead of a traceback.
+file, a wrong flag) print one line ``avf-eval: error: ...`` and exit with status 2 instead
+of a traceback.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Sequence
-
-from avf_eval.predictions import PredictionFormatError
+from typing import NoReturn
 
 DESCRIPTION = textwrap.dedent(
     """\
@@ -23,7 +23,7 @@ DESCRIPTION = textwrap.dedent(
       avf-eval splits --protocol ravdess --metadata meta.csv --out splits/
       avf-eval score  --protocol dfew --predictions run/fold*.jsonl
       avf-eval report --protocol dfew --predictions run/fold*.jsonl --out report/
-      avf-eval predict clip.mp4 --checkpoint model.pt       # emotion probabilities for a video
+      avf-eval predict clip.mp4 --checkpoint RUN/checkpoint # emotion probabilities for a video
 
     Predictions files are JSONL (or CSV), one row per view of a clip:
       {"key": "0001", "video": "0001", "view": 0, "fold": 1, "epoch": 99,
@@ -48,8 +48,15 @@ def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--legacy-best-epoch-on-test", action="store_true", help=SELECTION_HELP)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the avf error contract: one line ``avf-eval: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"avf-eval: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avf-eval", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="avf-eval", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     score = commands.add_parser("score", help="score predictions; print ours beside the paper's numbers",
@@ -58,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scoring_args(score)
     score.add_argument("--format", choices=["text", "markdown", "json"], default="text", help="output format (default: text)")
     score.add_argument("--no-folds", action="store_true", help="omit the per-fold table")
+    score.set_defaults(run=_cmd_score)
 
     report = commands.add_parser("report", help="write a Markdown/HTML report with confusion matrices",
                                  description="Write report.md / report.html and confusion-matrix PNGs into a directory.")
@@ -65,10 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", "-o", required=True, help="output directory (created)")
     report.add_argument("--format", choices=["md", "html", "both"], default="both", help="report format (default: both)")
     report.add_argument("--title", help="report title")
+    report.set_defaults(run=_cmd_report)
 
     protocols = commands.add_parser("protocols", help="list the benchmark protocols",
                                     description="List the registered protocols; with a name, show one in full.")
     protocols.add_argument("name", nargs="?", help="show one protocol in detail")
+    protocols.set_defaults(run=_cmd_protocols)
 
     splits = commands.add_parser("splits", help="make subject/session-independent folds from a metadata CSV",
                                  description="Cut a metadata CSV (one row per clip: key, path, subject/session, label, ...) "
@@ -84,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     splits.add_argument("--seed", type=int, help="shuffle groups with this seed instead of the contiguous sorted cut")
     splits.add_argument("--path-column", default="path",
                         help="video path column; relative paths are resolved against the metadata CSV's folder (default: path)")
+    splits.set_defaults(run=_cmd_splits)
 
     predict = commands.add_parser("predict", help="emotion probabilities for one raw video",
                                   description="Curate a raw video with avf-data's stages (scene cuts, face check, silence "
@@ -91,16 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
                                               "the emotion probabilities per clip and for the whole video. "
                                               "Needs the `predict` extra (avf-data, avf-models, avf-train).")
     predict.add_argument("video", help="path to a video file with an audio track")
-    predict.add_argument("--checkpoint", "-c", required=True, help="checkpoint written by avf-train (torch file)")
+    predict.add_argument("--checkpoint", "-c", required=True,
+                         help="avf-train checkpoint: file, RUN/checkpoint or run folder (or an exported file)")
     predict.add_argument("--protocol", "-p", help="name the outputs with this protocol's classes when the checkpoint has no names")
-    predict.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA when there is one)")
     predict.add_argument("--format", choices=["text", "json"], default="text")
+    predict.set_defaults(run=_cmd_predict)
     return parser
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
     from avf_eval.aggregation import score_protocol
-    from avf_eval.predictions import load_predictions
+    from avf_eval.prediction_reader import load_predictions
     from avf_eval.protocols import get_protocol
     from avf_eval.table import render_json, render_markdown, render_text
 
@@ -119,7 +132,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from avf_eval.aggregation import score_protocol
-    from avf_eval.predictions import load_predictions
+    from avf_eval.prediction_reader import load_predictions
     from avf_eval.protocols import get_protocol
     from avf_eval.report import write_report
 
@@ -144,11 +157,11 @@ def _cmd_protocols(args: argparse.Namespace) -> int:
 
 
 def _cmd_splits(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import pandas as pd
 
     from avf_eval.protocols import get_protocol
-    from pathlib import Path
-
     from avf_eval.splits import absolute_paths, label_ids, make_folds, write_folds
 
     protocol = get_protocol(args.protocol)
@@ -167,9 +180,9 @@ def _cmd_splits(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     try:
-        from avf_eval.predict import predict_video, render_prediction
+        from avf_eval.video_emotions import predict_video, render_prediction
     except ImportError as error:
-        raise SystemExit(f"avf-eval predict needs the `predict` extra (avf-data, avf-models, avf-train): {error}") from None
+        raise UsageError(f"avf-eval predict needs the `predict` extra (avf-data, avf-models, avf-train): {error}") from None
     from avf_eval.protocols import get_protocol
 
     protocol = get_protocol(args.protocol) if args.protocol else None
@@ -178,16 +191,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"score": _cmd_score, "report": _cmd_report, "protocols": _cmd_protocols, "splits": _cmd_splits, "predict": _cmd_predict}
+class UsageError(ValueError):
+    """The command cannot run as asked (a missing extra); the message says what to do."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: user errors become one ``avf-eval: error:`` line and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
-    except (PredictionFormatError, KeyError, ValueError, FileNotFoundError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"avf-eval {args.command}: error: {message}", file=sys.stderr)
+        return args.run(args)
+    except (ValueError, KeyError, FileNotFoundError) as error:  # PredictionFormatError, unknown protocol, ...
+        message = error.args[0] if len(error.args) == 1 and isinstance(error.args[0], str) else str(error)
+        print(f"avf-eval: error: {' '.join(str(message).split())}", file=sys.stderr)
         return 2
 
 

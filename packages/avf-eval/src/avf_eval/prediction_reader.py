@@ -1,4 +1,4 @@
-"""Read model predictions (JSONL or CSV) into one validated, columnar table.
+"""The predictions reader: JSONL or CSV files in, one validated, columnar table out.
 
 The format is the contract between avf-train (which writes it) and avf-eval (which scores
 it); see the package README for the full description. One row = one view of one clip at one
@@ -22,8 +22,8 @@ epoch of one fold::
   avf-train copies from the shards). With a protocol, they must be the protocol's classes in
   its order, otherwise the file is refused: scoring it would credit one class's clips to another.
 
-avf-train's spellings ``outputs`` (for ``prediction``) and ``targets`` (for a regression
-``label``) are accepted; other extra fields (``probs``, ``segment``, ``crop``) are ignored.
+avf-train writes these names (``avf_train.predict_shards``); extra fields such as its ``probs``,
+``segment`` and ``crop`` are ignored.
 
 CSV files carry the same columns; list fields are either JSON lists in one cell
 (``"[0.1, 2.0]"``) or numbered columns ``logits_0, logits_1, ...``.
@@ -140,26 +140,7 @@ def _present(record: dict[str, Any], field: str) -> bool:
     return field in record and record[field] not in (None, "")
 
 
-#: Field spellings accepted besides the canonical ones (avf-train's predict writes these).
-ALIASES: dict[str, str] = {"outputs": "prediction", "targets": "label"}
-
-
-def _apply_aliases(record: dict[str, Any]) -> dict[str, Any]:
-    """``outputs`` -> ``prediction``; ``targets`` -> ``label`` when ``label`` is not a list.
-
-    avf-train writes regression rows as ``{"label": -1, "targets": [...], "outputs": [...]}``;
-    the list-valued ``targets`` is the real label there.
-    """
-    record = dict(record)
-    if _present(record, "outputs") and not _present(record, "prediction") and not _present(record, "logits"):
-        record["prediction"] = record.pop("outputs")
-    if _present(record, "targets") and not _looks_like_list(record.get("label")):
-        record["label"] = record.pop("targets")
-    return record
-
-
 def _parse(record: dict[str, Any], source: str, protocol: Protocol | None, default_fold: str = "1") -> _Row:
-    record = _apply_aliases(record)
     if not _present(record, "key"):
         raise _fail(source, "missing 'key' (the clip id)")
     key = str(record["key"])

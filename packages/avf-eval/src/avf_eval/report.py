@@ -17,7 +17,7 @@ import numpy as np
 from avf_eval.aggregation import ScoreResult, merge_views, select_epochs
 from avf_eval.metrics.classification import per_class_recall
 from avf_eval.plots import plot_confusion, plot_regression
-from avf_eval.predictions import PredictionTable
+from avf_eval.prediction_reader import PredictionTable
 from avf_eval.protocols.types import PUBLISHED_MODELS
 from avf_eval.table import comparison_rows, fold_rows, markdown_table
 

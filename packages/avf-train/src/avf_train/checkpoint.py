@@ -58,10 +58,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file, ``RUN/checkpoint`` or a run folder -> the checkpoint file to read."""
+    """A checkpoint file, ``RUN/checkpoint`` or a run folder -> the checkpoint file to read.
+
+    A folder may also be the ``--out`` of ``avf-models convert`` (``DIR/checkpoint.pt``).
+    """
     p = Path(path)
     if p.is_dir():
-        for candidate in (p / "checkpoint", p / "checkpoints" / "latest.pt"):
+        for candidate in (p / "checkpoint", p / "checkpoint.pt", p / "checkpoints" / "latest.pt"):
             if candidate.exists():
                 return candidate.resolve()
         ckpts = sorted((p / "checkpoints").glob("step-*.pt")) if (p / "checkpoints").is_dir() else []

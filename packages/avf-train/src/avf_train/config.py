@@ -5,22 +5,34 @@ stage (Table 5 for pre-training, Table 6 for post-pre-training and fine-tuning),
 the data, the output folder and the model size; everything else is a dotted override such as
 ``--set optim.lr=1e-4``. The resolved config is written to ``RUN/config.yaml`` and stored (as plain
 types) in every checkpoint, which is what lets ``--resume`` and ``--init`` check what they load.
+
+Reading, merging and type conversion are avf-data's :mod:`avf_data.settings`, the one config
+mechanism of avf: values are converted to each field's declared type by one rule (booleans must
+be YAML booleans, ``--set`` values are parsed as YAML) and every problem is a :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+from avf_data.settings import ConfigError, merge, parse_set, read_yaml, to_dict, update
+
+if TYPE_CHECKING:
+    from .transforms import ClipTransformConfig
+
+__all__ = ["ConfigError", "DataArgs", "FinetuneArgs", "ModelArgs", "OptimArgs", "RunArgs", "TrainConfig",
+           "config_path", "from_dict", "load_yaml", "parse_override", "resolve", "resolve_model_name", "save_yaml",
+           "stage_defaults", "to_dict", "transform_config"]
 
 Stage = Literal["pretrain", "postpretrain", "finetune"]
 STAGES: tuple[str, ...] = ("pretrain", "postpretrain", "finetune")
 MODEL_SIZES: tuple[str, ...] = ("tiny", "base", "large", "huge")
+SHIPPED = Path(__file__).parent / "configs"  # the --config recipes, by name
 
 
 @dataclass
@@ -37,7 +49,7 @@ class ModelArgs:
 
 @dataclass
 class DataArgs:
-    """Where clips come from and how they are turned into model inputs (ARCH_SPEC §2, §3)."""
+    """Where clips come from and how they are turned into model inputs (the official loaders' settings)."""
 
     shards: str = ""  # glob, folder or single .tar; comma-separated for several
     val_shards: str = ""  # optional held-out shards for evaluation/predict after training
@@ -125,7 +137,9 @@ class RunArgs:
     keep_last: int = 3
     tensorboard: bool = True
     fsdp: bool = False  # FSDP2 instead of DDP (used for Huge)
-    find_unused_parameters: bool = False  # DDP: set when some parameters get no gradient
+    # DDP's find_unused_parameters, for a model whose forward skips parameters. Not needed for the
+    # avf-models networks: the last LGI block's stage-IV attention gets zero gradients, not none
+    find_unused_parameters: bool = False
     compile: bool = False
 
 
@@ -156,119 +170,31 @@ def stage_defaults(stage: Stage) -> TrainConfig:
     return cfg
 
 
-# --------------------------------------------------------------------------- (de)serialisation
+# --------------------------------------------------------------------------- reading and writing
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples become lists) suitable for YAML and ``torch.save``."""
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {str(k): plain(v) for k, v in value.items()}
-        return value
-    return plain(cfg)
+def from_dict(values: dict[str, Any], stage: str | None = None) -> TrainConfig:
+    """A config from a (possibly partial) nested dict, on top of its stage's defaults.
 
-
-def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert a YAML/CLI value to the field's declared type, with an error naming the field."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, where)
-            except (TypeError, ValueError):
-                continue
-        raise ValueError(f"{where}: cannot interpret {value!r} as {annotation}")
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
-        return value
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
-        items = list(value)
-        if args and args[-1] is not Ellipsis and len(items) != len(args):
-            raise ValueError(f"{where}: expected {len(args)} values, got {items!r}")
-        kinds = [args[0]] * len(items) if args and args[-1] is Ellipsis else list(args)
-        return tuple(_coerce(v, k, where) for v, k in zip(items, kinds))
-    if origin is dict or annotation is dict:
-        if isinstance(value, str):
-            value = yaml.safe_load(value) or {}
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if annotation is bool:
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{where}: {value!r} is not a boolean")
-        return bool(value)
-    if annotation is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{where}: {value!r} is not an integer")
-        return int(float(value)) if isinstance(value, str) else int(value)
-    if annotation is float:
-        return float(value)
-    if annotation is str:
-        return "" if value is None else str(value)
-    return value
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def update(cfg: Any, values: dict[str, Any], prefix: str = "") -> Any:
-    """Recursively set fields of dataclass ``cfg`` from a nested dict; unknown keys are errors."""
-    hints = _hints(type(cfg))
-    names = {f.name for f in dataclasses.fields(cfg)}
-    for key, value in values.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            raise KeyError(f"unknown config field {where!r}; known: {sorted(names)}")
-        current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"{where} is a section; give a mapping, not {value!r}")
-            update(current, value, prefix=f"{where}.")
-        else:
-            setattr(cfg, key, _coerce(value, hints[key], where))
+    The stage is ``stage`` when given (the sub-command), else the dict's own ``stage``, else
+    pre-training; a dict that names another stage than ``stage`` is refused.
+    """
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {values!r}")
+    named = values.get("stage")
+    if stage is not None and named is not None and named != stage:
+        raise ConfigError(f"the config is for stage {named!r}, not {stage!r}")
+    chosen = stage or named or "pretrain"
+    if chosen not in STAGES:
+        raise ConfigError(f"config key 'stage' must be one of {', '.join(STAGES)}, got {chosen!r}")
+    cfg = update(stage_defaults(chosen), {k: v for k, v in values.items() if k != "stage"})
+    cfg.stage = chosen
     return cfg
 
 
-def set_dotted(cfg: TrainConfig, assignment: str) -> None:
-    """Apply one ``section.field=value`` override (the value is parsed as YAML)."""
-    if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} must look like section.field=value")
-    path, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    nested: dict[str, Any] = {}
-    node = nested
-    parts = path.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    update(cfg, nested)
-
-
-def from_dict(values: dict[str, Any]) -> TrainConfig:
-    """Build a config from a (possibly partial) nested dict on top of its stage's defaults."""
-    cfg = stage_defaults(values.get("stage", "pretrain"))
-    return update(cfg, values)
-
-
-def load_yaml(path: str | Path) -> TrainConfig:
-    with open(path) as fh:
-        return from_dict(yaml.safe_load(fh) or {})
+def load_yaml(path: str | Path, stage: str | None = None) -> TrainConfig:
+    """A YAML config file (``--config`` or ``RUN/config.yaml``) on top of its stage's defaults."""
+    return from_dict(read_yaml(path), stage)
 
 
 def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
@@ -279,8 +205,104 @@ def save_yaml(cfg: TrainConfig, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def config_path(name: str) -> Path:
+    """A YAML path, or the name of a shipped config (``avf_train/configs/<name>.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = SHIPPED / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
+    raise ConfigError(f"--config {name!r} is neither a file nor a shipped config ({known})")
+
+
+def resolve(stage: str, *, config: str | None = None, resume_dir: str | Path | None = None,
+            flags: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """One run's config: stage defaults <- ``RUN/config.yaml`` (resume) <- ``--config`` <- the
+    per-field flags (dotted keys, ``None`` = not given) <- ``--set a.b=v`` (later wins).
+
+    Everything is merged as nested dicts first and converted once (avf_data.settings), so every
+    wrong key or value is one :class:`ConfigError` naming it.
+    """
+    values: dict[str, Any] = {}
+    saved = Path(resume_dir) / "config.yaml" if resume_dir else None
+    if saved is not None and saved.is_file():
+        values = merge(values, read_yaml(saved))
+    if config:
+        given = read_yaml(config_path(config))
+        named = given.get("stage")
+        if named is not None and named != stage:
+            raise ConfigError(f"--config {config} is for stage {named!r}, not {stage!r}")
+        values = merge(values, given)
+    values.pop("stage", None)
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            values = merge(values, parse_dotted(dotted, value))
+    for assignment in sets:
+        values = merge(values, parse_override(assignment))
+    cfg = from_dict(values, stage)
+    validate(cfg)
+    return cfg
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
+
+
+def parse_override(assignment: str) -> dict[str, Any]:
+    """``--set a.b=v`` as a nested dict (``avf_data.settings.parse_set``), reading ``1e-4`` as a number.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-4``) and ``1e-4`` is text; learning
+    rates are written ``1e-4`` on command lines, so such values are read as YAML 1.2 reads them.
+    """
+    def numbers(value: Any) -> Any:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
+        if isinstance(value, dict):
+            return {k: numbers(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [numbers(v) for v in value]
+        return value
+
+    return numbers(parse_set(assignment))
+
+
+def parse_dotted(dotted: str, value: Any) -> dict[str, Any]:
+    """``("a.b", v)`` -> ``{"a": {"b": v}}``."""
+    *parents, leaf = dotted.split(".")
+    nested: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        nested = {part: nested}
+    return nested
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Combinations that no single field's type rules out."""
+    if cfg.stage == "postpretrain" and cfg.finetune.task == "dea":
+        raise ConfigError("post-pre-training has labelled hybrids for cea and mer only, not dea (paper §4.2): "
+                          "fine-tune a DEA head from a pre-trained or post-pre-trained checkpoint instead")
+
+
+def task_label_map(task: str) -> str:
+    """The post-pre-training label map of a task: the paper's Table 3 hybrids."""
+    return {"cea": "cea13", "mer": "mer3"}.get(task, "")
+
+
 def resolve_model_name(name: str) -> str:
     """Accept the CLI's size aliases (tiny/base/large/huge) as well as full registry names."""
     if not name:
         return "avfmae_pp_base"
     return f"avfmae_pp_{name}" if name in MODEL_SIZES else name
+
+
+def transform_config(cfg: TrainConfig, mode: str) -> ClipTransformConfig:
+    """The loader's per-clip settings (``data.*``) for ``mode``: pretrain, finetune or test."""
+    from .transforms import ClipTransformConfig
+
+    d = cfg.data
+    return ClipTransformConfig(num_frames=d.num_frames, sampling_rate=d.sampling_rate, image_size=d.image_size,
+                               audio_frames=d.audio_frames, crop_scales=tuple(d.crop_scales),
+                               audio_gain_aug=d.audio_gain_aug, mode=mode, rand_augment=d.rand_augment,
+                               rrc_scale=tuple(d.random_resized_crop_scale), flip=d.flip,
+                               random_erase=d.random_erase, test_segments=d.test_segments,
+                               test_crops=d.test_crops)

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from avf_data.settings import ConfigError
+
 # Paper Table 3: the emotion names each targeted dataset uses.
 TABLE3_DATASET_LABELS: dict[str, tuple[str, ...]] = {
     "MAFW": ("Anger", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise", "Contempt",
@@ -99,12 +101,17 @@ def get_label_map(spec: str) -> LabelMap | None:
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"label map {spec!r} is neither 'cea13', 'mer3' nor an existing YAML file")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"label map {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"label map {path} must be a mapping {{classes: [...], aliases: {{...}}}}")
     classes = tuple(data.get("classes") or ())
     if not classes:
-        raise ValueError(f"label map {path} has no 'classes' list")
+        raise ConfigError(f"label map {path} has no 'classes' list")
     aliases = {str(k).lower(): str(v) for k, v in (data.get("aliases") or {}).items()}
     unknown = sorted(set(aliases.values()) - set(classes))
     if unknown:
-        raise ValueError(f"label map {path}: aliases point at unknown classes {unknown}")
+        raise ConfigError(f"label map {path}: aliases point at unknown classes {unknown}")
     return LabelMap(path.stem, classes, aliases)

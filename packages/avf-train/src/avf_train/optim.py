@@ -1,4 +1,4 @@
-"""AdamW parameter groups (no decay on biases/norms, layer-wise lr decay) and the lr schedule.
+"""AdamW (the official parameter groups) and the learning-rate schedule.
 
 The schedule is a pure function of the optimizer step, so resuming only needs the step count:
 linear warmup from ``warmup_lr`` to ``peak`` then half-cosine down to ``min_lr``, the VideoMAE
@@ -11,7 +11,6 @@ scaled by ``global_batch / 256``.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import torch
@@ -19,77 +18,18 @@ from torch import nn
 
 from .config import OptimArgs, TrainConfig
 
-_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
-
-
-def num_layers(model: nn.Module) -> int:
-    """Depth used for layer decay: the largest ``blocks.i`` index of any encoder, plus one."""
-    if hasattr(model, "get_num_layers"):
-        return int(model.get_num_layers())
-    depth = 0
-    for name, _ in model.named_parameters():
-        if "fusion" in name or "decoder" in name:
-            continue
-        m = _BLOCK.search(name)
-        if m:
-            depth = max(depth, int(m.group(1)) + 1)
-    return depth
-
-
-def layer_id(name: str, depth: int) -> int:
-    """0 for embeddings, i+1 for encoder block i, depth+1 for everything after the encoders
-    (fusion, norms, head), following BEiT/VideoMAE's ``get_layer_id_for_vit``."""
-    if any(k in name for k in ("patch_embed", "pos_embed", "cls_token", "mask_token", "region_token")):
-        if "fusion" not in name and "decoder" not in name:
-            return 0
-    if "fusion" in name or "decoder" in name:
-        return depth + 1
-    m = _BLOCK.search(name)
-    if m:
-        return int(m.group(1)) + 1
-    return depth + 1
-
-
-def _no_decay(name: str, param: torch.Tensor, skip: set[str]) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or name in skip or any(
-        k in name for k in ("pos_embed", "cls_token", "mask_token", "region_token"))
-
-
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
-    """Groups keyed by (layer, decay); each carries ``lr_scale`` that the schedule multiplies in."""
-    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    depth = num_layers(model)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        decay = not _no_decay(name, param, skip)
-        lid = layer_id(name, depth) if layer_decay != 1.0 else 0
-        scale = layer_decay ** (depth + 1 - lid) if layer_decay != 1.0 else 1.0
-        group = groups.setdefault((lid, decay), {"params": [], "names": [], "lr_scale": scale,
-                                                 "weight_decay": weight_decay if decay else 0.0})
-        group["params"].append(param)
-        group["names"].append(name)
-    return [groups[k] for k in sorted(groups)]
-
-
-def model_param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
-    """The official AdamW groups from ``avf_models.optim`` for avf-models networks (layer ids over
-    encoder blocks *and* fusion units, official no-decay names); the generic ones otherwise."""
-    if hasattr(model, "config"):
-        try:
-            from avf_models.optim import param_groups as official_groups
-        except ImportError:
-            pass
-        else:
-            return official_groups(model, weight_decay=weight_decay,
-                                   layer_decay=layer_decay if layer_decay != 1.0 else None)
-    return param_groups(model, weight_decay, layer_decay)
-
 
 def build_optimizer(model: nn.Module, args: OptimArgs, lr: float) -> torch.optim.AdamW:
-    """AdamW over ``model`` (pass the unwrapped module: DDP's ``module.`` prefix breaks the names)."""
-    groups = model_param_groups(model, args.weight_decay, args.layer_decay)
+    """AdamW over ``model`` (pass the unwrapped module: DDP's ``module.`` prefix breaks the names).
+
+    The groups are the official ones (``avf_models.optim.param_groups``: no decay on 1-D tensors,
+    biases and the official no-decay names; with layer decay, one ``lr_scale`` per layer id over
+    the encoder blocks and the fusion units). ``layer_decay`` 1.0 means no layer-wise decay.
+    """
+    from avf_models.optim import param_groups
+
+    groups = param_groups(model, weight_decay=args.weight_decay,
+                          layer_decay=args.layer_decay if args.layer_decay != 1.0 else None)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
         g.pop("names")

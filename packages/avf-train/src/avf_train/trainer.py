@@ -1,156 +1,46 @@
 """The training loop shared by the three stages (pre-training, post-pre-training, fine-tuning).
 
 One loop, flat: build model -> data stream -> AdamW + schedule -> for each optimizer step, run
-``grad_accum`` micro-batches under autocast, clip, step, log, save. What differs per stage is only
-the model head and the loss (``_step_loss``). Everything stateful (model, optimizer, scaler, step,
-RNG of every rank, loader position of every rank) goes into the checkpoint, so ``--resume``
-reproduces the per-step losses of an uninterrupted run.
+``grad_accum`` micro-batches under autocast, clip, step, log, save. What differs per stage is the
+model (``modeling.build_model``) and its loss: the pre-training model returns its own loss, the
+supervised one is called on Mixup/CutMix-mixed views (``mixup.mix_targets``) and scored by its
+``compute_loss``. Everything stateful (model, optimizer, scaler, step, RNG of every rank, loader
+position of every rank) goes into the checkpoint, so ``--resume`` reproduces the per-step losses
+of an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from .config import TrainConfig, resolve_model_name, save_yaml, to_dict
+from .config import TrainConfig, resolve_model_name, save_yaml, to_dict, transform_config
 from .data import ClipStream, StreamState, make_loader, resolve_shards
 from .errors import DataError, StageError, one_line
 from .labels import get_label_map
+from .metrics import MetricsLog, format_duration, truncate_metrics
+from .mixup import mix_targets
+from .modeling import build_model, check_input_spec, class_names_for, init_from, model_from_init, num_classes_for
 from .optim import CosineSchedule, build_optimizer, plan_schedule
-from .preflight import check_batch_fits, check_init_classes, resolve_labels
+from .preflight import check_batch_fits, resolve_labels
 from .shardinfo import scan_shards
-from .transforms import ClipTransformConfig
 
-__all__ = ["DataError", "StageError", "TrainResult", "build_model", "train"]
-
-
-# --------------------------------------------------------------------------- model building
-
-
-def task_head(cfg: TrainConfig) -> dict[str, Any]:
-    """create_model keyword arguments for the supervised head of ``cfg``."""
-    if cfg.stage == "pretrain":
-        return {}
-    kw: dict[str, Any] = {"modality": cfg.model.modality}
-    if cfg.finetune.task == "dea":
-        kw.update(task="regression")
-    return kw
-
-
-def num_classes_for(cfg: TrainConfig) -> int:
-    if cfg.finetune.num_classes > 0:
-        return cfg.finetune.num_classes
-    label_map = get_label_map(cfg.data.label_map)
-    if label_map is not None:
-        return label_map.num_classes
-    raise StageError("set --num-classes (finetune.num_classes): it cannot be inferred without a label map")
-
-
-def class_names_for(cfg: TrainConfig) -> list[str] | None:
-    """Names of the classifier's outputs, stored in checkpoints and predictions.
-
-    A label map (``data.label_map``) names its classes; otherwise they are ``data.classes``, the
-    label map the shards were imported with (every sample and ``classes.json`` carry it), which
-    the pre-flight check copied into the config.
-    """
-    if cfg.stage == "pretrain" or cfg.finetune.task == "dea":
-        return None
-    label_map = get_label_map(cfg.data.label_map)
-    if label_map is not None:
-        return list(label_map.classes)
-    return list(cfg.data.classes) or None
-
-
-def build_model(cfg: TrainConfig) -> nn.Module:
-    from avf_models import create_model
-
-    name = resolve_model_name(cfg.model.name)
-    overrides = dict(cfg.model.overrides)
-    if cfg.model.drop_path is not None:
-        overrides["drop_path_rate"] = cfg.model.drop_path
-    if cfg.stage == "pretrain":
-        return create_model(name, stage="pretrain", **overrides)
-    overrides.update(task_head(cfg))
-    return create_model(name, stage="finetune", num_classes=num_classes_for(cfg), **overrides)
-
-
-def check_input_spec(model: nn.Module, cfg: TrainConfig) -> None:
-    """Fail before training when the data pipeline would feed the model the wrong shapes."""
-    spec = getattr(D.unwrap(model), "input_spec", None)
-    if spec is None:
-        return
-    want = (spec.frames, spec.image_size, spec.audio_frames, spec.mel_bins)
-    got = (cfg.data.num_frames, cfg.data.image_size, cfg.data.audio_frames, cfg.data.mel_bins)
-    if want != got:
-        raise StageError(f"shape mismatch: model {cfg.model.name} expects frames/image/audio-frames/mel-bins "
-                         f"{want}, the data config gives {got}; fix data.* or the model overrides")
-
-
-def model_from_init(cfg: TrainConfig, log) -> None:
-    """With no --model, a supervised stage builds the architecture its --init checkpoint was
-    trained with (name and ModelConfig overrides such as depth), so the chain needs no repetition."""
-    if cfg.model.name or cfg.stage == "pretrain" or not cfg.finetune.init:
-        return
-    ckpt = ckpt_io.load(cfg.finetune.init)
-    name = ckpt.get("model_name")
-    if not name:
-        raise StageError(f"--init {ckpt['path']} does not record its model; pass --model")
-    saved = (ckpt.get("config") or {}).get("model", {}).get("overrides", {}) or {}
-    cfg.model.name = name
-    cfg.model.overrides = {**saved, **cfg.model.overrides}
-    log(f"model {name} (from --init)")
-
-
-def init_from(model: nn.Module, cfg: TrainConfig, log) -> None:
-    """Load ``finetune.init`` into a supervised model, refusing checkpoints of the wrong stage."""
-    from avf_models import load_pretrained_into_finetune
-
-    ckpt = ckpt_io.load(cfg.finetune.init)
-    stage = ckpt.get("stage", "unknown")
-    allowed = {"postpretrain": ("pretrain", "unknown"), "finetune": ("pretrain", "postpretrain", "unknown")}
-    if stage not in allowed.get(cfg.stage, ()):
-        raise StageError(f"--init {ckpt['path']} is a {stage!r} checkpoint; {cfg.stage} starts from "
-                         f"{' or '.join(s for s in allowed.get(cfg.stage, ()) if s != 'unknown')} checkpoints")
-    note = check_init_classes(cfg, ckpt)
-    if note:
-        log(note)
-    try:
-        report = load_pretrained_into_finetune(model, ckpt["model"])
-    except Exception as exc:  # shape mismatch etc.: say which file and model
-        raise StageError(f"cannot load {ckpt['path']} into {cfg.model.name}: {exc}") from exc
-    log(f"init from {ckpt['path']} ({stage}): {len(report.loaded)} tensors loaded, "
-        f"{len(report.missing)} left at init, {len(report.ignored)} ignored")
-
-
-# --------------------------------------------------------------------------- data
-
-
-def transform_config(cfg: TrainConfig, mode: str) -> ClipTransformConfig:
-    d = cfg.data
-    return ClipTransformConfig(num_frames=d.num_frames, sampling_rate=d.sampling_rate, image_size=d.image_size,
-                               audio_frames=d.audio_frames, crop_scales=tuple(d.crop_scales),
-                               audio_gain_aug=d.audio_gain_aug, mode=mode, rand_augment=d.rand_augment,
-                               rrc_scale=tuple(d.random_resized_crop_scale), flip=d.flip,
-                               random_erase=d.random_erase, test_segments=d.test_segments,
-                               test_crops=d.test_crops)
+# transform_config is also what tools/bench/loader.py imports from here
+__all__ = ["TrainResult", "train", "train_stream", "transform_config"]
 
 
 def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: StreamState | None) -> ClipStream:
+    """This rank's share of the training clips, resumed at ``state``."""
     mode = "pretrain" if cfg.stage == "pretrain" else "finetune"
     repeats = 1 if cfg.stage == "pretrain" else cfg.data.repeated_aug
     classify = cfg.stage != "pretrain" and cfg.finetune.task != "dea"
@@ -160,120 +50,6 @@ def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: S
                       label_map=get_label_map(cfg.data.label_map), labelled=cfg.stage != "pretrain",
                       state=state, classes=tuple(cfg.data.classes) if classify else (),
                       num_classes=cfg.finetune.num_classes if classify else 0)
-
-
-# --------------------------------------------------------------------------- losses
-
-
-def mix_targets(batch: dict[str, Any], cfg: TrainConfig, num_classes: int, rng: np.random.Generator,
-                train: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mixup/CutMix (timm semantics, pairs i with B-1-i) on the video, targets mixed to match.
-
-    As in the official fine-tuning code the audio is left unmixed (ARCH_SPEC §8); with
-    ``finetune.mix_audio`` it is mixed linearly with the same (area-corrected) lambda. CutMix pastes
-    one box into every frame. Classification targets are label-smoothed one-hots; DEA regression
-    targets are mixed linearly without smoothing.
-    """
-    video, audio = batch["video"], batch["audio"]
-    f = cfg.finetune
-    regression = f.task == "dea"
-    if regression:
-        if "targets" not in batch:
-            raise StageError("task dea needs 'targets' (a list of floats) in the clips' metadata")
-        target = batch["targets"]
-    else:
-        off = f.label_smoothing / num_classes
-        labels = batch["label"]
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise StageError(f"labels {labels.tolist()} outside [0, {num_classes}); check --num-classes and the label map")
-        target = torch.full((len(labels), num_classes), off)
-        target.scatter_(1, labels[:, None], 1.0 - f.label_smoothing + off)
-    if not train or (f.mixup <= 0 and f.cutmix <= 0) or rng.random() >= f.mixup_prob or len(video) < 2:
-        return video, audio, target
-    use_cutmix = f.cutmix > 0 and (f.mixup <= 0 or rng.random() < f.mixup_switch_prob)
-    lam = float(rng.beta(f.cutmix, f.cutmix) if use_cutmix else rng.beta(f.mixup, f.mixup))
-    if use_cutmix:
-        h, w = video.shape[-2:]
-        cut = math.sqrt(1.0 - lam)
-        ch, cw = int(h * cut), int(w * cut)
-        cy, cx = int(rng.integers(h)), int(rng.integers(w))
-        y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
-        x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
-        video = video.clone()
-        video[..., y0:y1, x0:x1] = video.flip(0)[..., y0:y1, x0:x1]
-        lam = 1.0 - (y1 - y0) * (x1 - x0) / float(h * w)
-    else:
-        video = video * lam + video.flip(0) * (1.0 - lam)
-    if f.mix_audio:
-        audio = audio * lam + audio.flip(0) * (1.0 - lam)
-    target = target * lam + target.flip(0) * (1.0 - lam)
-    return video, audio, target
-
-
-def supervised_forward(model: nn.Module, cfg: TrainConfig, video: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
-    if cfg.model.modality == "video":
-        return model(video=video)
-    if cfg.model.modality == "audio":
-        return model(audio=audio)
-    return model(video, audio)
-
-
-def supervised_loss(outputs: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    if task == "dea":
-        return F.mse_loss(outputs.float(), target.float().view_as(outputs))
-    return torch.sum(-target * F.log_softmax(outputs.float(), dim=-1), dim=-1).mean()
-
-
-# --------------------------------------------------------------------------- logging
-
-
-class MetricsLog:
-    """JSONL (always) and TensorBoard (optional) metrics, written by rank 0 only."""
-
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool) -> None:
-        self.enabled = enabled
-        self.fh = open(run_dir / "metrics.jsonl", "a") if enabled else None
-        self.tb = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tb"))
-            except Exception as exc:  # tensorboard is optional at run time
-                print(f"[avf-train] tensorboard disabled: {exc}", file=sys.stderr)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        safe = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        self.fh.write(json.dumps(safe) + "\n")  # strict JSON: inf/nan become null
-        self.fh.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
-                    self.tb.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.fh:
-            self.fh.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from (a killed run logged past its last
-    save), so metrics.jsonl reads like one uninterrupted run."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 # --------------------------------------------------------------------------- the loop
@@ -321,7 +97,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     """Run (or resume) one stage as configured; returns where it stopped."""
     info = D.init(cfg.run.device)
     if not cfg.run.out:
-        raise ValueError("set --out (run.out): the run folder for config, checkpoints and metrics")
+        raise StageError("set --out (run.out): the run folder for config, checkpoints and metrics")
     run_dir = Path(cfg.run.out)
 
     def log(msg: str) -> None:
@@ -450,8 +226,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                     else:
                         rng = np.random.default_rng([cfg.run.seed, info.rank, step, micro])
                         video, audio, target = mix_targets(batch, cfg, num_classes, rng)
-                        outputs = supervised_forward(forward_model, cfg, video.to(info.device), audio.to(info.device))
-                        loss = supervised_loss(outputs, target.to(info.device), cfg.finetune.task)
+                        outputs = forward_model(video.to(info.device), audio.to(info.device))
+                        loss = D.unwrap(model).compute_loss(outputs, target.to(info.device))
                         parts = {}
                 scaler.scale(loss / accum).backward()
             sums["loss"] = sums.get("loss", 0.0) + loss.item() / accum
@@ -485,7 +261,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 record["loss_scale"] = float(scaler.get_scale())
             metrics.write(record)
             log(f"step {step}/{stop_at} ep {step / steps_per_epoch:.2f} loss {vals['loss']:.4f} lr {lr:.3g} "
-                f"gnorm {grad_norm:.3g} {rate:.1f} clips/s ETA {_fmt_time(eta)}")
+                f"gnorm {grad_norm:.3g} {rate:.1f} clips/s ETA {format_duration(eta)}")
             t_last, clips_since = now, 0
 
         if step % cfg.run.save_every == 0 or step == stop_at:

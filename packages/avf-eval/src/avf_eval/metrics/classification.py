@@ -16,8 +16,6 @@ the edge cases explicit:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -102,7 +100,3 @@ def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = Non
     mentioned = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
     return float(_per_class_f1(matrix)[mentioned].mean()) if mentioned.any() else 0.0
 
-
-def class_counts(labels: Sequence[int], num_classes: int) -> NDArray[np.int64]:
-    """How many clips of each class; used by reports to show support next to recall."""
-    return np.bincount(_as_labels(labels, "labels"), minlength=num_classes)

@@ -1,16 +1,16 @@
 """Load a fine-tuned checkpoint for prediction and name its outputs.
 
-Loading is avf-train's own (``avf_train.predict.load_for_inference``): it resolves a run folder
-(``RUN/checkpoint``), refuses pre-training checkpoints and bare state dicts, rebuilds the
-network from the stored training config and loads the weights. It also reads the exported
-layout without a config (``model_name``, ``model`` and optionally ``num_classes``, ``task``,
-``modality``, ``model_overrides``). The test views come from the same config
-(``avf_train.trainer.transform_config(cfg, "test")``).
+Loading is avf-train's own, in one call (``avf_train.modeling.load_predictor``, the same one
+``avf-train predict`` uses): it resolves a run folder (``RUN/checkpoint``), refuses pre-training
+checkpoints and bare state dicts, rebuilds the network from the stored training config, loads
+the weights and checks the data settings against the model's input shapes. It also reads the
+exported layout without a config (``model_name``, ``model`` and optionally ``num_classes``,
+``task``, ``modality``, ``model_overrides``). The test views come from the same config.
 
-What is avf-eval's own is the naming of the outputs, in this order: ``class_names`` (or
-``dimensions`` for regression) stored in the checkpoint, the training label map (``cea13`` /
-``mer3`` / a YAML file), the ``--protocol`` given by the user, and finally ``class_0 ...``,
-so the output always says which names are guesses.
+What is avf-eval's own is the naming of the outputs, in this order: the names the checkpoint
+carries (``class_names``, its training config's classes, or ``dimensions`` for regression), the
+training label map (``cea13`` / ``mer3`` / a YAML file), the ``--protocol`` given by the user, and
+finally ``class_0 ...``, so the output always says which names are guesses.
 """
 
 from __future__ import annotations
@@ -34,34 +34,42 @@ class CheckpointError(ValueError):
 class LoadedModel:
     """A ready-to-run model and what its outputs mean."""
 
-    model: nn.Module
-    model_name: str
+    predictor: Any  # avf_train.modeling.Predictor: the model, its training config and test views
     task: str  # classification | regression
     names: tuple[str, ...]  # class names, or regression dimensions
     names_source: str  # where the names came from, shown to the user
-    config: Any  # avf_train.config.TrainConfig the model was trained with
-    views: Any  # avf_train.transforms.ClipTransformConfig in test mode (segments x crops)
-    path: str
+
+    @property
+    def model(self) -> nn.Module:
+        return self.predictor.model
+
+    @property
+    def model_name(self) -> str:
+        return self.predictor.model_name
+
+    @property
+    def config(self) -> Any:
+        """avf_train.config.TrainConfig the model was trained with."""
+        return self.predictor.config
+
+    @property
+    def views(self) -> Any:
+        """avf_train.transforms.ClipTransformConfig in test mode (segments x crops)."""
+        return self.predictor.views
+
+    @property
+    def path(self) -> str:
+        return self.predictor.path
 
 
-def _label_map_names(spec: str) -> tuple[str, ...] | None:
-    from avf_train.labels import get_label_map
-
-    try:
-        label_map = get_label_map(spec)
-    except (FileNotFoundError, ValueError):
-        return None
-    return tuple(label_map.classes) if label_map is not None else None
-
-
-def _names(ckpt: dict[str, Any], cfg: Any, task: str, count: int, protocol: Protocol | None) -> tuple[tuple[str, ...], str]:
+def _names(predictor: Any, task: str, protocol: Protocol | None) -> tuple[tuple[str, ...], str]:
+    count = predictor.num_outputs
     if protocol is not None:
         if protocol.kind != task:
             raise CheckpointError(f"the checkpoint is a {task} model but protocol {protocol.name} is {protocol.kind}")
         if protocol.output_size != count:
             raise CheckpointError(f"the model has {count} outputs but protocol {protocol.name} names {protocol.output_size}")
-    stored = ckpt.get("dimensions") if task == "regression" else ckpt.get("class_names")
-    candidates: list[tuple[Any, str]] = [(stored, "checkpoint"), (_label_map_names(cfg.data.label_map), "training label map")]
+    candidates: list[tuple[Any, str]] = [predictor.names()]
     if protocol is not None:
         candidates.append((protocol.dimensions if task == "regression" else protocol.classes, f"protocol {protocol.name}"))
     for names, source in candidates:
@@ -79,8 +87,11 @@ def check_device(device: str | torch.device) -> torch.device:
     """Parse ``--device`` and make sure this machine has it, before any checkpoint is read.
 
     Without this, ``--device cuda`` on a machine without CUDA fails inside ``torch.load`` or
-    ``.to()`` and the message reads as if the checkpoint were broken.
+    ``.to()`` and the message reads as if the checkpoint were broken. ``auto`` (avf-train's
+    default too) is the first CUDA device when there is one, else the CPU.
     """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -97,21 +108,17 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", protocol: Protocol | None = None) -> LoadedModel:
+def load_model(path: str | Path, device: str | torch.device = "auto", protocol: Protocol | None = None) -> LoadedModel:
     """Load a checkpoint file or avf-train run folder with avf-train and name its outputs."""
-    from avf_train.config import resolve_model_name
-    from avf_train.predict import load_for_inference
-    from avf_train.trainer import check_input_spec, num_classes_for, transform_config
+    from avf_train.modeling import load_predictor
 
     device = check_device(device)
     try:
-        model, cfg, ckpt = load_for_inference(path, device)
-        check_input_spec(model, cfg)
-    except (ValueError, FileNotFoundError) as error:  # StageError is a ValueError
+        predictor = load_predictor(path, device)
+    except (ValueError, FileNotFoundError) as error:  # StageError and ConfigError are ValueErrors
         raise CheckpointError(str(error)) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # torch.load of a non-weights-only file
         raise CheckpointError(f"{path}: not a weights-only torch checkpoint ({type(error).__name__}: {error})") from None
-    task = "regression" if cfg.finetune.task == "dea" else "classification"
-    names, source = _names(ckpt, cfg, task, num_classes_for(cfg), protocol)
-    return LoadedModel(model, resolve_model_name(cfg.model.name), task, names, source, cfg,
-                       transform_config(cfg, "test"), ckpt["path"])
+    task = "regression" if predictor.regression else "classification"
+    names, source = _names(predictor, task, protocol)
+    return LoadedModel(predictor, task, names, source)

@@ -6,10 +6,10 @@ clip duration, so a long clip counts more than a short one and the result still 
 For a regression checkpoint the same weighting averages the raw outputs.
 
 The views of a clip are avf-train's test views (``avf_train.transforms.make_view`` in test mode:
-``test_segments`` x ``test_crops`` of the checkpoint's config), run through avf-train's
-``supervised_forward``, so a clip is seen exactly as ``avf-train predict`` sees it. Views that
-come out identical (the crops of a square face clip, the segments of a clip shorter than one
-window) are run once; since they repeat in equal numbers, the mean is unchanged.
+``test_segments`` x ``test_crops`` of the checkpoint's config), run through the same
+``avf_train.modeling.Predictor`` as ``avf-train predict``, so a clip is seen exactly as it sees
+it. Views that come out identical (the crops of a square face clip, the segments of a clip
+shorter than one window) are run once; since they repeat in equal numbers, the mean is unchanged.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from avf_eval.aggregation import softmax
-from avf_eval.predict.checkpoint import LoadedModel, check_device, load_model
-from avf_eval.predict.curate import CuratedClip, curate_video
+from avf_eval.video_emotions.checkpoint import LoadedModel, check_device, load_model
+from avf_eval.video_emotions.curate import CuratedClip, curate_video
 from avf_eval.protocols.types import Protocol
 
 
@@ -71,15 +71,11 @@ def clip_views(clip: CuratedClip, loaded: LoadedModel) -> tuple[torch.Tensor, to
     return torch.stack([u["video"] for u in views]), torch.stack([u["audio"] for u in views])
 
 
-@torch.no_grad()
-def _run_clip(loaded: LoadedModel, clip: CuratedClip, device: str | torch.device, batch: int = 8) -> tuple[np.ndarray, int]:
-    from avf_train.trainer import supervised_forward
-
+def _run_clip(loaded: LoadedModel, clip: CuratedClip, batch: int = 8) -> tuple[np.ndarray, int]:
     video, audio = clip_views(clip, loaded)
     outputs = []
     for i in range(0, len(video), batch):
-        out = supervised_forward(loaded.model, loaded.config, video[i:i + batch].to(device), audio[i:i + batch].to(device))
-        outputs.append(out.float().cpu().numpy().astype(np.float64))
+        outputs.append(loaded.predictor(video[i:i + batch], audio[i:i + batch]).numpy().astype(np.float64))
     raw = np.concatenate(outputs)
     merged = softmax(raw).mean(axis=0) if loaded.task == "classification" else raw.mean(axis=0)
     return merged, len(raw)
@@ -92,7 +88,7 @@ def _reject_summary(rejects: list[dict[str, Any]]) -> str:
 
 
 def predict_video(
-    video: str | Path, checkpoint: str | Path, *, device: str = "cpu", protocol: Protocol | None = None,
+    video: str | Path, checkpoint: str | Path, *, device: str = "auto", protocol: Protocol | None = None,
     curation_config: Any = None,
 ) -> VideoPrediction:
     """Curate ``video``, run ``checkpoint`` on every clip, return per-clip and whole-video scores."""
@@ -107,7 +103,7 @@ def predict_video(
         raise NoUsableClipsError(f"no usable face clip in {path}: {_reject_summary(rejects)}")
     clips, weights = [], []
     for clip in curated.clips:
-        scores, views = _run_clip(loaded, clip, device)
+        scores, views = _run_clip(loaded, clip)
         clips.append(ClipPrediction(clip.key, round(clip.start, 3), round(clip.end, 3), views, scores.tolist()))
         weights.append(max(clip.end - clip.start, 1e-6))
     stacked = np.array([c.scores for c in clips])
