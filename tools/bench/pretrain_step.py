@@ -101,7 +101,7 @@ def bench_row(name: str, batch: int, compiled: bool, args: argparse.Namespace) -
     dt = (time.perf_counter() - t0) / args.steps
     row = dict(model=model.config.name, params=n_params, batch=batch, compiled=compiled,
                clips_per_s=batch / dt, step_ms=dt * 1e3, peak_gb=peak_memory_gb(device), loss=float(loss.detach()))
-    del model, opt, step_model, video, audio
+    model = opt = step_model = video = audio = None  # free the device memory before the next row
     return row
 
 

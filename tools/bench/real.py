@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from curation import decode_rates  # same folder: plain decode in the same unit
 
 SHIFTS = (-12, -5, -2, 2, 5, 12)
@@ -133,7 +131,7 @@ def sync_table(manifest: list[dict], variant_of: dict[str, str], max_offset: int
     by: dict[str, list[dict]] = {}
     for r in manifest:
         by.setdefault(variant_of.get(r["source"], "in sync"), []).append(r)
-    print(f"{'variant':<10} {'clips':>5} {'offsets (frames)':<34} {'|off|<=%d' % max_offset:>8} "
+    print(f"{'variant':<10} {'clips':>5} {'offsets (frames)':<34} {f'|off|<={max_offset}':>8} "
           f"{'conf median':>11} {'conf range':>13}")
     for name in ["in sync", *[f"shift{k:+d}" for k in SHIFTS], "other"]:
         rows = [r for r in by.get(name, []) if r.get("sync_offset") is not None]
@@ -141,7 +139,7 @@ def sync_table(manifest: list[dict], variant_of: dict[str, str], max_offset: int
             continue
         offs = [int(r["sync_offset"]) for r in rows]
         confs = [float(r["sync_confidence"]) for r in rows]
-        ok = sum(abs(o) <= max_offset and (min_conf is None or c >= min_conf) for o, c in zip(offs, confs))
+        ok = sum(abs(o) <= max_offset and (min_conf is None or c >= min_conf) for o, c in zip(offs, confs, strict=True))
         print(f"{name:<10} {len(rows):>5} {' '.join(f'{o:+d}' for o in offs)[:34]:<34} {ok / len(rows):>8.0%} "
               f"{statistics.median(confs):>11.2f} {min(confs):>6.2f}-{max(confs):<6.2f}")
 

@@ -99,10 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         for threads in [int(x) for x in args.threads.split(",")]:
             torch.set_num_threads(threads)
             scorer = build_sync_scorer(SyncConfig(batch_size=32), weights)
-            dt = _best(lambda: _v1_embed(scorer.model, crops160, audio), args.repeats)
+            dt = _best(lambda s=scorer: _v1_embed(s.model, crops160, audio), args.repeats)
             rows.append(("v1 port (Conv3d, no_grad, batch 20)", f"CPU x{threads}", t / dt))
             items = [SyncInput(crops224, audio)]
-            dt = _best(lambda: scorer.score_many(items), args.repeats)
+            dt = _best(lambda s=scorer, it=items: s.score_many(it), args.repeats)
             rows.append(("scorer (2-D CL, folded BN, fp32)", f"CPU x{threads}", t / dt))
         if torch.cuda.is_available():
             name = torch.cuda.get_device_name(0)
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 scorer = build_sync_scorer(SyncConfig(device="cuda", batch_size=args.gpu_batch, precision=precision),
                                            weights)
                 items = [SyncInput(crops224, audio)] * 8  # several clips share the batches
-                dt = _best(lambda: scorer.score_many(items), args.repeats, cpu=False)
+                dt = _best(lambda s=scorer, it=items: s.score_many(it), args.repeats, cpu=False)
                 rows.append((f"scorer ({precision})", f"{name}", 8 * t / dt))
             scorer = build_sync_scorer(SyncConfig(device="cuda"), weights)
             dt = _best(lambda: _v1_embed(scorer.model, crops160, audio, device="cuda"), args.repeats, cpu=False)

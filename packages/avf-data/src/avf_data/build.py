@@ -72,8 +72,8 @@ def resolve_inputs(items: list[str | os.PathLike], notes: list[str] | None = Non
         if os.path.isdir(p):
             found = []
 
-            def unreadable(err: OSError) -> None:
-                notes.append(f"{path_text(err.filename or p)}: folder skipped ({err.strerror or err})")
+            def unreadable(err: OSError, top: str = p) -> None:
+                notes.append(f"{path_text(err.filename or top)}: folder skipped ({err.strerror or err})")
 
             for root, dirs, files in os.walk(p, onerror=unreadable):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -356,8 +356,6 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
     ``labels`` (labelled import) maps an input path to the label fields of its samples.
     ``warn(line)`` receives the start-of-run warnings (the CLI prints them).
     """
-    import yaml
-    from tqdm import tqdm
 
     from .outdir import BuildLock, claim
 

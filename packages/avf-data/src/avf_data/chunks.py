@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .media import MediaConfig, MediaReader, SourceInfo, frame_rgb
+from .media import MediaReader, SourceInfo, frame_rgb
 
 
 @dataclass

@@ -17,9 +17,7 @@ import dataclasses
 import os
 import types
 import typing
-from typing import Any, Literal, TypeVar
-
-T = TypeVar("T")
+from typing import Any, Literal
 
 
 class ConfigError(ValueError):
@@ -80,7 +78,7 @@ def _name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def update(cfg: T, values: dict[str, Any], prefix: str = "") -> T:
+def update[C](cfg: C, values: dict[str, Any], prefix: str = "") -> C:
     """Set fields of dataclass ``cfg`` (in place, recursively) from a nested dict."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")

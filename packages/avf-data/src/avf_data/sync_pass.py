@@ -48,7 +48,6 @@ import os
 import sys
 import tarfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -538,7 +537,7 @@ class ShardScorer:
             if not batch:
                 return
             results = self.scorer.score_many([inp for _, inp, _ in batch])
-            for (key, inp, kind), r in zip(batch, results):
+            for (key, inp, kind), r in zip(batch, results, strict=True):
                 code = sync_reject_code(r, self.cfg)
                 decisions[key] = {"sync": r.to_json(), "code": code,
                                   "reason": sync_reject_reason(r, self.cfg) if code else None, "input": kind}

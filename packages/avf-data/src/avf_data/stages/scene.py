@@ -7,6 +7,7 @@ detection.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +91,7 @@ def split_scenes(num_frames: int, cuts: list[int], fps: float, cfg: SceneConfig,
     rejected: list[tuple[Segment, str]] = []
     min_frames = int(round(cfg.min_segment_seconds * fps))
     covered_until = int(np.floor(audio_coverage * num_frames + 1e-6))
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         if b <= a:
             continue
         seg = Segment(a, b)

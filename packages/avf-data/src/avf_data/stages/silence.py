@@ -9,6 +9,7 @@ ends up either in a clip or in a reject row (stage "silence"), so nothing is los
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -97,7 +98,7 @@ def split_speech(audio: np.ndarray, sample_rate: int, num_frames: int, fps: floa
         else:
             n = max(1, math.ceil(length / max_f))
             edges = [fa + (k * length) // n for k in range(n + 1)]
-            for s, e in zip(edges[:-1], edges[1:]):
+            for s, e in itertools.pairwise(edges):
                 pieces.append(Piece(s, e, None))
         cursor = fb
     if cursor < num_frames:

@@ -473,7 +473,7 @@ class SyncNetScorer:
 
     # ---- embedding (batched over windows of any number of clips)
 
-    def _embed_prepared(self, preps: list[_Prepared]) -> list[tuple["torch.Tensor", "torch.Tensor"]]:  # noqa: F821
+    def _embed_prepared(self, preps: list[_Prepared]) -> list[tuple[torch.Tensor, torch.Tensor]]:  # noqa: F821
         import torch
 
         from . import syncnet as sn
@@ -521,9 +521,9 @@ class SyncNetScorer:
             if batch:
                 run(batch)
         empty = torch.zeros(0, sn.EMBEDDING_DIM)
-        return [(torch.cat(v) if v else empty, torch.cat(a) if a else empty) for v, a in zip(vid, aud)]
+        return [(torch.cat(v) if v else empty, torch.cat(a) if a else empty) for v, a in zip(vid, aud, strict=True)]
 
-    def embed(self, frames: np.ndarray, audio: np.ndarray) -> tuple["torch.Tensor", "torch.Tensor"]:  # noqa: F821
+    def embed(self, frames: np.ndarray, audio: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: F821
         """25 fps RGB face crops + 16 kHz float audio -> (video_emb, audio_emb), both ``(N, 1024)``.
 
         ``N`` = number of 5-frame windows (``min(T, len(audio) // 640) - 5``
@@ -583,9 +583,9 @@ class SyncNetScorer:
         """Score several clips, their windows sharing forward passes of ``batch_size``."""
         preps = [self._prepare(it) for it in items]
         embs = self._embed_prepared(preps)
-        return [self._result(v, a, p.n_frames, p.seconds, p.note) for p, (v, a) in zip(preps, embs)]
+        return [self._result(v, a, p.n_frames, p.seconds, p.note) for p, (v, a) in zip(preps, embs, strict=True)]
 
-    def score_clip(self, view: "SyncView") -> SyncResult:
+    def score_clip(self, view: SyncView) -> SyncResult:
         """SyncNet on the reference crops cut from source frames when ``view`` has face
         boxes; otherwise on the training crop (noted in the result)."""
         inp = reference_input(view)
@@ -597,7 +597,7 @@ class SyncNetScorer:
 FALLBACK_GEOMETRY_NOTE = "SyncNet input rebuilt from the 160 px training crop (no face boxes / source frames)"
 
 
-def reference_input(view: "SyncView") -> SyncInput:
+def reference_input(view: SyncView) -> SyncInput:
     """The :class:`SyncInput` for a clip view: reference crops cut from the source when the
     view has ``face_boxes`` and ``cut_region``, else its training crop."""
     from .syncnet_input import reference_crops

@@ -41,8 +41,8 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-import numpy as np
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -489,7 +489,7 @@ class SyncNetFast(nn.Module):
         self.lip_convs = nn.ParameterList()
         self.lip_biases = nn.ParameterList()
         self._lip_specs: list[tuple[int, int]] = []  # (stride, padding) per conv
-        for idx, (w, b) in enumerate(
+        for w, b in (
             [(w0, b0)] + [_fold_bn(lip[i].weight.squeeze(2), lip[i].bias, lip[i + 1]) for i in (4, 8, 11, 14, 18)]
         ):
             self.lip_convs.append(nn.Parameter(w.contiguous(memory_format=torch.channels_last), requires_grad=False))
@@ -519,7 +519,7 @@ class SyncNetFast(nn.Module):
         ideally channels-last; see :func:`lip_windows`) -> ``(N, 1024)``."""
         F = torch.nn.functional
         x = windows
-        for j, (w, b) in enumerate(zip(self.lip_convs, self.lip_biases)):
+        for j, (w, b) in enumerate(zip(self.lip_convs, self.lip_biases, strict=True)):
             stride, pad = self._lip_specs[j]
             x = F.conv2d(x, w, b, stride=stride, padding=pad).relu_()
             if j == 0:
@@ -534,7 +534,7 @@ class SyncNetFast(nn.Module):
         """``(N, 1, 13, 20)`` MFCC blocks -> ``(N, 1024)``."""
         F = torch.nn.functional
         x = mfcc
-        for j, (w, b) in enumerate(zip(self.aud_convs, self.aud_biases)):
+        for j, (w, b) in enumerate(zip(self.aud_convs, self.aud_biases, strict=True)):
             x = F.conv2d(x, w, b, padding=self._aud_pads[j]).relu_()
             if j == 1:
                 x = F.max_pool2d(x, 3, stride=(1, 2))
