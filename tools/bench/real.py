@@ -82,6 +82,44 @@ def shifted(audio: np.ndarray, frames: int, sr: int = 16000, fps: float = 25.0) 
     return np.concatenate([audio[n:], np.zeros(n, np.float32)])
 
 
+def make_vfr(src: Path, dst: Path, jitter_ms: float = 15.0, seed: int = 0) -> Path:
+    """A phone-style variable-frame-rate copy of ``src``: every frame's timestamp moved by up to
+    ``jitter_ms`` (order kept), same pictures and audio, so the copy is still in sync."""
+    import av
+    from fractions import Fraction
+
+    rng = np.random.default_rng(seed)
+    audio = _audio16k(src)
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        vin = inp.streams.video[0]
+        vout = out.add_stream("libx264", rate=vin.average_rate)
+        vout.width, vout.height, vout.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
+        vout.time_base = vout.codec_context.time_base = Fraction(1, 1000)
+        vout.options = {"crf": "18", "preset": "veryfast", "bf": "0"}
+        aout = out.add_stream("pcm_s16le", rate=16000)
+        aout.layout = "mono"
+        last = -1
+        for frame in inp.decode(vin):
+            t = int(round(float(frame.time) * 1000 + rng.uniform(-jitter_ms, jitter_ms)))
+            t = max(t, last + 1)
+            last = t
+            vf = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
+            vf.pts, vf.time_base = t, Fraction(1, 1000)
+            for p in vout.encode(vf):
+                out.mux(p)
+        for p in vout.encode():
+            out.mux(p)
+        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
+        for i in range(0, pcm.shape[1], 4096):
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + 4096]), format="s16", layout="mono")
+            af.sample_rate = 16000
+            for p in aout.encode(af):
+                out.mux(p)
+        for p in aout.encode():
+            out.mux(p)
+    return dst
+
+
 def make_variants(files: list[Path], folder: Path) -> dict[str, str]:
     """Variant files -> variant name ("shift+5", "other", ...)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -251,9 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give the folder of real recordings")
     files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in {".mp4", ".mkv", ".mov", ".webm"})
     tmp = Path(tempfile.mkdtemp(prefix="avf-real-"))
-    print(f"# {len(files)} recordings in {args.folder}, {args.workers} workers, temp {tmp}\n")
+    print(f"# {len(files)} recordings in {args.folder} plus a VFR copy of one, {args.workers} workers, "
+          f"temp {tmp}\n")
+    vfr = make_vfr(files[0], tmp / f"{files[0].stem}_vfr.mkv")  # phone-style copy, still in sync
     t0 = time.perf_counter()
-    stats = run_build([str(f) for f in files], tmp / "orig", args.workers)
+    stats = run_build([str(f) for f in files] + [str(vfr)], tmp / "orig", args.workers)
     run = stats["run"]
     print(f"## default build: kept {stats['seconds_accepted']:.1f} of {stats['seconds_in']:.1f} s "
           f"({stats['seconds_accepted'] / max(stats['seconds_in'], 1e-9):.0%}), {stats['clips']} clips, "
@@ -262,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     stage_table(stats)
     print("\nreject codes: " + (", ".join(f"{c} {v['count']}x {v['seconds']:.1f} s"
                                           for c, v in stats["rejects_by_code"].items()) or "none"))
+    rows = [r for r in read_jsonl(tmp / "orig" / "manifest.jsonl") if r["source"] == str(vfr)]
+    print(f"VFR copy of {files[0].name} (timestamps jittered +-15 ms): kept {sum(r['seconds'] for r in rows):.1f} "
+          f"of {_seconds(vfr):.1f} s, source_vfr={sorted({r['source_vfr'] for r in rows})}")
     if not args.no_variants:
         variant_of = make_variants(files, tmp / "variants")
         vstats = run_build(list(variant_of), tmp / "variants-out", args.workers)
