@@ -85,8 +85,9 @@ def shifted(audio: np.ndarray, frames: int, sr: int = 16000, fps: float = 25.0) 
 def make_vfr(src: Path, dst: Path, jitter_ms: float = 15.0, seed: int = 0) -> Path:
     """A phone-style variable-frame-rate copy of ``src``: every frame's timestamp moved by up to
     ``jitter_ms`` (order kept), same pictures and audio, so the copy is still in sync."""
-    import av
     from fractions import Fraction
+
+    import av
 
     rng = np.random.default_rng(seed)
     audio = _audio16k(src)
