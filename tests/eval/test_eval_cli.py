@@ -121,3 +121,31 @@ def test_session_loso_and_official_splits() -> None:
     with pytest.raises(ValueError, match="'fold' column"):
         make_folds(meta, get_protocol("dfew"))
     assert contiguous_groups(["s10", "s2", "s1"], 3) == [["s1"], ["s2"], ["s10"]]
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse refusing the command line
+        return int(exc.code)
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["score", "-p", "nope", "-i", "p.jsonl"], "unknown protocol"),
+    (["protocols", "nope"], "unknown protocol"),
+    (["report", "-p", "dfew", "-i", "missing.jsonl", "-o", "r"], "missing.jsonl: no such predictions file"),
+    (["splits", "-p", "dfew", "-m", "missing.csv", "-o", "s"], "missing.csv"),
+    (["predict", "missing.mp4", "-c", "x.pt", "--device", "cpu"], "video missing.mp4 does not exist"),
+    (["score", "-p", "dfew"], "--predictions"),
+    (["score", "-p", "dfew", "-i", "p.jsonl", "--format", "yaml"], "invalid choice: 'yaml'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv: list[str], words: str, tmp_path: Path, monkeypatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI contract of every avf command: unknown input -> one line `avf-eval: error: ...`, status 2."""
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avf-eval: error: ") and words in lines[0], lines
+    assert not captured.out and not (tmp_path / "r").exists() and not (tmp_path / "s").exists()

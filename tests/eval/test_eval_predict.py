@@ -188,3 +188,17 @@ def test_exported_regression_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="cannot load .* into avfmae_pp_tiny"):
         torch.save({"model_name": "avfmae_pp_tiny", "num_classes": 5, "model": model.state_dict()}, path)
         load_model(path)
+
+
+def test_converted_official_finetune_checkpoint(tmp_path: Path) -> None:
+    """`avf-models convert --out DIR` of a fine-tuned official file loads by its folder."""
+    from avf_models import create_model
+    from avf_models.cli import main as avf_models
+    from avf_models.convert import ours_to_official_key
+
+    model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=3)
+    torch.save({"model": {ours_to_official_key(k): v for k, v in model.state_dict().items()}}, tmp_path / "official.pth")
+    assert avf_models(["convert", "--checkpoint", str(tmp_path / "official.pth"), "--out", str(tmp_path / "c")]) == 0
+    loaded = load_model(tmp_path / "c")
+    assert loaded.model_name == "avfmae_pp_tiny" and loaded.task == "classification" and len(loaded.names) == 3
+    assert loaded.path.endswith("checkpoint.pt")

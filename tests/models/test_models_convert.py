@@ -130,11 +130,51 @@ def test_cli_info_and_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "187,942,660" in out and "169,122,851" in out
     sd = fake_official_state_dict("avfmaepp_B_finetune_nc11")
     src = _save_official(sd, tmp_path / "ft.pth")
+    assert cli.main(["convert", "--checkpoint", str(src), "--out", str(tmp_path / "converted")]) == 0
+    converted = torch.load(tmp_path / "converted" / "checkpoint.pt", weights_only=True)
+    assert converted["model_name"] == "avfmae_pp_base" and converted["stage"] == "finetune"
+    # the old positional form still writes the file it names
     assert cli.main(["convert", str(src), str(tmp_path / "ours.pth")]) == 0
+    assert (tmp_path / "ours.pth").is_file()
     del sd["head.bias"]
     bad = _save_official(sd, tmp_path / "bad.pth")
-    assert cli.main(["convert", str(bad), str(tmp_path / "x.pth")]) == 2
-    assert "head.bias" in capsys.readouterr().err
+    capsys.readouterr()
+    assert cli.main(["convert", "--checkpoint", str(bad), "--out", str(tmp_path / "x")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "head.bias" in lines[0] and "1 missing key(s)" in lines[0]
+
+
+def _exit_code(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:  # argparse refusing the command line
+        return int(exc.code)
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["info", "unknown_model"], "unknown model 'unknown_model'"),
+    (["convert", "--checkpoint", "missing.pth", "--out", "out"], "checkpoint missing.pth does not exist"),
+    (["convert", "missing.pth", "ours.pth"], "checkpoint missing.pth does not exist"),
+    (["convert", "--checkpoint", "x.pth"], "--out"),
+    (["info", "avfmae_pp_base", "--num-classes", "seven"], "invalid int value: 'seven'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_user_errors_are_one_line_and_exit_2(argv: list[str], words: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The CLI contract of every avf command: unknown input -> one line `avf-models: error: ...`, status 2."""
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avf-models: error: ") and words in lines[0], lines
+    assert not captured.out and not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_a_file_that_is_not_a_checkpoint(tmp_path: Path, capsys) -> None:
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    assert cli.main(["convert", "--checkpoint", str(text), "--out", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "not a torch checkpoint" in lines[0]
 
 
 def test_load_model_from_converted_and_official(tmp_path: Path) -> None:

@@ -28,6 +28,36 @@ def _refused(capsys, args: list[str]) -> str:
     return lines[0]
 
 
+def _exit_code(args: list[str]) -> int:
+    try:
+        return main(args)
+    except SystemExit as exc:  # argparse refusing the command line
+        return int(exc.code)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["pretrain", "--data", "missing/*.tar", "--out", "run"], "missing/*.tar"),
+    (["pretrain", "--data", "missing/*.tar", "--out", "run", "--set", "nope.x=1"], "unknown config key 'nope'"),
+    (["pretrain", "--out", "run", "--config", "nope"], "neither a file nor a shipped config"),
+    (["finetune", "--out", "run", "--config", "pretrain_base"], "is for stage 'pretrain', not 'finetune'"),
+    (["postpretrain", "--out", "run", "--task", "dea"], "invalid choice: 'dea'"),
+    (["finetune", "--init", "missing.pt", "--data", "missing/*.tar", "--out", "run"], "missing"),
+    (["predict", "--checkpoint", "missing.pt", "--data", "x/*.tar", "--out", "p"], "checkpoint missing.pt does not exist"),
+    (["predict", "--checkpoint", "missing.pt", "--data", "x/*.tar", "--out", "p", "--set", "run.seed=1"],
+     "predict takes --set data.FIELD=VALUE only"),
+    (["predict", "--data", "x/*.tar", "--out", "p"], "--checkpoint is required"),
+    (["pretrain", "--batch-size", "many"], "invalid int value: 'many'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_user_errors_are_one_line_and_exit_2(args, words, tmp_path, monkeypatch, capsys):
+    """The CLI contract of every avf command: unknown input -> one line `avf-train: error: ...`, status 2."""
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(args) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("avf-train: error: ") and words in lines[0], lines
+    assert not (tmp_path / "run").exists() and not (tmp_path / "p").exists()
+
+
 def test_too_few_clips_for_the_batch_is_found_before_the_workers_start(shards, tmp_path, capsys):
     # 8 clips in 2 shards of 4; 2 workers read one shard each: 4 clips per stream per pass
     line = _refused(capsys, ["pretrain", "--data", shards["unlabelled"], "--out", str(tmp_path / "a"),

@@ -1,10 +1,16 @@
-"""``avf-models`` command line: convert official checkpoints, print model sizes."""
+"""``avf-models`` command line: print model sizes, convert official checkpoints.
+
+User errors (an unknown model, a missing or foreign checkpoint, a wrong flag) print one line
+``avf-models: error: ...`` and exit with status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
+from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -13,15 +19,19 @@ Tools for the AVF-MAE++ models in avf-models.
 
   avf-models info avfmae_pp_base            parameter counts (pre-training and fine-tuning)
   avf-models info avfmae_pp_huge --num-classes 7
-  avf-models convert official.pth ours.pth  convert a released AVF-MAE++ checkpoint
+  avf-models convert --checkpoint official.pth --out converted/
+                                            convert a released AVF-MAE++ checkpoint
 
 Models: avfmae_pp_tiny, avfmae_pp_base, avfmae_pp_large, avfmae_pp_huge, hicmae_base.
 """
 
-CONVERT_HELP = """\
+CONVERTED = "checkpoint.pt"  # the file convert writes into --out
+
+CONVERT_HELP = f"""\
 Convert a released AVF-MAE++ checkpoint (pre-training or fine-tuning .pth, the official container
-{'model': state_dict, 'optimizer', 'epoch', 'scaler', 'args'}) into this package's format
-{'model': state_dict, 'config': dict, 'stage': 'pretrain'|'finetune'}.
+{{'model': state_dict, 'optimizer', 'epoch', 'scaler', 'args'}}) into this package's format
+{{'model': state_dict, 'model_name': str, 'config': dict, 'stage': 'pretrain'|'finetune'}}, written
+to OUT/{CONVERTED}.
 
 The size (Base/Large/Huge), depth and stage are read from the tensor shapes; skip-connection layers
 from the checkpoint's args when present.  Conversion is strict: it fails, listing the keys, if any
@@ -29,10 +39,18 @@ official key has no counterpart or any model tensor would stay unfilled.  Files 
 torch.load(weights_only=True), so untrusted pickles cannot execute code.
 
 Use the result with:
-  sd = torch.load("ours.pth", weights_only=True)["model"]
+  avf-train finetune --init OUT ...                       # avf-train reads OUT/{CONVERTED}
+  sd = torch.load("OUT/{CONVERTED}", weights_only=True)["model"]
   avf_models.load_pretrained_into_finetune(model, sd)     # pre-training -> fine-tuning
   model.load_state_dict(sd)                               # same stage
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the avf error contract: one line ``avf-models: error: ...``, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"avf-models: error: {message} (see {self.prog} --help)\n")
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -46,7 +64,7 @@ def _info(args: argparse.Namespace) -> int:
         spec = cfg.input_spec
         print(f"inputs: video (B, {', '.join(map(str, spec.video_shape))}), audio (B, {', '.join(map(str, spec.audio_shape))})")
         print(f"pre-training parameters: {count_parameters(pre):,}")
-        by = Counter()
+        by: Counter[str] = Counter()
         for n, p in pre.named_parameters():
             by[n.split(".")[0]] += p.numel()
         for k, v in by.items():
@@ -58,34 +76,59 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from .convert import CheckpointMismatchError, convert_checkpoint
+    from .convert import convert_checkpoint
 
-    try:
-        cfg = convert_checkpoint(args.src, args.dst)
-    except CheckpointMismatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.dst} ({cfg.name}-sized, depth {cfg.depth}, skips {list(cfg.skip_layers)})")
+    src, dst = _convert_paths(args)
+    if not Path(src).is_file():
+        raise FileNotFoundError(f"checkpoint {src} does not exist")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    cfg = convert_checkpoint(src, dst)
+    print(f"wrote {dst} ({cfg.name}-sized, depth {cfg.depth}, skips {list(cfg.skip_layers)})")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="avf-models", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+def _convert_paths(args: argparse.Namespace) -> tuple[str, Path]:
+    """``--checkpoint SRC --out DIR`` -> (SRC, DIR/checkpoint.pt); the old ``convert SRC DST`` form
+    (hidden, for existing scripts) writes DST itself."""
+    if args.legacy:
+        if args.checkpoint or args.out or len(args.legacy) != 2:
+            raise ValueError("use --checkpoint SRC --out DIR (the old form is exactly two paths: SRC DST)")
+        return args.legacy[0], Path(args.legacy[1])
+    if not args.checkpoint or not args.out:
+        raise ValueError("convert needs --checkpoint (the official .pth) and --out (a folder)")
+    out = Path(args.out)
+    if out.is_file():
+        raise ValueError(f"--out {out} is a file; --out is the folder that gets {CONVERTED}")
+    return args.checkpoint, out / CONVERTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="avf-models", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{info,convert}")
     p = sub.add_parser("info", help="print parameter counts of a named model",
                        description="Print architecture summary and parameter counts (built on the meta "
                                    "device, so even Huge takes no memory).")
     p.add_argument("name", help="model name, e.g. avfmae_pp_base")
     p.add_argument("--num-classes", type=int, default=11, help="classes of the fine-tuning head (default 11, MAFW)")
-    p.set_defaults(func=_info)
+    p.set_defaults(run=_info)
     p = sub.add_parser("convert", help="convert an official checkpoint", description=CONVERT_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("src", help="official .pth file")
-    p.add_argument("dst", help="output .pth file")
-    p.set_defaults(func=_convert)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    p.add_argument("--checkpoint", metavar="FILE.pth", help="official checkpoint to convert (required)")
+    p.add_argument("--out", metavar="DIR", help=f"folder for {CONVERTED} (required; created)")
+    p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
+    p.set_defaults(run=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors become one ``avf-models: error:`` line and exit status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:  # CheckpointMismatchError is a ValueError
+        message = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+        print(f"avf-models: error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

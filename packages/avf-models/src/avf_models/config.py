@@ -171,7 +171,7 @@ class ModelConfig:
                 raise ValueError("region_size_audio does not tile the audio grid")
             if self.num_regions != self.num_regions_audio and self.fusion_type == "iavcl":
                 raise ValueError("IAV-CL fine-tuning needs the same number of regions per modality")
-            # official positional grouping of visible tokens (ARCH_SPEC §4.3)
+            # the official code cuts each slot's visible tokens into equal positional groups
             per_slot = self.num_visible // t
             groups = (h // rh) * (w // rw)
             if per_slot % groups:

@@ -102,9 +102,12 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        reason = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", str(e), re.S)
         raise ValueError(
-            f"{path}: the checkpoint holds Python objects other than tensors, containers and "
-            f"argparse.Namespace, so it is not loaded (weights_only=True). Details: {e}") from e
+            f"{path}: not loaded with weights_only=True: it is not a torch checkpoint, or it holds Python objects "
+            f"other than tensors, containers and argparse.Namespace ({' '.join(reason.group(1).split()) if reason else e})") from e
+    except (RuntimeError, EOFError) as e:  # not a torch file, or a truncated one
+        raise ValueError(f"{path}: not a torch checkpoint, or truncated ({str(e).strip().splitlines()[0]})") from e
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     for key in ("model", "module", "state_dict"):
@@ -175,15 +178,15 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> N
     shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
                     for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != expected[k])
     if missing or unexpected or shapes:
-        lines = []
-        for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if items:
-                lines.append(f"{len(items)} {title} key(s):\n  " + "\n  ".join(items))
-        raise CheckpointMismatchError("state dict does not match the model\n" + "\n".join(lines))
+        parts = [f"{len(items)} {title} key(s): {', '.join(items)}"
+                 for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+                 if items]
+        raise CheckpointMismatchError("state dict does not match the model: " + "; ".join(parts))
 
 
 def convert_checkpoint(src: str | Path, dst: str | Path) -> ModelConfig:
-    """Convert an official .pth into ``{'model': state_dict, 'config': dict, 'stage': str}`` at ``dst``.
+    """Convert an official .pth into ``{'model': state_dict, 'model_name': str, 'config': dict, 'stage': str}``
+    at ``dst`` (``model_name`` is the registry name of its size, which avf-train's ``--init`` builds).
 
     Strict: every official key must map to a model key and every model key must be filled, with equal
     shapes.  The output loads with ``torch.load(dst, weights_only=True)``.
@@ -193,7 +196,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path) -> ModelConfig:
     ours = convert_official_state_dict(sd)
     check_state_dict(build_for(cfg, stage), ours)
     cfg_dict = dataclasses.asdict(cfg)
-    torch.save({"model": ours, "config": cfg_dict, "stage": stage, "source": str(src)}, dst)
+    torch.save({"model": ours, "model_name": cfg.name, "config": cfg_dict, "stage": stage, "source": str(src)}, dst)
     return cfg
 
 

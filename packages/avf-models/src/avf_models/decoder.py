@@ -1,4 +1,4 @@
-"""Light ViT decoder with hierarchical skip connections (HiCMAE / AVF-MAE++, paper §3.1, ARCH_SPEC §5)."""
+"""Light ViT decoder with hierarchical skip connections (HiCMAE / AVF-MAE++, paper §3.1)."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ class LGIBlock(nn.Module):
     local tokens.  All regions and samples go through each stage as one batched tensor; there are no
     Python loops over regions.
 
-    As in the official code (ARCH_SPEC §4.2), stage III lets *every* local token of a sample attend to
+    As in the official code, stage III lets *every* local token of a sample attend to
     all K region tokens, and stage IV lets every region token attend to all local tokens of the sample,
     rather than the per-region form written in Eqs. (9)-(10).
     """
@@ -68,7 +68,7 @@ class LGIEncoder(nn.Module):
       stacked and LN'ed, shape (B, K, L, C) -- the per-layer features F_m of Eq. (11).
 
     Grouping visible tokens into regions during pre-training follows the official code, which splits
-    them *positionally* (ARCH_SPEC §4.3): video slots are paired in time and each slot's visible tokens
+    them *positionally*: video slots are paired in time and each slot's visible tokens
     (raster order) are cut into equal chunks; audio tokens are cut into K chunks of consecutive tokens.
     The output stays region-major, like the official encoder, unless ``restore_token_order`` is set.
     """

@@ -1,4 +1,4 @@
-"""``create_model``: the one entry point trainers and evaluators use."""
+"""``create_model``: the one way to build a network by name (avf-train's ``modeling`` builds every model through it)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Input features shared with avf-data/avf-train/avf-eval: the audio log-mel fbank (ARCH_SPEC §2.3)
-and the ImageNet video normalisation constants."""
+"""The models' input features: the audio log-mel fbank of the official loaders and the ImageNet video
+normalisation constants (avf-train's loader computes both; ``avf_train.fbank`` batches the fbank)."""
 
 from __future__ import annotations
 

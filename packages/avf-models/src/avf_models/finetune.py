@@ -1,4 +1,4 @@
-"""AVF-MAE++ fine-tuning model (paper §3.3-3.4, ARCH_SPEC §8): encoders + IAV-CL + fc_norm + head."""
+"""AVF-MAE++ fine-tuning model (paper §3.3-3.4): encoders + IAV-CL + fc_norm + head."""
 
 from __future__ import annotations
 

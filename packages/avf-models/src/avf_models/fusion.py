@@ -2,7 +2,7 @@
 
 * ``IAVCL``: the AVF-MAE++ Iterative Audio-Visual Correlations Learning module (paper §3.4) =
   2 x ``DiERUnit`` + one shared ``ERLayer`` + ``HAFELayer``.  The official code uses it as the fusion
-  encoder in pre-training *and* fine-tuning (ARCH_SPEC §7).
+  encoder in pre-training *and* fine-tuning.
 * ``CSFusion``: the HiCMAE fusion encoder (per-modality cross-then-self blocks), for the baseline.
 """
 

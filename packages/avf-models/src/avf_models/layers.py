@@ -7,7 +7,7 @@ from torch import nn
 
 from .attention import Attention, GeneralAttention
 
-LN_EPS = 1e-6  # every LayerNorm except the ER layer's uses eps 1e-6 (ARCH_SPEC §1)
+LN_EPS = 1e-6  # every LayerNorm except the ER layer's uses eps 1e-6, as in the official code
 
 
 def layer_norm(dim: int) -> nn.LayerNorm:
@@ -86,7 +86,7 @@ class CSBlock(nn.Module):
 
 
 def sinusoid_table(n_position: int, dim: int) -> torch.Tensor:
-    """Fixed 1-D sinusoidal positional table over the flattened token index (ARCH_SPEC §2.4).
+    """Fixed 1-D sinusoidal positional table over the flattened token index, as in the official code.
 
     PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)). It is a fixed table, so the
     models register it as a non-persistent buffer: it follows ``.to(device)`` but is not in state dicts,

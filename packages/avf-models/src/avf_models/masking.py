@@ -1,4 +1,4 @@
-"""Encoder and decoder masks for audio-visual dual masking (paper §3.2, ARCH_SPEC §3).
+"""Encoder and decoder masks for audio-visual dual masking (paper §3.2).
 
 Convention everywhere: ``True`` = hidden (masked), shape (B, N) over the flattened token grid.  All
 generators return batched tensors with *exact* visible counts, and take an optional

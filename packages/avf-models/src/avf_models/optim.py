@@ -1,4 +1,4 @@
-"""Optimizer parameter groups as the official scripts build them (ARCH_SPEC §8): weight-decay
+"""Optimizer parameter groups as the official fine-tuning code builds them: weight-decay
 exemptions and layer-wise learning-rate decay for fine-tuning."""
 
 from __future__ import annotations

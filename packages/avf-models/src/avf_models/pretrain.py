@@ -78,7 +78,7 @@ class AVFMAEPretrain(nn.Module):
         return self.config.input_spec
 
     def init_weights(self) -> None:
-        """Official init (ARCH_SPEC §9): xavier Linear / unit LN everywhere; the encoder-to-decoder
+        """Official init: xavier Linear / unit LN everywhere; the encoder-to-decoder
         projections, patch convolutions and ER conv stacks keep PyTorch defaults; tokens trunc-normal."""
         if any(p.is_meta for p in self.parameters()):
             return
@@ -98,7 +98,7 @@ class AVFMAEPretrain(nn.Module):
                        dec_idx: torch.Tensor, proj: nn.Linear, pos: torch.Tensor,
                        mask_token: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         pos = pos.to(feats.dtype)
-        pos_vis = pos[vis_idx]  # (B, N_vis, Cd), raster-order positions (ARCH_SPEC §4.3)
+        pos_vis = pos[vis_idx]  # (B, N_vis, Cd), raster-order positions, as the official decoder input
         x_vis = proj(feats) + pos_vis
         x_mask = mask_token.to(x_vis.dtype) + pos[dec_idx].to(x_vis.dtype)
         skips_d = [proj(s) + pos_vis for s in skips]

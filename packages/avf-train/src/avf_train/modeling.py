@@ -139,9 +139,11 @@ def inference_config(ckpt: dict[str, Any]) -> TrainConfig:
     avf-train checkpoints store it under ``config``. An exported checkpoint without one (a dict
     with ``model_name``, ``model`` and optionally ``num_classes``, ``task`` = ``classification`` /
     ``regression``, ``modality`` and ``model_overrides``) gets the fine-tuning defaults for that
-    model; its number of outputs is ``num_classes`` or the rows of ``head.weight``.
+    model; its number of outputs is ``num_classes`` or the rows of ``head.weight``. So does a
+    fine-tuned checkpoint from ``avf-models convert``, whose ``config`` is the avf-models
+    ``ModelConfig`` of its named size.
     """
-    if isinstance(ckpt.get("config"), dict):
+    if isinstance(ckpt.get("config"), dict) and "embed_dim" not in ckpt["config"]:
         try:
             return from_dict(ckpt["config"])
         except ConfigError as exc:
