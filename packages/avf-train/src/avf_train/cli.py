@@ -1,4 +1,4 @@
-"""``avf-train``: pretrain | postpretrain | finetune | predict.
+"""avf-train: pretrain | postpretrain | finetune | predict.
 
   avf-train pretrain     --data 'CORPUS/shards/*.tar' --out RUN [--model base] [--config pretrain_base]
   avf-train postpretrain --init RUN/checkpoint --data 'HYBRID/*.tar' --task cea|mer --out RUN2
