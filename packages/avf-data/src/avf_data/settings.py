@@ -7,8 +7,9 @@ values are converted to each field's declared type by one rule, and every proble
 
 The rule: a ``--set`` value is parsed as YAML (``true``, ``3``, ``0.5``, ``[1, 2]``, ``null``),
 then both YAML and ``--set`` values go through :func:`coerce`: ints are accepted for floats,
-integral floats for ints, lists for tuples; booleans must be YAML booleans (``true``/``false``,
-not ``yes`` or ``1``), so a typo never silently flips a switch.
+integral floats for ints, lists for tuples, and text like ``1e-4`` for floats (YAML 1.1 reads
+it as text); booleans must be YAML booleans (``true``/``false``; PyYAML also reads ``yes``/``no``
+and ``on``/``off`` so), never ``1`` or ``"true"``, so a typo never silently flips a switch.
 """
 
 from __future__ import annotations
@@ -62,6 +63,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"config key '{where}' expects an integer, got {value!r}")
         return int(value)
     if annotation is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 1e-4 as text, not as a number
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{where}' expects a number, got {value!r}")
         return float(value)
