@@ -5,7 +5,11 @@
         --device cuda --batch-size 32 --workers 4 8 --steps 30
 
 Three measurements, printed as one table:
-  loader      batches from the avf-train stream alone (decode mp4 + wav, augment, fbank)
+  loader      batches from the avf-train stream alone (decode mp4 + wav, augment, fbank), in
+              clips/s and in clips per CPU-second of the loader's processes (what a loader core
+              delivers, whatever else the machine runs); pre-training batches both as the
+              trainer takes them (``device``: uint8 video and waveforms, finished by
+              ``model_inputs`` where the model runs) and finished in the workers (``worker``)
   step        forward/backward/AdamW on random tensors of the same shape (no data loading)
   end-to-end  the two together, as a training run sees them
 If ``loader`` is below ``step`` the GPU waits for data: add workers or CPU. Without ``--shards`` a
@@ -15,6 +19,7 @@ few demo clips (avf_data.demo) are written to a temporary folder first.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,21 +49,52 @@ def demo_shards(folder: Path, clips: int = 12, frames: int = 72) -> str:
     return str(folder)
 
 
-def bench_loader(shards: list[str], stage: str, batch: int, workers: int, steps: int) -> float:
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of other processes (loader workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[-1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def _transform_config(cfg, mode: str):
+    try:
+        from avf_train.config import transform_config
+    except ImportError:  # older layout
+        from avf_train.trainer import transform_config
+    return transform_config(cfg, mode)
+
+
+def bench_loader(shards: list[str], stage: str, batch: int, workers: int, steps: int,
+                 device_features: bool = False) -> tuple[float, float]:
+    """Loader-only (clips/s wall clock, clips per CPU-second of the loader's processes).
+
+    CPU time is what a loader costs whatever else runs on the machine: the sum over this
+    process and its workers from the first batch on (prefetched batches still in flight at the
+    end count as spent, so the per-core figure errs low).
+    """
     from avf_train.config import stage_defaults
-    from avf_train.data import ClipStream, make_loader
-    from avf_train.trainer import transform_config
+    from avf_train.data import ClipStream, make_loader, release
 
     cfg = stage_defaults(stage)
     mode = "pretrain" if stage == "pretrain" else "finetune"
-    stream = ClipStream(shards, transform_config(cfg, mode), batch, train=True, num_workers=workers,
-                        shuffle_buffer=16, repeats=1)
+    stream = ClipStream(shards, _transform_config(cfg, mode), batch, train=True, num_workers=workers,
+                        shuffle_buffer=16, repeats=1, device_features=device_features)
     it = iter(make_loader(stream, workers))
-    next(it)  # worker start-up is not throughput
-    t = time.perf_counter()
+    release(next(it))  # worker start-up is not throughput
+    pids = [w.pid for w in getattr(it, "_workers", [])]
+    cpu0, t = time.process_time() + _cpu_seconds(pids), time.perf_counter()
     for _ in range(steps):
-        next(it)
-    return steps * batch / (time.perf_counter() - t)
+        release(next(it))  # what model_inputs does once the batch is on the device
+    wall, cpu = time.perf_counter() - t, time.process_time() + _cpu_seconds(pids) - cpu0
+    del it
+    return steps * batch / wall, steps * batch / max(cpu, 1e-9)
 
 
 def make_model(name: str, stage: str, device: torch.device) -> torch.nn.Module:
@@ -102,22 +138,20 @@ def bench_step(model, stage: str, batch: int, steps: int, precision: str, device
 
 def bench_end_to_end(model, shards, stage, batch, workers, steps, precision, device) -> float:
     from avf_train.config import stage_defaults
-    from avf_train.data import ClipStream, make_loader
-    from avf_train.trainer import transform_config
+    from avf_train.data import ClipStream, make_loader, model_inputs
 
     cfg = stage_defaults(stage)
-    stream = ClipStream(shards, transform_config(cfg, "pretrain" if stage == "pretrain" else "finetune"), batch,
-                        train=True, num_workers=workers, shuffle_buffer=16)
+    stream = ClipStream(shards, _transform_config(cfg, "pretrain" if stage == "pretrain" else "finetune"), batch,
+                        train=True, num_workers=workers, shuffle_buffer=16, device_features=stage == "pretrain")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     it = iter(make_loader(stream, workers))
     b = next(it)
-    train_step(model, opt, b["video"].to(device), b["audio"].to(device), stage, precision, device)
+    train_step(model, opt, *model_inputs(b, device), stage, precision, device)
     sync(device)
     t = time.perf_counter()
     for _ in range(steps):
         b = next(it)
-        train_step(model, opt, b["video"].to(device, non_blocking=True), b["audio"].to(device, non_blocking=True),
-                   stage, precision, device)
+        train_step(model, opt, *model_inputs(b, device), stage, precision, device)
     sync(device)
     return steps * batch / (time.perf_counter() - t)
 
@@ -130,6 +164,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--loader-only", action="store_true", help="skip the model measurements")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
                         help="default: bf16 on CUDA, fp32 on CPU")
@@ -142,21 +177,29 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         shards = resolve_shards(args.shards or demo_shards(Path(tmp) / "shards"))
-        rows: list[tuple[str, float]] = []
+        rows: list[tuple[str, float, float | None]] = []
         for w in args.workers:
-            rows.append((f"loader        workers={w}", bench_loader(shards, args.stage, args.batch_size, w, args.steps)))
+            for raw in ((True, False) if args.stage == "pretrain" else (False,)):
+                label = f"loader {'device' if raw else 'worker'} workers={w}"
+                rows.append((label, *bench_loader(shards, args.stage, args.batch_size, w, args.steps, raw)))
+        if args.loader_only:
+            return _print(rows, f"loader only, {args.stage} batch {args.batch_size}, {args.steps} timed steps")
         model = make_model(name, args.stage, device).train()
         rows.append(("train step    synthetic", bench_step(model, args.stage, args.batch_size, args.steps,
-                                                           precision, device)))
+                                                           precision, device), None))
         for w in args.workers:
             rows.append((f"end-to-end    workers={w}", bench_end_to_end(model, shards, args.stage, args.batch_size, w,
-                                                                        args.steps, precision, device)))
-    print(f"\n{name} {args.stage} batch {args.batch_size} on {device} ({precision}), {args.steps} timed steps, "
-          f"{torch.get_num_threads()} intra-op threads")
-    print(f"{'measurement':<28}{'clips/s':>10}")
-    print("-" * 38)
-    for label, rate in rows:
-        print(f"{label:<28}{rate:>10.2f}")
+                                                                        args.steps, precision, device), None))
+    _print(rows, f"{name} {args.stage} batch {args.batch_size} on {device} ({precision}), {args.steps} timed steps, "
+                 f"{torch.get_num_threads()} intra-op threads")
+
+
+def _print(rows: list[tuple[str, float, float | None]], title: str) -> None:
+    print(f"\n{title}")
+    print(f"{'measurement':<28}{'clips/s':>10}{'clips/CPU-s':>14}")
+    print("-" * 52)
+    for label, rate, per_core in rows:
+        print(f"{label:<28}{rate:>10.2f}{'' if per_core is None else f'{per_core:.2f}':>14}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,16 @@ Video follows the official loaders (ARCH_SPEC §2, PREPROCESS_NOTES §2): 16 fra
 ``GroupMultiScaleCrop(160, [1, .875, .75, .66])`` for pre-training; RandAugment, random resized
 crop, flip and random erasing for the labelled stages; ImageNet normalisation. Audio is the
 waveform under the sampled frames (65 frame periods, 2.6 s at 25 fps), a random gain (the only
-effective part of AudioMAE's roll+mag augmentation) and the Kaldi fbank from
-``avf_models.features``.
+effective part of AudioMAE's roll+mag augmentation) and the Kaldi fbank of
+``avf_models.features`` (computed by ``avf_train.fbank``, the same numbers, faster).
+
+A view is made in two steps so that the loader decodes only the frames it uses: ``view_start``
+draws the window (always the first random draw), ``view_frames`` lists its frames, and
+``finish_view`` makes the view from those frames alone with the same generator. ``make_view``
+does both on a fully decoded clip. Pre-training crops and resizes the uint8 frames before
+converting to float (torch's antialiased bilinear on uint8, the same filter as the float path
+up to rounding to 1/255): converting 16 full frames to float first cost ~15 ms of the ~17 ms
+the pre-training video took per clip.
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avf_models.features import log_mel_fbank, normalize_video
+from avf_models.features import IMAGENET_MEAN, IMAGENET_STD, normalize_video
+
+from .fbank import log_mel_fbank_batch
 
 
 @dataclass(frozen=True)
@@ -68,11 +78,16 @@ def test_start(num_source: int, span: int, segment: int, segments: int) -> int:
     return int(round((num_source - span) * segment / (segments - 1)))
 
 
-def audio_window(audio: np.ndarray, sample_rate: int, fps: float, first_frame: int, span: int) -> np.ndarray:
-    """Samples from the start of ``first_frame`` to the end of frame ``first_frame + span``."""
-    start = int(round(first_frame / fps * sample_rate))
-    stop = int(round((first_frame + span + 1) / fps * sample_rate))
-    return audio[start:stop]
+def audio_span(sample_rate: int, fps: float, first_frame: int, span: int) -> tuple[int, int]:
+    """Sample range from the start of ``first_frame`` to the end of frame ``first_frame + span``."""
+    return int(round(first_frame / fps * sample_rate)), int(round((first_frame + span + 1) / fps * sample_rate))
+
+
+def audio_window(audio: np.ndarray, sample_rate: int, fps: float, first_frame: int, span: int,
+                 offset: int = 0) -> np.ndarray:
+    """``audio_span`` of ``audio``, whose first sample is sample ``offset`` of the clip."""
+    start, stop = audio_span(sample_rate, fps, first_frame, span)
+    return audio[max(0, start - offset):max(0, stop - offset)]
 
 
 # --------------------------------------------------------------------------- spatial ops
@@ -89,11 +104,10 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
 
-def multi_scale_crop(x: torch.Tensor, size: int, scales: tuple[float, ...], rng: np.random.Generator,
-                     max_distort: int = 1) -> torch.Tensor:
+def multi_scale_crop_box(h: int, w: int, size: int, scales: tuple[float, ...], rng: np.random.Generator,
+                         max_distort: int = 1) -> tuple[int, int, int, int]:
     """TSN's GroupMultiScaleCrop with ``more_fix_crop``: one (w, h) scale pair and one of 13 fixed
-    offsets for the whole clip, then resize to ``size``x``size``."""
-    h, w = x.shape[-2:]
+    offsets for the whole clip, as ``(x, y, width, height)`` (two draws from ``rng``)."""
     base = min(h, w)
     sizes = [int(base * s) for s in scales]
     sizes = [size if abs(s - size) < 3 else s for s in sizes]
@@ -104,7 +118,46 @@ def multi_scale_crop(x: torch.Tensor, size: int, scales: tuple[float, ...], rng:
                (4 * ws, 2 * hs), (2 * ws, 4 * hs), (2 * ws, 0), (ws, hs), (3 * ws, hs), (ws, 3 * hs),
                (3 * ws, 3 * hs)]
     ox, oy = offsets[int(rng.integers(len(offsets)))]
+    return ox, oy, cw, ch
+
+
+def multi_scale_crop(x: torch.Tensor, size: int, scales: tuple[float, ...], rng: np.random.Generator,
+                     max_distort: int = 1) -> torch.Tensor:
+    """``multi_scale_crop_box`` on float frames (..., H, W), resized to ``size``x``size``."""
+    ox, oy, cw, ch = multi_scale_crop_box(x.shape[-2], x.shape[-1], size, scales, rng, max_distort)
     return resize(x[..., oy:oy + ch, ox:ox + cw], (size, size))
+
+
+def crop_resize_u8(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
+    """Crop ``box`` (x, y, w, h) from uint8 frames (T, H, W, 3) and resize it to (T, 3, size, size)
+    uint8 with the float path's filter (bilinear, antialiased when shrinking)."""
+    ox, oy, cw, ch = box
+    x = torch.from_numpy(frames[:, oy:oy + ch, ox:ox + cw]).permute(0, 3, 1, 2)
+    if (ch, cw) == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+_U8_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD]).view(3, 1, 1, 1)
+_U8_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1, 1)
+
+
+def normalize_u8(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 frames (T, 3, H, W) -> the model's normalised float video (3, T, H, W), written into
+    ``out`` when given."""
+    t, c, h, w = x.shape
+    if out is None:
+        out = torch.empty(c, t, h, w)
+    out.copy_(x.permute(1, 0, 2, 3))
+    return out.mul_(_U8_SCALE).add_(_U8_SHIFT)
+
+
+def normalize_u8_batch(video: torch.Tensor) -> torch.Tensor:
+    """A batch of uint8 frames (B, T, H, W, 3), on any device -> normalised float (B, 3, T, H, W)."""
+    b, t, h, w, c = video.shape
+    out = torch.empty((b, c, t, h, w), dtype=torch.float32, device=video.device)
+    out.copy_(video.permute(0, 4, 1, 2, 3))
+    return out.mul_(_U8_SCALE.to(video.device)).add_(_U8_SHIFT.to(video.device))
 
 
 def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], rng: np.random.Generator,
@@ -254,49 +307,93 @@ def random_erase(x: torch.Tensor, rng: np.random.Generator, area: tuple[float, f
 # --------------------------------------------------------------------------- audio
 
 
+def audio_gain(cfg: ClipTransformConfig, rng: np.random.Generator | None) -> float:
+    """The random gain of a training view (Beta(10, 10) + 0.5), 1 at test time or when disabled."""
+    return float(rng.beta(10.0, 10.0) + 0.5) if rng is not None and cfg.audio_gain_aug else 1.0
+
+
 def audio_features(segment: np.ndarray, cfg: ClipTransformConfig, rng: np.random.Generator | None) -> torch.Tensor:
     """Waveform segment -> normalised (1, audio_frames, 128) fbank, with the random gain in training."""
     wav = torch.from_numpy(np.ascontiguousarray(segment, dtype=np.float32))
-    if rng is not None and cfg.audio_gain_aug:
-        wav = wav * float(rng.beta(10.0, 10.0) + 0.5)
-    return log_mel_fbank(wav, target_frames=cfg.audio_frames).unsqueeze(0)
+    gain = audio_gain(cfg, rng)
+    if gain != 1.0:
+        wav = wav * gain
+    return log_mel_fbank_batch(wav.reshape(1, -1), target_frames=cfg.audio_frames)
 
 
 # --------------------------------------------------------------------------- whole clip
 
 
+def view_start(num_source: int, cfg: ClipTransformConfig, rng: np.random.Generator | None, view: int = 0) -> int:
+    """First source frame of a view: the first draw from ``rng`` in training modes; in test mode
+    segment ``view // test_crops`` of evenly spaced windows."""
+    span = cfg.num_frames * cfg.sampling_rate
+    if cfg.mode == "test":
+        return test_start(num_source, span, view // cfg.test_crops, cfg.test_segments)
+    assert rng is not None
+    return random_start(num_source, span, rng)
+
+
+def view_frames(num_source: int, cfg: ClipTransformConfig, start: int) -> np.ndarray:
+    """The source frames a view starting at ``start`` uses (clamped: short clips repeat the end)."""
+    return sample_frame_indices(num_source, cfg.num_frames, cfg.sampling_rate, start)
+
+
 def make_view(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, cfg: ClipTransformConfig,
               rng: np.random.Generator | None, view: int = 0) -> dict[str, Any]:
-    """One model input {video (3,T,S,S), audio (1,A,128)} from a decoded clip.
+    """One model input {video (3,T,S,S), audio (1,A,128)} from a decoded clip (all its frames).
 
     ``rng`` drives every random choice in training modes; ``mode == 'test'`` is deterministic and
     ``view`` picks segment ``view // test_crops`` and crop ``view % test_crops``.
     """
+    idx = view_frames(len(frames), cfg, view_start(len(frames), cfg, rng, view))
+    return finish_view(frames[idx], int(idx[0]), fps, audio, sample_rate, cfg, rng, view)
+
+
+def finish_view(frames: np.ndarray, first_frame: int, fps: float, audio: np.ndarray, sample_rate: int,
+                cfg: ClipTransformConfig, rng: np.random.Generator | None, view: int = 0,
+                out: torch.Tensor | None = None, audio_offset: int = 0, fbank: bool = True) -> dict[str, Any]:
+    """The view from its own frames (T, H, W, 3) uint8, ``first_frame`` being the source index of
+    the first; ``rng`` continues after ``view_start``'s draw. ``audio`` starts at sample
+    ``audio_offset`` of the clip.
+
+    ``out`` receives the video. A uint8 ``out`` (pre-training only) receives the cropped frames
+    as they are, (T, S, S, 3), and ``fbank=False`` returns the view's waveform and gain
+    (``wave``, ``gain``) instead of its fbank: the consumer finishes both
+    (``avf_train.data.model_inputs``, on the GPU when training there). That is a quarter of the
+    video bytes through shared memory and the host-to-device copy, and neither the float pass
+    nor the fbank on the loader's CPU.
+    """
     if sample_rate != 16_000:
         raise ValueError(f"audio must be 16 kHz (shard format), got {sample_rate}")
     span = cfg.num_frames * cfg.sampling_rate
-    n = len(frames)
-    if cfg.mode == "test":
-        start = test_start(n, span, view // cfg.test_crops, cfg.test_segments)
-    else:
-        assert rng is not None
-        start = random_start(n, span, rng)
-    idx = sample_frame_indices(n, cfg.num_frames, cfg.sampling_rate, start)
-    x = to_float(frames[idx])  # (T, 3, H, W)
+    raw = out is not None and out.dtype == torch.uint8
+    if raw and cfg.mode != "pretrain":
+        raise ValueError(f"uint8 video output is for pre-training views, not {cfg.mode!r}")
     if cfg.mode == "pretrain":
-        x = multi_scale_crop(x, cfg.image_size, cfg.crop_scales, rng)
-    elif cfg.mode == "finetune":
-        x = resize(x, (cfg.image_size, cfg.image_size))
-        if cfg.rand_augment:
-            x = rand_augment(x, cfg.rand_augment, rng)
-        x = random_resized_crop(x, cfg.image_size, cfg.rrc_scale, rng)
-        if cfg.flip and rng.random() < 0.5:
-            x = x.flip(-1)
+        assert rng is not None
+        box = multi_scale_crop_box(frames.shape[1], frames.shape[2], cfg.image_size, cfg.crop_scales, rng)
+        x = crop_resize_u8(frames, box, cfg.image_size)  # (T, 3, S, S) uint8
+        video = out.copy_(x.permute(0, 2, 3, 1)) if raw else normalize_u8(x, out)  # raw: a plain copy
     else:
-        x = short_side_crop(x, cfg.image_size, view % cfg.test_crops, cfg.test_crops)
-    video = normalize_video(x.permute(1, 0, 2, 3).contiguous())  # (3, T, H, W)
-    if cfg.mode == "finetune" and cfg.random_erase > 0 and rng.random() < cfg.random_erase:
-        video = random_erase(video, rng)
-    segment = audio_window(audio, sample_rate, fps, int(idx[0]), span)
-    fbank = audio_features(segment, cfg, rng if cfg.mode != "test" else None)
-    return {"video": video, "audio": fbank}
+        x = to_float(frames)  # (T, 3, H, W)
+        if cfg.mode == "finetune":
+            assert rng is not None
+            x = resize(x, (cfg.image_size, cfg.image_size))
+            if cfg.rand_augment:
+                x = rand_augment(x, cfg.rand_augment, rng)
+            x = random_resized_crop(x, cfg.image_size, cfg.rrc_scale, rng)
+            if cfg.flip and rng.random() < 0.5:
+                x = x.flip(-1)
+        else:
+            x = short_side_crop(x, cfg.image_size, view % cfg.test_crops, cfg.test_crops)
+        video = normalize_video(x.permute(1, 0, 2, 3).contiguous())  # (3, T, H, W)
+        if cfg.mode == "finetune" and cfg.random_erase > 0 and rng.random() < cfg.random_erase:
+            video = random_erase(video, rng)
+        if out is not None:
+            video = out.copy_(video)
+    segment = audio_window(audio, sample_rate, fps, first_frame, span, audio_offset)
+    rng = rng if cfg.mode != "test" else None
+    if not fbank:
+        return {"video": video, "wave": np.ascontiguousarray(segment, dtype=np.float32), "gain": audio_gain(cfg, rng)}
+    return {"video": video, "audio": audio_features(segment, cfg, rng)}
