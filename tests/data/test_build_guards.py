@@ -64,11 +64,14 @@ def test_cleanup_only_touches_pipeline_names(tmp_path):
     out = claim(tmp_path / "o")
     ours_tmp = out / "shards" / "0123456789abcdef-000000.tar.tmp"
     ours_orphan = out / "shards" / "0123456789abcdef-000001.tar"
-    theirs = [out / "shards" / "my-precious-000000.tar", out / "shards" / "notes.txt.tmp"]
-    for p in [ours_tmp, ours_orphan, *theirs]:
+    ours_index = out / "shards" / "0123456789abcdef-000001.idx.json"
+    theirs = [out / "shards" / "my-precious-000000.tar", out / "shards" / "notes.txt.tmp",
+              out / "shards" / "my-precious-000000.idx.json"]
+    for p in [ours_tmp, ours_orphan, ours_index, *theirs]:
         p.write_bytes(b"x")
     assert _clean_tmp(out) == 1 and remove_orphans(out, set()) == ["shards/0123456789abcdef-000001.tar"]
-    assert all(p.exists() for p in theirs) and not ours_tmp.exists() and not ours_orphan.exists()
+    assert all(p.exists() for p in theirs)
+    assert not ours_tmp.exists() and not ours_orphan.exists() and not ours_index.exists()
 
 
 @pytest.mark.parametrize("out", ["", "file"])

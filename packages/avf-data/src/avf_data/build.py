@@ -143,7 +143,7 @@ def remove_orphans(out: Path, committed: set[str] | None = None) -> list[str]:
     again, so keeping them would duplicate keys. Returns the removed paths (relative)."""
     if committed is None:
         committed = read_log(out)[1]
-    from .outdir import own_shards
+    from .outdir import own_indexes, own_shards
 
     removed = []
     for p in own_shards(out):
@@ -151,6 +151,9 @@ def remove_orphans(out: Path, committed: set[str] | None = None) -> list[str]:
         if rel not in committed:
             p.unlink(missing_ok=True)
             removed.append(rel)
+    for p in own_indexes(out):  # an index whose shard is gone (removed above, or never renamed)
+        if not p.with_name(p.name[:-len(".idx.json")] + ".tar").exists():
+            p.unlink(missing_ok=True)
     return removed
 
 

@@ -4,7 +4,7 @@ A build marks its folder with ``.avf-data`` on first use. A later build into the
 resumes; a build into a non-empty folder without the marker is refused, because the rerun
 clean-up (``*.tmp`` leftovers, shards no done-log line lists) must never touch files that
 someone else put there. Only names the pipeline itself makes are cleaned up:
-``shards/<16 hex>-<6 digits>.tar`` and the same with ``.tmp``.
+``shards/<16 hex>-<6 digits>.tar``, its ``.idx.json`` index, and either with ``.tmp``.
 
 ``.avf-data.lock`` holds an exclusive ``flock`` for the whole build, so a second build into
 the same folder is refused at once with the first one's PID. The kernel drops the lock when
@@ -24,7 +24,8 @@ from pathlib import Path
 MARKER = ".avf-data"
 LOCK = ".avf-data.lock"
 SHARD_NAME = re.compile(r"^[0-9a-f]{16}-\d{6}\.tar$")
-TMP_NAME = re.compile(r"^[0-9a-f]{16}-\d{6}\.tar\.tmp$")
+INDEX_NAME = re.compile(r"^[0-9a-f]{16}-\d{6}\.idx\.json$")  # a shard's sample count (avf_data.shards)
+TMP_NAME = re.compile(r"^[0-9a-f]{16}-\d{6}\.(tar|idx\.json)\.tmp$")
 # files a build writes at the top of its folder (used to recognise folders of older versions)
 OWN_FILES = {"done.jsonl", "manifest.jsonl", "rejects.jsonl", "stats.json", "report.md", "contact_sheet.png",
              "config.yaml", "classes.json", MARKER, LOCK}
@@ -114,7 +115,13 @@ def own_shards(out: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.tar") if SHARD_NAME.match(p.name)) if folder.is_dir() else []
 
 
+def own_indexes(out: Path) -> list[Path]:
+    """Shard index files named as the pipeline names them."""
+    folder = out / "shards"
+    return sorted(p for p in folder.glob("*.idx.json") if INDEX_NAME.match(p.name)) if folder.is_dir() else []
+
+
 def own_tmp_files(out: Path) -> list[Path]:
-    """``*.tar.tmp`` leftovers named as the pipeline names them."""
+    """``*.tar.tmp`` / ``*.idx.json.tmp`` leftovers named as the pipeline names them."""
     folder = out / "shards"
     return sorted(p for p in folder.glob("*.tmp") if TMP_NAME.match(p.name)) if folder.is_dir() else []

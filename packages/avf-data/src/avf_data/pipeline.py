@@ -373,8 +373,10 @@ def task_id(input_ids: list[str]) -> str:
 
 
 def task_files(out_dir: str | os.PathLike, tid: str) -> list[str]:
-    """The shard files (final and ``.tmp``) a task may have left in ``out_dir/shards``."""
-    return glob.glob(os.path.join(glob.escape(os.path.join(os.fspath(out_dir), "shards")), f"{tid}-*.tar*"))
+    """The shard files (final and ``.tmp``, with their ``.idx.json``) a task may have left in
+    ``out_dir/shards``."""
+    folder = glob.escape(os.path.join(os.fspath(out_dir), "shards"))
+    return glob.glob(os.path.join(folder, f"{tid}-*.tar*")) + glob.glob(os.path.join(folder, f"{tid}-*.idx.json*"))
 
 
 def process_task(items: list[tuple[str, dict[str, Any] | None]], out_dir: str | os.PathLike | None,
