@@ -1,6 +1,7 @@
 """The shared sample format: what avf-data writes is exactly what avf-train/avf-eval read."""
 
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -60,3 +61,36 @@ def test_bad_keys_and_patterns_fail_clearly(tmp_path):
         expand_shards(str(tmp_path / "nothing-*.tar"))
     with pytest.raises(ValueError, match="lacks"):
         decode_sample({"__key__": "k", "json": b"{}"})
+
+
+def test_every_shard_gets_its_index_when_it_appears(tmp_path):
+    from avf_data.shards import shard_counts
+
+    writer = ShardWriter(tmp_path / "deferred", max_count=2, defer_rename=True)
+    for i in range(3):
+        writer.write(_clip(f"d{i}", frames=4))
+    writer.flush()
+    assert not list((tmp_path / "deferred").glob("*.idx.json"))  # nothing final yet, no index
+    writer.commit()
+    shards = expand_shards(str(tmp_path / "deferred"))
+    for shard, count in zip(shards, (2, 1)):
+        index = json.loads(open(shard[:-len(".tar")] + ".idx.json").read())
+        assert index == {"format": "avf-shard-index/1", "shard": shard.rsplit("/", 1)[1], "samples": count,
+                         "bytes": os.path.getsize(shard)}
+    assert shard_counts(shards) == [2, 1]
+    aborted = ShardWriter(tmp_path / "aborted", max_count=1, defer_rename=True)
+    aborted.write(_clip("a", frames=4))
+    aborted.abort()
+    assert not list((tmp_path / "aborted").iterdir())
+
+
+def test_readme_webdataset_example(tmp_path):
+    """The avf-data README's reading example: stock WebDataset plus avf's decoder."""
+    with ShardWriter(tmp_path, prefix="train", max_count=2) as writer:
+        for i in range(3):
+            writer.write(_clip(f"r{i}", label=i, frames=4))
+    url = str(tmp_path / "train-{000000..000001}.tar")
+    dataset = wds.WebDataset(url, shardshuffle=False).map(decode_sample)
+    clips = list(dataset)
+    assert [(c.key, c.label, c.frames.shape, c.sample_rate) for c in clips] == [
+        (f"r{i}", i, (4, 160, 160, 3), 16000) for i in range(3)]

@@ -108,3 +108,40 @@ def test_training_stream_skips_a_corrupt_sample(shards, tmp_path):
     stream = ClipStream(resolve_shards(str(tmp_path)), cfg, 2, train=True, shuffle_buffer=1)
     batch = next(iter(stream))
     assert batch["key"] == [raws[0]["__key__"], raws[2]["__key__"]]
+
+
+@pytest.fixture()
+def http_root(shards):
+    """The unlabelled test shards served by a local HTTP server (127.0.0.1, a free port)."""
+    import functools
+    import http.server
+    import threading
+    from pathlib import Path
+
+    folder = Path(resolve_shards(shards["unlabelled"])[0]).parent
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_remote_shards_stream_and_resume_exactly_like_local_ones(shards, http_root):
+    local = resolve_shards(shards["unlabelled"])
+    assert [p.rsplit("/", 1)[1] for p in local] == ["unlabelled-000000.tar", "unlabelled-000001.tar"]
+    cfg = ClipTransformConfig(mode="pretrain", num_frames=4, image_size=32)
+    kw = dict(train=True, seed=1, num_workers=2, shuffle_buffer=4)
+    remote = resolve_shards(http_root + "/unlabelled-{000000..000001}.tar")
+    assert remote == [f"{http_root}/unlabelled-00000{i}.tar" for i in range(2)] and count_samples(remote) == 8
+    straight = _keys(make_loader(ClipStream(remote, cfg, 2, **kw), 2), 5)
+    assert straight == _keys(make_loader(ClipStream(local, cfg, 2, **kw), 2), 5)
+    state = StreamState(num_workers=2, batch_size=2)
+    for _, pos, _ in straight[:3]:
+        state.advance(*pos)
+    rest = _keys(make_loader(ClipStream(remote, cfg, 2, state=state, **kw), 2), 2)
+    assert straight[:3] + rest == straight
+    piped = resolve_shards(",".join(f"pipe:cat {p}" for p in local))
+    one = dict(train=True, seed=1, shuffle_buffer=4)
+    assert _keys(ClipStream(piped, cfg, 2, **one), 3) == _keys(ClipStream(local, cfg, 2, **one), 3)

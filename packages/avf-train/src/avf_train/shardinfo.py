@@ -2,9 +2,9 @@
 
 Training used to find out about its data at the first batch: too few clips for the batch size,
 unlabelled shards or a label outside the label map surfaced after the workers had started (tens
-of seconds in) as a worker traceback. A scan of the tar headers (and, for labelled stages, the
-small ``.json`` members, skipping the video bytes) answers those questions up front, with the
-numbers, and tells which label map (``classes``) the shards were imported with.
+of seconds in) as a worker traceback. The shards' indices (sample counts) and, for labelled
+stages, their small ``.json`` members answer those questions up front, with the numbers, and
+tell which label map (``classes``) the shards were imported with.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from avf_data.shards import iter_raw_samples, shard_counts
 
 from .errors import DataError
 
@@ -90,45 +92,38 @@ class ShardInfo:
         return None
 
 
-def _member_key(name: str) -> tuple[str, str]:
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    return key, ext
-
-
 def scan_shards(paths: list[str], read_meta: bool = False) -> ShardInfo:
-    """Count the samples (distinct keys) of every shard; with ``read_meta`` also read their json.
+    """Count the samples of every shard; with ``read_meta`` also read their json.
 
-    Only tar headers are read for counting; ``read_meta`` extracts the ``.json`` and ``.cls``
-    members (a few hundred bytes per clip) and seeks over the media.
+    Counts come from the index next to each shard (or the build's manifest), so a corpus on
+    object storage is not downloaded to be counted; ``read_meta`` reads the ``.json`` and
+    ``.cls`` members (a few hundred bytes per clip; local shards seek over the media, remote
+    ones stream past it).
     """
     info = ShardInfo(paths=list(paths), counts=[], with_meta=read_meta)
+    if not read_meta:
+        try:
+            info.counts = shard_counts(paths)
+        except (tarfile.TarError, OSError) as exc:
+            raise DataError(f"cannot read shards: {exc}") from None
+        return info
     for path in paths:
         keys: dict[str, dict[str, Any]] = {}
         try:
-            with tarfile.open(path) as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, ext = _member_key(member.name)
-                    entry = keys.setdefault(key, {})
-                    if not read_meta or ext not in ("json", "cls"):
-                        continue
-                    handle = tar.extractfile(member)
-                    raw = handle.read() if handle is not None else b""
-                    if ext == "json":
-                        try:
-                            entry["meta"] = json.loads(raw)
-                        except json.JSONDecodeError:
-                            entry["meta"] = {}
-                    else:
-                        entry["cls"] = raw.decode(errors="replace").strip()
+            for sample in iter_raw_samples([path], exts=("json", "cls")):
+                entry = keys.setdefault(sample["__key__"], {})
+                if "json" in sample:
+                    try:
+                        entry["meta"] = json.loads(sample["json"])
+                    except json.JSONDecodeError:
+                        entry["meta"] = {}
+                if "cls" in sample:
+                    entry["cls"] = sample["cls"].decode(errors="replace").strip()
         except (tarfile.TarError, OSError) as exc:
             raise DataError(f"cannot read shard {path}: {exc}") from None
         info.counts.append(len(keys))
-        if read_meta:
-            for key, entry in keys.items():
-                _note(info, key, path, entry)
+        for key, entry in keys.items():
+            _note(info, key, path, entry)
     return info
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import TrainConfig, resolve_model_name, save_yaml, to_dict, transform_config
-from .data import ClipStream, StreamState, make_loader, resolve_shards
+from .data import ClipStream, StreamState, make_loader, model_inputs, resolve_shards
 from .errors import DataError, StageError, one_line
 from .labels import get_label_map
 from .metrics import MetricsLog, format_duration, truncate_metrics
@@ -49,7 +49,8 @@ def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: S
                       shuffle_buffer=cfg.data.shuffle_buffer, repeats=repeats,
                       label_map=get_label_map(cfg.data.label_map), labelled=cfg.stage != "pretrain",
                       state=state, classes=tuple(cfg.data.classes) if classify else (),
-                      num_classes=cfg.finetune.num_classes if classify else 0)
+                      num_classes=cfg.finetune.num_classes if classify else 0,
+                      device_features=cfg.stage == "pretrain")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -211,8 +212,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 raise DataError(one_line(exc)) from None
             worker, pass_index, batch_index = batch["pos"]
             data_state.advance(worker, pass_index, batch_index)
-            video = batch["video"].to(info.device, non_blocking=True)
-            audio = batch["audio"].to(info.device, non_blocking=True)
+            video, audio = model_inputs(batch, info.device)  # pre-training: finished on the device
             last_micro = micro == accum - 1
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-step only
                 model.set_requires_gradient_sync(last_micro)
