@@ -1,6 +1,6 @@
 """Write the built-in demo videos into a folder (the same ones `avf-data build --demo` uses).
 
-    uv run python tools/make_demo_clips.py demo-inputs/
+uv run python tools/make_demo_clips.py demo-inputs/
 """
 
 import sys

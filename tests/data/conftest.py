@@ -45,8 +45,13 @@ def demo_build(demo_inputs, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("demo-out")
     stats = build([str(p) for p in demo_inputs.values()], out, workers=2, progress=False)
-    return {"out": out, "stats": stats, "manifest": read_jsonl(out / "manifest.jsonl"),
-            "rejects": read_jsonl(out / "rejects.jsonl"), "inputs": demo_inputs}
+    return {
+        "out": out,
+        "stats": stats,
+        "manifest": read_jsonl(out / "manifest.jsonl"),
+        "rejects": read_jsonl(out / "rejects.jsonl"),
+        "inputs": demo_inputs,
+    }
 
 
 @pytest.fixture(scope="session")

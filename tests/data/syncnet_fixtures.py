@@ -26,7 +26,11 @@ def random_official_state_dict(seed: int = 0, embedding_scale: float = 1.0) -> d
             sd[k] = torch.randn(shape, generator=g) * 0.1
         else:
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            sd[k] = torch.randn(shape, generator=g) / np.sqrt(fan_in) if len(shape) > 1 else 1 + 0.1 * torch.randn(shape, generator=g)
+            sd[k] = (
+                torch.randn(shape, generator=g) / np.sqrt(fan_in)
+                if len(shape) > 1
+                else 1 + 0.1 * torch.randn(shape, generator=g)
+            )
     for k in ("netfcaud.3.weight", "netfcaud.3.bias", "netfclip.3.weight", "netfclip.3.bias"):
         sd[k] = sd[k] * embedding_scale
     return sd

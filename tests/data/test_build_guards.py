@@ -65,8 +65,11 @@ def test_cleanup_only_touches_pipeline_names(tmp_path):
     ours_tmp = out / "shards" / "0123456789abcdef-000000.tar.tmp"
     ours_orphan = out / "shards" / "0123456789abcdef-000001.tar"
     ours_index = out / "shards" / "0123456789abcdef-000001.idx.json"
-    theirs = [out / "shards" / "my-precious-000000.tar", out / "shards" / "notes.txt.tmp",
-              out / "shards" / "my-precious-000000.idx.json"]
+    theirs = [
+        out / "shards" / "my-precious-000000.tar",
+        out / "shards" / "notes.txt.tmp",
+        out / "shards" / "my-precious-000000.idx.json",
+    ]
     for p in [ours_tmp, ours_orphan, ours_index, *theirs]:
         p.write_bytes(b"x")
     assert _clean_tmp(out) == 1 and remove_orphans(out, set()) == ["shards/0123456789abcdef-000001.tar"]
@@ -92,14 +95,36 @@ def test_second_build_into_the_same_folder_is_refused(tmp_path, demo_inputs):
     from avf_data.outdir import BuildLock, OutputFolderError, claim
 
     out = claim(tmp_path / "o")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from avf_data.outdir import BuildLock\n"
-        "with BuildLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)"), str(out)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from avf_data.outdir import BuildLock\n"
+                "with BuildLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)"
+            ),
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        r = subprocess.run([sys.executable, "-m", "avf_data.cli", "build", str(demo_inputs["single_face"]),
-                            "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "avf_data.cli",
+                "build",
+                str(demo_inputs["single_face"]),
+                "--out",
+                str(out),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert r.returncode == 2, r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and "another avf-data run (pid" in lines[0] and "Traceback" not in r.stderr

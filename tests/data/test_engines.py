@@ -15,7 +15,7 @@ def read_jsonl(path) -> list[dict]:
 
 
 def _strip(rows):
-    return sorted((tuple(sorted((k, repr(v)) for k, v in r.items())) for r in rows))
+    return sorted(tuple(sorted((k, repr(v)) for k, v in r.items())) for r in rows)
 
 
 @pytest.mark.slow
@@ -41,6 +41,7 @@ def test_ray_engine_matches_local(demo_build, tmp_path):
     assert _strip(man) == _strip(local_man)
     assert _strip(rej) == _strip(local_rej)
     assert sorted(p.name for p in (tmp_path / "ray" / "shards").glob("*.tar")) == sorted(
-        p.name for p in (demo_build["out"] / "shards").glob("*.tar"))
+        p.name for p in (demo_build["out"] / "shards").glob("*.tar")
+    )
     assert stats["run"]["tasks"] == demo_build["stats"]["run"]["tasks"] == 2
     assert len({r["shard"] for r in man}) < len({r["source"] for r in man})  # inputs share shards

@@ -30,7 +30,8 @@ def labelled(demo_build, tmp_path_factory):
         f"{d['no_face']},sad,s3,1,0.0,0.0\n"
         "missing.mp4,happy,s4,0,0,0\n"
         f"{d['two_faces']},,s5,0,0,0\n"
-        f"{d['long_silence']},happy,s6,x,0,0\n")
+        f"{d['long_silence']},happy,s6,x,0,0\n"
+    )
     out = tmp / "out"
     assert main(["import", str(csv), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
     return out
@@ -114,12 +115,14 @@ def test_label_maps_for_import(tmp_path):
     from avf_data.importer import read_class_list, read_label_csv
 
     csv = tmp_path / "fold.csv"
-    csv.write_text("key,label,label_id\n"
-                   "a.mp4,NEU,2\n"      # CREMA-D code, agrees with label_id
-                   "b.mp4,sad,1\n"      # disagrees: sadness is 3 in crema-d-4
-                   "c.mp4,DIS,\n"       # dropped by the 4-class protocol
-                   "d.mp4,,0\n"         # label_id alone
-                   "a.mp4,NEU,2\n")     # duplicate
+    csv.write_text(
+        "key,label,label_id\n"
+        "a.mp4,NEU,2\n"  # CREMA-D code, agrees with label_id
+        "b.mp4,sad,1\n"  # disagrees: sadness is 3 in crema-d-4
+        "c.mp4,DIS,\n"  # dropped by the 4-class protocol
+        "d.mp4,,0\n"  # label_id alone
+        "a.mp4,NEU,2\n"
+    )  # duplicate
     labels, space, rejects, rows = read_label_csv(csv, protocol="crema-d-4")
     assert space.classes == ("anger", "happiness", "neutral", "sadness") and rows == 5
     assert {k.rsplit("/", 1)[-1]: v["label"] for k, v in labels.items()} == {"a.mp4": 2, "d.mp4": 0}

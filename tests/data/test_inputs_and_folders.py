@@ -27,8 +27,9 @@ def _clip(tmp_path, canvas, name="a.mp4", seconds=1.2):
 
 
 def _run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "avf_data.cli", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "avf_data.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_fifo_is_rejected_without_hanging(tmp_path, canvas):
@@ -69,7 +70,7 @@ def test_truncated_file_is_fully_accounted(tmp_path, canvas):
             c.mux(p)
         a = (0.2 * np.sin(np.arange(5 * 16000) / 16000 * 2 * np.pi * 200)).astype(np.float32).reshape(1, -1)
         for i in range(0, a.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + 1024]), format="fltp", layout="mono")
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i : i + 1024]), format="fltp", layout="mono")
             af.sample_rate = 16000
             for p in a_s.encode(af):
                 c.mux(p)
@@ -77,7 +78,7 @@ def test_truncated_file_is_fully_accounted(tmp_path, canvas):
             c.mux(p)
     data = path.read_bytes()
     cut = tmp_path / "cut.mp4"
-    cut.write_bytes(data[:len(data) // 4])
+    cut.write_bytes(data[: len(data) // 4])
     r = process_input(str(cut), None, __import__("avf_data.config", fromlist=["x"]).BuildConfig())
     assert r["seconds"] == pytest.approx(5.0, abs=0.05)
     rows = sorted(r["manifest"] + r["rejects"], key=lambda x: x["start"])
@@ -135,13 +136,16 @@ def test_zero_byte_file_is_rejected_without_a_worker_pool(tmp_path):
     assert stats["rejects_by_code"] == {"decode.empty": {"count": 1, "seconds": 0.0}}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("crop: {out_size: 96\n", "YAML syntax error at line"),
-    ("- crop\n- scene\n", "top level must be a mapping"),
-    ("crop:\n  outsize: 96\n", "unknown config key 'crop.outsize'"),
-    ("sync:\n  mode: sometimes\n", "sync.mode' must be one of off, measure, enforce"),
-    (None, "is a folder"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("crop: {out_size: 96\n", "YAML syntax error at line"),
+        ("- crop\n- scene\n", "top level must be a mapping"),
+        ("crop:\n  outsize: 96\n", "unknown config key 'crop.outsize'"),
+        ("sync:\n  mode: sometimes\n", "sync.mode' must be one of off, measure, enforce"),
+        (None, "is a folder"),
+    ],
+)
 def test_bad_config_is_one_line(tmp_path, capsys, canvas, content, message):
     from avf_data.cli import main
 
@@ -161,8 +165,18 @@ def test_unreachable_ray_address_fails_fast(tmp_path, canvas):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.perf_counter()
-    r = _run_cli("build", str(_clip(tmp_path, canvas)), "--out", str(tmp_path / "o"), "--engine", "ray",
-                 "--ray-address", f"127.0.0.1:{port}", "--no-progress", timeout=120)
+    r = _run_cli(
+        "build",
+        str(_clip(tmp_path, canvas)),
+        "--out",
+        str(tmp_path / "o"),
+        "--engine",
+        "ray",
+        "--ray-address",
+        f"127.0.0.1:{port}",
+        "--no-progress",
+        timeout=120,
+    )
     assert r.returncode == 2 and time.perf_counter() - t0 < 60
     lines = [x for x in r.stderr.strip().splitlines() if "error" in x]
     assert len(lines) == 1 and "no Ray cluster answers there" in lines[0] and "Traceback" not in r.stderr
@@ -209,7 +223,7 @@ def test_rotated_phone_clip_is_kept_upright(tmp_path, demo_media):
     from avf_data.pipeline import curate_video
 
     m = demo_media("single_face")
-    frames, audio = m.frames[:100], m.audio[:100 * 640]
+    frames, audio = m.frames[:100], m.audio[: 100 * 640]
     path = tmp_path / "phone.mp4"
     with av.open(str(path), "w") as c:
         vs = c.add_stream("libx264", rate=25)
@@ -226,7 +240,7 @@ def test_rotated_phone_clip_is_kept_upright(tmp_path, demo_media):
             c.mux(p)
         pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
         for i in range(0, pcm.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + 1024]), format="s16", layout="mono")
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i : i + 1024]), format="s16", layout="mono")
             af.sample_rate = 16000
             for p in a_s.encode(af):
                 c.mux(p)

@@ -58,7 +58,7 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
         s.layout = "mono"
         a = _tone(1.0).reshape(1, -1)
         for i in range(0, a.shape[1], 1024):
-            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + 1024]), format="fltp", layout="mono")
+            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i : i + 1024]), format="fltp", layout="mono")
             fr.sample_rate = 16000
             for p in s.encode(fr):
                 c.mux(p)
@@ -70,8 +70,9 @@ def test_audio_only_file_has_no_video_stream(tmp_path):
 
 def _write_vfr(path, frames_and_ms, audio, sr=16000):
     """An mkv whose frames last the given milliseconds (jittered: variable frame rate)."""
-    import av
     from fractions import Fraction
+
+    import av
 
     h, w = frames_and_ms[0][0].shape[:2]
     with av.open(str(path), "w") as c:
@@ -94,7 +95,7 @@ def _write_vfr(path, frames_and_ms, audio, sr=16000):
             c.mux(p)
         a = audio.reshape(1, -1)
         for i in range(0, a.shape[1], 1024):
-            pcm = (np.clip(a[:, i:i + 1024], -1, 1) * 32767).astype(np.int16)
+            pcm = (np.clip(a[:, i : i + 1024], -1, 1) * 32767).astype(np.int16)
             af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout="mono")
             af.sample_rate = sr
             for p in a_s.encode(af):
@@ -155,7 +156,7 @@ def test_stereo_is_downmixed_as_the_mean_of_the_channels(tmp_path, canvas):
         left = _tone(1.2) * 0 + 0.4 * np.sin(2 * np.pi * 300 * np.arange(int(1.2 * 16000)) / 16000)
         st = np.stack([left, left]).astype(np.float32)
         for i in range(0, st.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(st[:, i:i + 1024]), format="fltp", layout="stereo")
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(st[:, i : i + 1024]), format="fltp", layout="stereo")
             af.sample_rate = 16000
             for p in a_s.encode(af):
                 c.mux(p)
@@ -187,7 +188,7 @@ def test_display_rotation_is_applied(tmp_path, canvas):
             c.mux(p)
         a = _tone(1.0).reshape(1, -1)
         for i in range(0, a.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i:i + 1024]), format="fltp", layout="mono")
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i : i + 1024]), format="fltp", layout="mono")
             af.sample_rate = 16000
             for p in a_s.encode(af):
                 c.mux(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from avf_data.shards import iter_clips, iter_raw_samples, expand_shards
+from avf_data.shards import expand_shards, iter_clips, iter_raw_samples
 
 
 def read_jsonl(path) -> list[dict]:
@@ -35,8 +35,11 @@ def test_per_input_outcomes(demo_build):
     assert len(_by_source(man, "scene_cut")) == 2
     assert len(_by_source(man, "long_silence")) == 2
     assert any(r["stage"] == "silence" and r["seconds"] > 2.5 for r in _by_source(rej, "long_silence"))
-    for name, stage, code in [("two_faces", "face", "face.several"), ("no_face", "face", "face.none"),
-                              ("corrupt", "decode", "decode.corrupt")]:
+    for name, stage, code in [
+        ("two_faces", "face", "face.several"),
+        ("no_face", "face", "face.none"),
+        ("corrupt", "decode", "decode.corrupt"),
+    ]:
         assert not _by_source(man, name), name
         assert any(r["stage"] == stage and r["code"] == code for r in _by_source(rej, name)), name
     # no SyncNet weights: the shifted clip is kept, flagged, never rejected for sync
@@ -67,8 +70,11 @@ def test_fallback_sync_enforced_on_request(demo_inputs):
 
 def test_every_second_is_accounted_for(demo_build):
     """accepted + rejected seconds == input seconds per source (within one frame); no overlap."""
-    done = [rec for line in (demo_build["out"] / "done.jsonl").read_text().splitlines()
-            for rec in json.loads(line)["inputs"]]
+    done = [
+        rec
+        for line in (demo_build["out"] / "done.jsonl").read_text().splitlines()
+        for rec in json.loads(line)["inputs"]
+    ]
     assert sorted(Path(r["source"]).stem for r in done) == sorted(demo_build["inputs"])
     spans = defaultdict(list)
     for r in demo_build["manifest"] + demo_build["rejects"]:
@@ -79,7 +85,7 @@ def test_every_second_is_accounted_for(demo_build):
         total = sum(b - a for a, b in iv)
         assert abs(total - rec["seconds"]) < 0.04 + 1e-6, (rec["source"], total, rec["seconds"])
         assert iv[0][0] == 0.0 and abs(iv[-1][1] - rec["seconds"]) < 0.04 + 1e-6
-        assert all(abs(a2 - b1) < 1e-6 for (_, b1), (a2, _) in zip(iv, iv[1:])), iv  # contiguous
+        assert all(abs(a2 - b1) < 1e-6 for (_, b1), (a2, _) in zip(iv, iv[1:], strict=False)), iv  # contiguous
     st = demo_build["stats"]
     assert abs(st["seconds_accepted"] + st["seconds_rejected"] - st["seconds_in"]) < 0.04 * st["inputs"]
 
@@ -94,8 +100,19 @@ def test_samples_match_manifest_and_format(demo_build):
     assert clip.frames.shape[1:] == (160, 160, 3) and clip.fps == 25 and clip.sample_rate == 16000
     assert abs(len(clip.frames) / 25 - len(clip.audio) / 16000) < 0.04
     meta = clip.meta
-    for k in ("source", "start", "end", "fps", "boxes", "detector", "sync", "sync_offset", "sync_confidence",
-              "blur", "pipeline_version"):
+    for k in (
+        "source",
+        "start",
+        "end",
+        "fps",
+        "boxes",
+        "detector",
+        "sync",
+        "sync_offset",
+        "sync_confidence",
+        "blur",
+        "pipeline_version",
+    ):
         assert k in meta, k
     assert len(meta["boxes"]) == len(clip.frames)
     assert meta["sync"]["method"] == "fallback_motion_envelope"
@@ -113,14 +130,19 @@ def test_inputs_share_task_shards(demo_build):
     assert first == {f"shards/{tasks[0][0]}-000000.tar"}  # single_face + scene_cut: one shard
     assert len([p for p, _ in tasks[0][1] if str(p) in shard_of]) == 2
     assert sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar")) == sorted(
-        set(shard_of.values()))
+        set(shard_of.values())
+    )
 
 
 def test_stats_and_report(demo_build):
     st = demo_build["stats"]
     assert st["inputs"] == 7 and st["clips"] == 6
-    assert st["stages"]["decode"] == {"in": 7, "out": 6, "seconds_in": pytest.approx(st["seconds_in"]),
-                                      "seconds_out": pytest.approx(st["seconds_in"])}
+    assert st["stages"]["decode"] == {
+        "in": 7,
+        "out": 6,
+        "seconds_in": pytest.approx(st["seconds_in"]),
+        "seconds_out": pytest.approx(st["seconds_in"]),
+    }
     assert st["stages"]["face"]["in"] - st["stages"]["face"]["out"] == 2
     assert st["run"]["frames_per_second"] > 0 and st["run"]["wall_seconds"] > 0
     report = (demo_build["out"] / "report.md").read_text()
@@ -156,7 +178,7 @@ def test_long_inputs_are_curated_in_chunks(demo_inputs):
     assert len(r["manifest"]) == 2
     spans = sorted((x["start"], x["end"]) for x in r["manifest"] + r["rejects"])
     assert spans[0][0] == 0.0 and abs(spans[-1][1] - r["seconds"]) < 1e-6
-    assert all(abs(a2 - b1) < 1e-6 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+    assert all(abs(a2 - b1) < 1e-6 for (_, b1), (a2, _) in zip(spans, spans[1:], strict=False))
     keys = [x["key"] for x in r["manifest"]]
     assert len(set(keys)) == len(keys)
 
@@ -181,17 +203,20 @@ def test_syncnet_weights_are_used_end_to_end(demo_media, tmp_path):
     from avf_data.stages import syncnet
 
     torch.manual_seed(0)
-    sd = {k: (torch.ones(shape) if k.endswith("running_var") else torch.randn(shape) * 0.05)
-          for k, shape in syncnet._official_shapes().items()}
+    sd = {
+        k: (torch.ones(shape) if k.endswith("running_var") else torch.randn(shape) * 0.05)
+        for k, shape in syncnet._official_shapes().items()
+    }
     weights = tmp_path / "syncnet_v2.model"
     torch.save(sd, weights)
     m = demo_media("single_face")
-    clip = write_av(tmp_path / "short.mp4", m.frames[5:55], m.audio[5 * 640:55 * 640])
+    clip = write_av(tmp_path / "short.mp4", m.frames[5:55], m.audio[5 * 640 : 55 * 640])
     stats = build([str(clip)], tmp_path / "out", workers=0, weights=str(weights), progress=False)
     assert stats["sync_scorer"] == "syncnet_v2"
     rows = read_jsonl(tmp_path / "out" / "manifest.jsonl") + read_jsonl(tmp_path / "out" / "rejects.jsonl")
-    assert any((r.get("sync_method") == "syncnet_v2") or (r.get("sync", {}).get("method") == "syncnet_v2")
-               for r in rows)
+    assert any(
+        (r.get("sync_method") == "syncnet_v2") or (r.get("sync", {}).get("method") == "syncnet_v2") for r in rows
+    )
     assert "syncnet_v2" in (tmp_path / "out" / "report.md").read_text()
 
 

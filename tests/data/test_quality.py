@@ -95,7 +95,9 @@ def test_h264_encoded_still_image_is_rejected(face, tmp_path):
 
 def test_small_pixel_noise_alone_does_not_count_as_motion(face):
     rng = np.random.default_rng(0)
-    still = np.clip(face[None].astype(np.float32) + rng.normal(0, 0.3, (50, 160, 160, 3)), 0, 255).round().astype(np.uint8)
+    still = (
+        np.clip(face[None].astype(np.float32) + rng.normal(0, 0.3, (50, 160, 160, 3)), 0, 255).round().astype(np.uint8)
+    )
     q = measure_quality(still)
     assert q.motion < QualityConfig().min_motion < measure_quality(talking(face)).motion
     assert quality_reject_reason(q, QualityConfig()).startswith("frozen video")

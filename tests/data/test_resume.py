@@ -45,8 +45,20 @@ def test_kill_and_resume(demo_build, tmp_path):
     out = tmp_path / "out"
     cfg_file = tmp_path / "tasks.yaml"
     cfg_file.write_text("output: {inputs_per_task: 2}\n")  # tasks of 2 inputs: [sf, sc] [ls, tf] [sa]
-    cmd = [sys.executable, "-m", "avf_data.cli", "build", *inputs, "--out", str(out), "--workers", "1",
-           "--no-progress", "--config", str(cfg_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avf_data.cli",
+        "build",
+        *inputs,
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no-progress",
+        "--config",
+        str(cfg_file),
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done_log = out / "done.jsonl"
     deadline = time.time() + 240
@@ -124,9 +136,26 @@ def test_worker_crash_is_retried_then_rejected(demo_build, tmp_path):
     cfg_file = tmp_path / "tasks.yaml"
     cfg_file.write_text("output: {inputs_per_task: 2}\n")  # tasks: [no_face, two_faces] [single_face]
     env = dict(os.environ, AVF_DATA_TEST_CRASH_ON="no_face.mp4")
-    r = subprocess.run([sys.executable, "-m", "avf_data.cli", "build", *inputs, "--out", str(out), "--workers", "2",
-                        "--no-progress", "--config", str(cfg_file)], env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "avf_data.cli",
+            "build",
+            *inputs,
+            "--out",
+            str(out),
+            "--workers",
+            "2",
+            "--no-progress",
+            "--config",
+            str(cfg_file),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rejects = read_jsonl(out / "rejects.jsonl")
     crashed = [x for x in rejects if x["stage"] == "error"]

@@ -10,7 +10,6 @@ from avf_data.stages.face_filter import FaceFilterConfig, check_faces
 from avf_data.stages.scene import SceneConfig, detect_cuts, split_scenes
 from avf_data.stages.silence import SilenceConfig, split_speech
 
-
 # ---------------------------------------------------------------- stage 1: scene cut
 
 
@@ -88,7 +87,7 @@ def test_long_silence_gives_two_clips(demo_media):
     assert "silence" in longest_gap.reason
     # a partition of the segment: contiguous, complete
     assert pieces[0].start == 0 and pieces[-1].end == m.num_frames
-    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:]))
+    assert all(a.end == b.start for a, b in zip(pieces, pieces[1:], strict=False))
 
 
 def _speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
@@ -100,8 +99,9 @@ def _speechlike(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
 
 def test_long_speech_is_chunked_and_short_speech_rejected():
     sr, fps = 16000, 25.0
-    audio = np.concatenate([_speechlike(20.0), np.zeros(sr * 2, np.float32), _speechlike(0.5, seed=1),
-                            np.zeros(sr * 2, np.float32)])
+    audio = np.concatenate(
+        [_speechlike(20.0), np.zeros(sr * 2, np.float32), _speechlike(0.5, seed=1), np.zeros(sr * 2, np.float32)]
+    )
     n = int(len(audio) / sr * fps)
     cfg = SilenceConfig(max_clip_seconds=8.0, min_clip_seconds=1.0)
     pieces = split_speech(audio, sr, n, fps, cfg)

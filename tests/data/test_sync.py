@@ -213,7 +213,9 @@ def test_demo_talking_face_in_sync_and_shifted(scorer):
     side = int(230 * 1.8 * 0.8)
     cx, cy = frames.shape[2] // 2, frames.shape[1] // 2
     y0, x0 = max(0, cy - side // 2), cx - side // 2
-    crops = np.stack([cv2.resize(f[y0 : y0 + side, x0 : x0 + side], (160, 160), interpolation=cv2.INTER_AREA) for f in frames])
+    crops = np.stack(
+        [cv2.resize(f[y0 : y0 + side, x0 : x0 + side], (160, 160), interpolation=cv2.INTER_AREA) for f in frames]
+    )
     cfg = SyncConfig()
     r = scorer.score(crops, audio)
     assert r.offset_frames in (-1, 0, 1) and sync_reject_reason(r, cfg) is None, r

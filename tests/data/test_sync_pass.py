@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from syncnet_fixtures import write_weights
 
 from avf_data.shards import iter_raw_samples
-from syncnet_fixtures import write_weights
 
 KEEP_ALL = "sync: {max_offset_frames: 15, min_confidence_syncnet: -1.0}\n"
 
@@ -46,11 +46,12 @@ def corpus(demo_inputs, tmp_path_factory):
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
     with av.open(str(demo_inputs["single_face"])) as c:
         rs = av.AudioResampler(format="flt", layout="mono", rate=16000)
-        audio = np.concatenate([o.to_ndarray().reshape(-1) for f in c.decode(c.streams.audio[0])
-                                for o in rs.resample(f)])
+        audio = np.concatenate(
+            [o.to_ndarray().reshape(-1) for f in c.decode(c.streams.audio[0]) for o in rs.resample(f)]
+        )
     inputs = []
     for i, (a, b) in enumerate([(5, 57), (60, 112), (115, 167)]):
-        inputs.append(str(write_av(root / "src" / f"clip{i}.mp4", frames[a:b], audio[a * 640:b * 640])))
+        inputs.append(str(write_av(root / "src" / f"clip{i}.mp4", frames[a:b], audio[a * 640 : b * 640])))
     cfg_file = root / "tasks.yaml"
     cfg_file.write_text("output: {inputs_per_task: 1}\n")
     out = root / "built"
@@ -68,8 +69,9 @@ def _copy(corpus, tmp_path) -> Path:
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     env.pop("AVF_SYNCNET_WEIGHTS", None)
-    return subprocess.run([sys.executable, "-m", "avf_data.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "avf_data.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _shard_keys(out: Path) -> list[str]:
@@ -116,7 +118,9 @@ def test_sync_pass_end_to_end_cli(corpus, tmp_path):
     assert stats["sync_enforced"] is True and stats["sync_scorer"] == "syncnet_v2"
     sp = stats["sync_pass"]
     assert sp["clips_scored"] == len(before_keys) and sp["inputs"] == {"source": len(before_keys)}
-    assert sum(v.get("count", 0) for k, v in stats["rejects_by_code"].items() if k.startswith("sync.")) == len(sync_rejected)
+    assert sum(v.get("count", 0) for k, v in stats["rejects_by_code"].items() if k.startswith("sync.")) == len(
+        sync_rejected
+    )
     assert "## Sync pass (SyncNet v2)" in (out / "report.md").read_text()
     done = read_jsonl(out / "done.jsonl")
     assert all(rec["sync_enforced"] for line in done for rec in line.get("inputs", [line]))
@@ -144,8 +148,18 @@ def test_kill_9_and_rerun_loses_and_duplicates_nothing(corpus, tmp_path):
     n_shards = len(list((out / "shards").glob("*.tar")))
     assert n_shards >= 3
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    cmd = [sys.executable, "-m", "avf_data.cli", "sync", str(out), "--syncnet-weights", str(corpus["weights"]),
-           "--config", str(cfg), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avf_data.cli",
+        "sync",
+        str(out),
+        "--syncnet-weights",
+        str(corpus["weights"]),
+        "--config",
+        str(cfg),
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     log = out / "sync.jsonl"
     deadline = time.time() + 240
@@ -252,7 +266,7 @@ def test_decode_source_crops_match_in_memory_frames(demo_inputs):
     start, n = 60, 30  # 2.4 s in: the decoder seeks
     boxes = np.tile([250.0, 80.0, 390.0, 260.0], (n, 1)) + np.arange(n)[:, None]
     ours = decode_source_crops(demo_inputs["single_face"], start / 25.0, n, reference_rects(boxes))
-    ref = reference_crops(array_cutter(frames[start:start + n]), boxes)
+    ref = reference_crops(array_cutter(frames[start : start + n]), boxes)
     assert np.array_equal(ours, ref)
     # from the second-to-last frame on: past the end of the stream the last frame is reused
     tail = decode_source_crops(demo_inputs["single_face"], (len(frames) - 2) / 25.0, 5, reference_rects(boxes[:5]))
@@ -263,16 +277,32 @@ def test_decode_source_crops_match_in_memory_frames(demo_inputs):
 def test_apply_to_record_moves_rows_once():
     from avf_data.sync_pass import apply_to_record
 
-    rec = {"manifest": [{"key": "a_0000", "source": "s", "input_id": "a", "start": 0.0, "end": 2.0, "seconds": 2.0,
-                         "thumb": "t.jpg"},
-                        {"key": "a_0001", "source": "s", "input_id": "a", "start": 2.0, "end": 3.0, "seconds": 1.0}],
-           "rejects": [{"source": "s", "start": 3.0, "end": 4.0, "seconds": 1.0, "stage": "silence"}],
-           "stages": {"sync": {"in": 2, "out": 2, "seconds_in": 3.0, "seconds_out": 3.0},
-                      "quality": {"in": 2, "out": 2, "seconds_in": 3.0, "seconds_out": 3.0}},
-           "sync_methods": ["fallback_motion_envelope"], "sync_enforced": False}
+    rec = {
+        "manifest": [
+            {
+                "key": "a_0000",
+                "source": "s",
+                "input_id": "a",
+                "start": 0.0,
+                "end": 2.0,
+                "seconds": 2.0,
+                "thumb": "t.jpg",
+            },
+            {"key": "a_0001", "source": "s", "input_id": "a", "start": 2.0, "end": 3.0, "seconds": 1.0},
+        ],
+        "rejects": [{"source": "s", "start": 3.0, "end": 4.0, "seconds": 1.0, "stage": "silence"}],
+        "stages": {
+            "sync": {"in": 2, "out": 2, "seconds_in": 3.0, "seconds_out": 3.0},
+            "quality": {"in": 2, "out": 2, "seconds_in": 3.0, "seconds_out": 3.0},
+        },
+        "sync_methods": ["fallback_motion_envelope"],
+        "sync_enforced": False,
+    }
     sj = {"method": "syncnet_v2", "offset_frames": 9, "confidence": 5.0}
-    decisions = {"a_0000": {"sync": sj, "code": "sync.offset", "reason": "av offset +9", "input": "source"},
-                 "a_0001": {"sync": {**sj, "offset_frames": 0}, "code": None, "reason": None, "input": "crop"}}
+    decisions = {
+        "a_0000": {"sync": sj, "code": "sync.offset", "reason": "av offset +9", "input": "source"},
+        "a_0001": {"sync": {**sj, "offset_frames": 0}, "code": None, "reason": None, "input": "crop"},
+    }
     assert apply_to_record(rec, decisions) == 1
     assert apply_to_record(rec, decisions) == 0  # idempotent
     assert [m["key"] for m in rec["manifest"]] == ["a_0001"] and rec["manifest"][0]["sync_offset"] == 0
@@ -313,8 +343,9 @@ def test_ray_actor_pool_gives_the_local_results(corpus, tmp_path):
     before_keys = set(_shard_keys(ray_out))
     before_seconds = _seconds_by_source(ray_out)
     sync_pass.run_sync_pass(local_out, str(corpus["weights"]), config=cfg, progress=False)
-    stats = sync_pass.run_sync_pass(ray_out, str(corpus["weights"]), config=cfg, engine="ray", workers=2,
-                                    progress=False)
+    stats = sync_pass.run_sync_pass(
+        ray_out, str(corpus["weights"]), config=cfg, engine="ray", workers=2, progress=False
+    )
     assert stats["sync_pass"]["engine"] == "ray" and stats["sync_pass"]["clips_scored"] == len(before_keys)
     _check_consistent(ray_out, before_seconds, before_keys)
 

@@ -19,6 +19,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from syncnet_fixtures import write_weights
 
 from avf_data.stages.sync import SyncConfig, SyncNetScorer, build_sync_scorer
 from avf_data.stages.syncnet_input import (
@@ -28,7 +29,6 @@ from avf_data.stages.syncnet_input import (
     reference_rects,
     to_int16,
 )
-from syncnet_fixtures import write_weights
 
 CLIP = slice(20, 70)  # 2 s of the demo's single_face clip, speech throughout
 
@@ -56,7 +56,7 @@ def oracle_crop_video(frames_bgr: list[np.ndarray], boxes: np.ndarray, crop_scal
         frame = np.pad(image, ((bsi, bsi), (bsi, bsi), (0, 0)), "constant", constant_values=(110, 110))
         my = dets["y"][fidx] + bsi
         mx = dets["x"][fidx] + bsi
-        face = frame[int(my - bs):int(my + bs * (1 + 2 * cs)), int(mx - bs * (1 + cs)):int(mx + bs * (1 + cs))]
+        face = frame[int(my - bs) : int(my + bs * (1 + 2 * cs)), int(mx - bs * (1 + cs)) : int(mx + bs * (1 + cs))]
         crops.append(cv2.resize(face, (224, 224)))
     return crops
 
@@ -69,7 +69,7 @@ def oracle_evaluate(net, crops_bgr: list[np.ndarray], audio_s16: np.ndarray, vsh
     im = np.expand_dims(im, axis=0)
     im = np.transpose(im, (0, 3, 4, 1, 2))  # (1, 3, T, 224, 224)
     imtv = torch.from_numpy(im.astype(float)).float()
-    mfcc = zip(*python_speech_features.mfcc(audio_s16, 16000))
+    mfcc = zip(*python_speech_features.mfcc(audio_s16, 16000), strict=False)
     mfcc = np.stack([np.array(i) for i in mfcc])
     cc = np.expand_dims(np.expand_dims(mfcc, axis=0), axis=0)
     cct = torch.from_numpy(cc.astype(float)).float()
@@ -79,16 +79,18 @@ def oracle_evaluate(net, crops_bgr: list[np.ndarray], audio_s16: np.ndarray, vsh
     with torch.no_grad():
         for i in range(0, lastframe, batch_size):
             frames = range(i, min(lastframe, i + batch_size))
-            im_in = torch.cat([imtv[:, :, v:v + 5, :, :] for v in frames], 0)
+            im_in = torch.cat([imtv[:, :, v : v + 5, :, :] for v in frames], 0)
             im_feat.append(net.forward_lip(im_in))
-            cc_in = torch.cat([cct[:, :, :, v * 4:v * 4 + 20] for v in frames], 0)
+            cc_in = torch.cat([cct[:, :, :, v * 4 : v * 4 + 20] for v in frames], 0)
             cc_feat.append(net.forward_aud(cc_in))
     im_feat, cc_feat = torch.cat(im_feat, 0), torch.cat(cc_feat, 0)
     # calc_pdist
     win_size = vshift * 2 + 1
     feat2p = torch.nn.functional.pad(cc_feat, (0, 0, vshift, vshift))
-    dists = [torch.nn.functional.pairwise_distance(im_feat[[i], :].repeat(win_size, 1), feat2p[i:i + win_size, :])
-             for i in range(len(im_feat))]
+    dists = [
+        torch.nn.functional.pairwise_distance(im_feat[[i], :].repeat(win_size, 1), feat2p[i : i + win_size, :])
+        for i in range(len(im_feat))
+    ]
     mdist = torch.mean(torch.stack(dists, 1), 1)
     minval, minidx = torch.min(mdist, 0)
     offset = vshift - minidx
@@ -146,7 +148,7 @@ class _View:
 def clip(demo_inputs):
     frames, audio = _decode_source(demo_inputs["single_face"])
     f = frames[CLIP]
-    a = audio[CLIP.start * 640:CLIP.stop * 640]
+    a = audio[CLIP.start * 640 : CLIP.stop * 640]
     return f, a, _face_track(len(f))
 
 
@@ -173,7 +175,8 @@ def test_crops_equal_the_reference_crop_video(clip):
 def test_scorer_equals_the_reference_evaluate(clip, scorer):
     frames, audio_s16, boxes = clip
     ref_offset, ref_conf, ref_min, ref_mdist = oracle_evaluate(
-        scorer.model, oracle_crop_video([f[..., ::-1] for f in frames], boxes), audio_s16)
+        scorer.model, oracle_crop_video([f[..., ::-1] for f in frames], boxes), audio_s16
+    )
     assert 3 < ref_mdist.mean() < 30  # realistic distance scale (embedding_scale 0.01)
     view = _View(frames, audio_s16.astype(np.float32) / 32768.0, boxes)
     r = scorer.score_clip(view)
@@ -192,14 +195,17 @@ def test_batching_across_clips_changes_nothing(clip, scorer):
     frames, audio_s16, boxes = clip
     crops = reference_crops(array_cutter(frames), boxes)
     audio = audio_s16.astype(np.float32) / 32768.0
-    alone = [scorer.score_reference(crops[:20], audio[:20 * 640]), scorer.score_reference(crops[30:], audio[30 * 640:])]
+    alone = [
+        scorer.score_reference(crops[:20], audio[: 20 * 640]),
+        scorer.score_reference(crops[30:], audio[30 * 640 :]),
+    ]
     old = scorer.cfg.batch_size
     scorer.cfg.batch_size = 12  # 15 + 15 windows -> pieces of both clips share batches
     try:
-        both = scorer.score_many([SyncInput(crops[:20], audio[:20 * 640]), SyncInput(crops[30:], audio[30 * 640:])])
+        both = scorer.score_many([SyncInput(crops[:20], audio[: 20 * 640]), SyncInput(crops[30:], audio[30 * 640 :])])
     finally:
         scorer.cfg.batch_size = old
-    for a, b in zip(alone, both):
+    for a, b in zip(alone, both, strict=False):
         np.testing.assert_allclose(a.mean_dists, b.mean_dists, rtol=0, atol=1e-4)
         assert a.offset_frames == b.offset_frames
 
@@ -256,8 +262,9 @@ def test_view_without_face_boxes_uses_the_training_crop(clip, scorer):
 
 
 def test_fast_network_matches_the_official_layout():
-    from avf_data.stages import syncnet as sn
     from syncnet_fixtures import random_official_state_dict
+
+    from avf_data.stages import syncnet as sn
 
     net = sn.SyncNetV2()
     net.load_state_dict(random_official_state_dict(3, 0.01), strict=False)
@@ -268,7 +275,7 @@ def test_fast_network_matches_the_official_layout():
     bgr = torch.from_numpy(np.ascontiguousarray(rgb[..., ::-1])).permute(3, 0, 1, 2)[None].float()
     mf = torch.from_numpy(rng.normal(0, 10, (5, 1, 13, 20)).astype(np.float32))
     with torch.inference_mode():
-        ref_v = torch.cat([net.forward_lip(bgr[:, :, i:i + 5]) for i in range(5)])
+        ref_v = torch.cat([net.forward_lip(bgr[:, :, i : i + 5]) for i in range(5)])
         v = fast.lip(sn.lip_windows(rgb, 0, 5))
         torch.testing.assert_close(v, ref_v, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(fast.aud(mf), net.forward_aud(mf), rtol=1e-4, atol=1e-4)

@@ -59,7 +59,11 @@ def random_official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
             sd[k] = torch.randn(shape, generator=g) * 0.1
         else:
             fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            sd[k] = torch.randn(shape, generator=g) / np.sqrt(fan_in) if len(shape) > 1 else 1 + 0.1 * torch.randn(shape, generator=g)
+            sd[k] = (
+                torch.randn(shape, generator=g) / np.sqrt(fan_in)
+                if len(shape) > 1
+                else 1 + 0.1 * torch.randn(shape, generator=g)
+            )
     return sd
 
 
@@ -82,7 +86,9 @@ def test_model_state_dict_matches_official_layout():
     own = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
     assert own == sn.OFFICIAL_STATE_DICT_SHAPES
     assert len(own) == 88
-    assert set(sd) - set(own) == {k[: -len("running_mean")] + "num_batches_tracked" for k in own if k.endswith("running_mean")}
+    assert set(sd) - set(own) == {
+        k[: -len("running_mean")] + "num_batches_tracked" for k in own if k.endswith("running_mean")
+    }
     for k, shape in OFFICIAL_SPOT_CHECKS.items():
         assert sn.OFFICIAL_STATE_DICT_SHAPES[k] == shape, k
     n_params = sum(int(np.prod(s)) for k, s in own.items() if "running" not in k)
@@ -231,13 +237,17 @@ class _KnownShift:
         g = np.random.default_rng(seed)
         base = g.standard_normal((n + 40, dim)).astype(np.float32)
         self.video = torch.from_numpy(base[20 : 20 + n])
-        self.audio = torch.from_numpy(base[20 - d : 20 - d + n] + noise * g.standard_normal((n, dim)).astype(np.float32))
+        self.audio = torch.from_numpy(
+            base[20 - d : 20 - d + n] + noise * g.standard_normal((n, dim)).astype(np.float32)
+        )
 
     def __call__(self, frames, audio):
         return self.video, self.audio
 
 
-@pytest.mark.parametrize("d, expected_offset, kept", [(0, 0, True), (2, -2, True), (-3, 3, True), (12, -12, False), (-7, 7, False)])
+@pytest.mark.parametrize(
+    "d, expected_offset, kept", [(0, 0, True), (2, -2, True), (-3, 3, True), (12, -12, False), (-7, 7, False)]
+)
 def test_syncnet_offset_search_known_answer(weights_file, monkeypatch, d, expected_offset, kept):
     path, _ = weights_file
     cfg = SyncConfig()

@@ -46,11 +46,20 @@ def test_regression_averages_raw_outputs(jsonl_writer) -> None:
     np.testing.assert_allclose(merged.scores, [[2.0, 1.0, 1.0]])
 
 
-def _fold_rows(fold: int, labels: np.ndarray, preds: np.ndarray, epoch: int | None = None, views: int = 2) -> list[dict]:
+def _fold_rows(
+    fold: int, labels: np.ndarray, preds: np.ndarray, epoch: int | None = None, views: int = 2
+) -> list[dict]:
     rows = []
-    for i, (y, p) in enumerate(zip(labels, preds)):
+    for i, (y, p) in enumerate(zip(labels, preds, strict=False)):
         for v in range(views):
-            row = {"key": f"f{fold}_{i}_{v}", "video": f"f{fold}_{i}", "view": v, "fold": fold, "label": int(y), "logits": _logit(int(p), 7)}
+            row = {
+                "key": f"f{fold}_{i}_{v}",
+                "video": f"f{fold}_{i}",
+                "view": v,
+                "fold": fold,
+                "label": int(y),
+                "logits": _logit(int(p), 7),
+            }
             if epoch is not None:
                 row["epoch"] = epoch
             rows.append(row)
@@ -81,7 +90,10 @@ def test_pooled_and_last_fold_aggregation(jsonl_writer) -> None:
     for subject in range(1, 8):
         y = rng.integers(0, 3, 5)
         p = np.where(rng.random(5) < 0.7, y, rng.integers(0, 3, 5))
-        rows += [{"key": f"s{subject}_{i}", "fold": f"sub{subject:02d}", "label": int(a), "logits": _logit(int(b), 3)} for i, (a, b) in enumerate(zip(y, p))]
+        rows += [
+            {"key": f"s{subject}_{i}", "fold": f"sub{subject:02d}", "label": int(a), "logits": _logit(int(b), 3)}
+            for i, (a, b) in enumerate(zip(y, p, strict=False))
+        ]
         all_y += y.tolist()
         all_p += p.tolist()
     casme = get_protocol("casme2")
@@ -122,9 +134,7 @@ def test_csv_predictions(tmp_path: Path) -> None:
     protocol = get_protocol("iemocap")
     path = tmp_path / "p.csv"
     path.write_text(
-        "key,video,view,fold,label,logits_0,logits_1,logits_2,logits_3\n"
-        "a,a,0,1,0,5,0,0,0\n"
-        "b,b,0,1,2,0,0,5,0\n",
+        "key,video,view,fold,label,logits_0,logits_1,logits_2,logits_3\na,a,0,1,0,5,0,0,0\nb,b,0,1,2,0,0,5,0\n",
         encoding="utf-8",
     )
     other = tmp_path / "q.csv"
@@ -143,7 +153,7 @@ def test_csv_predictions(tmp_path: Path) -> None:
         ('{"key": "a", "label": 9, "logits": [1, 0, 0, 0]}', "label 9 out of range"),
         ('{"key": "a", "label": 1.5, "logits": [1, 0, 0, 0]}', "label must be an integer"),
         ('{"key": "a", "label": 0, "logits": [1, "x", 0, 0]}', "non-number"),
-        ('[1, 2]', "JSON object"),
+        ("[1, 2]", "JSON object"),
     ],
 )
 def test_malformed_rows_name_file_and_line(tmp_path: Path, line: str, message: str) -> None:
@@ -157,8 +167,10 @@ def test_malformed_rows_name_file_and_line(tmp_path: Path, line: str, message: s
 
 def test_inconsistent_views_and_duplicates(jsonl_writer) -> None:
     protocol = get_protocol("iemocap")
-    rows = [{"key": "a0", "video": "a", "view": 0, "label": 0, "logits": [1, 0, 0, 0]},
-            {"key": "a1", "video": "a", "view": 1, "label": 2, "logits": [1, 0, 0, 0]}]
+    rows = [
+        {"key": "a0", "video": "a", "view": 0, "label": 0, "logits": [1, 0, 0, 0]},
+        {"key": "a1", "video": "a", "view": 1, "label": 2, "logits": [1, 0, 0, 0]},
+    ]
     with pytest.raises(PredictionFormatError, match="label differs"):
         score_protocol(load_predictions([jsonl_writer("x.jsonl", rows)], protocol), protocol)
     rows[1].update(label=0, view=0)
@@ -177,14 +189,24 @@ def test_avf_train_rows_and_default_folds(jsonl_writer) -> None:
         for i in range(10):
             target = rng.normal(size=3).tolist()
             for view in range(2):
-                rows.append({"key": f"{fold}_{i}", "label": target, "view": view, "segment": view, "crop": 0,
-                             "prediction": rng.normal(size=3).tolist()})
+                rows.append(
+                    {
+                        "key": f"{fold}_{i}",
+                        "label": target,
+                        "view": view,
+                        "segment": view,
+                        "crop": 0,
+                        "prediction": rng.normal(size=3).tolist(),
+                    }
+                )
         files.append(jsonl_writer(f"fold{fold}.jsonl", rows))
     result = score_protocol(load_predictions(files, werewolf), werewolf)
     assert [f.fold for f in result.folds] == ["1", "2", "3", "4", "5"] and not result.warnings
     assert all(f.num_videos == 10 for f in result.folds)
 
     iemocap = get_protocol("iemocap")
-    rows = [{"key": "a", "label": 2, "view": v, "logits": [0, 0, 3, 0], "probs": [0.1, 0.1, 0.7, 0.1]} for v in range(4)]
+    rows = [
+        {"key": "a", "label": 2, "view": v, "logits": [0, 0, 3, 0], "probs": [0.1, 0.1, 0.7, 0.1]} for v in range(4)
+    ]
     result = score_protocol(load_predictions([jsonl_writer("c.jsonl", rows)], iemocap), iemocap)
     assert result.summary["war"] == 1.0 and result.folds[0].num_videos == 1

@@ -24,8 +24,17 @@ def _rows(n_classes: int, folds: int, seed: int = 0) -> list[dict]:
             for view in range(2):
                 logits = rng.normal(size=n_classes)
                 logits[p] += 4
-                rows.append({"key": f"{fold}-{i}-{view}", "video": f"{fold}-{i}", "view": view, "fold": fold,
-                             "epoch": 99, "label": y, "logits": logits.round(4).tolist()})
+                rows.append(
+                    {
+                        "key": f"{fold}-{i}-{view}",
+                        "video": f"{fold}-{i}",
+                        "view": view,
+                        "fold": fold,
+                        "epoch": 99,
+                        "label": y,
+                        "logits": logits.round(4).tolist(),
+                    }
+                )
     return rows
 
 
@@ -66,9 +75,22 @@ def test_report_writes_markdown_html_and_pngs(jsonl_writer, tmp_path: Path) -> N
 
 def test_report_regression(jsonl_writer, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    rows = [{"key": str(i), "fold": i % 5 + 1, "label": rng.normal(size=3).tolist(), "prediction": rng.normal(size=3).tolist()} for i in range(50)]
+    rows = [
+        {
+            "key": str(i),
+            "fold": i % 5 + 1,
+            "label": rng.normal(size=3).tolist(),
+            "prediction": rng.normal(size=3).tolist(),
+        }
+        for i in range(50)
+    ]
     out = tmp_path / "r"
-    assert main(["report", "-p", "werewolf-xl", "-i", str(jsonl_writer("r.jsonl", rows)), "-o", str(out), "--format", "md"]) == 0
+    assert (
+        main(
+            ["report", "-p", "werewolf-xl", "-i", str(jsonl_writer("r.jsonl", rows)), "-o", str(out), "--format", "md"]
+        )
+        == 0
+    )
     assert "PCC arousal" in (out / "report.md").read_text() and (out / "scatter_all.png").exists()
 
 
@@ -91,9 +113,13 @@ def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_subject_independent_splits(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     subjects = [f"{1001 + s}" for s in range(91)]
-    meta = pd.DataFrame({"key": [f"{s}_{i}" for s in subjects for i in range(3)],
-                         "subject": [s for s in subjects for _ in range(3)],
-                         "label": ["anger", "fear", "happiness"] * 91})
+    meta = pd.DataFrame(
+        {
+            "key": [f"{s}_{i}" for s in subjects for i in range(3)],
+            "subject": [s for s in subjects for _ in range(3)],
+            "label": ["anger", "fear", "happiness"] * 91,
+        }
+    )
     folds = make_folds(meta, get_protocol("crema-d-6"))
     assert [len(f.test_groups) for f in folds] == [18, 18, 18, 18, 19]  # HiCMAE's CREMA-D cut
     for fold in folds:
@@ -111,8 +137,14 @@ def test_subject_independent_splits(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 def test_session_loso_and_official_splits() -> None:
-    meta = pd.DataFrame({"key": [f"k{i}" for i in range(20)], "session": [f"Ses0{i % 5 + 1}" for i in range(20)],
-                         "subject": [f"s{i % 4}" for i in range(20)], "split": ["train"] * 15 + ["val"] * 5})
+    meta = pd.DataFrame(
+        {
+            "key": [f"k{i}" for i in range(20)],
+            "session": [f"Ses0{i % 5 + 1}" for i in range(20)],
+            "subject": [f"s{i % 4}" for i in range(20)],
+            "split": ["train"] * 15 + ["val"] * 5,
+        }
+    )
     folds = make_folds(meta, get_protocol("iemocap"))
     assert [f.test_groups for f in folds] == [("Ses01",), ("Ses02",), ("Ses03",), ("Ses04",), ("Ses05",)]
     assert len(make_folds(meta, get_protocol("samm"))) == 4
@@ -130,18 +162,22 @@ def _exit_code(argv: list[str]) -> int:
         return int(exc.code)
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["score", "-p", "nope", "-i", "p.jsonl"], "unknown protocol"),
-    (["protocols", "nope"], "unknown protocol"),
-    (["report", "-p", "dfew", "-i", "missing.jsonl", "-o", "r"], "missing.jsonl: no such predictions file"),
-    (["splits", "-p", "dfew", "-m", "missing.csv", "-o", "s"], "missing.csv"),
-    (["predict", "missing.mp4", "-c", "x.pt", "--device", "cpu"], "video missing.mp4 does not exist"),
-    (["score", "-p", "dfew"], "--predictions"),
-    (["score", "-p", "dfew", "-i", "p.jsonl", "--format", "yaml"], "invalid choice: 'yaml'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-])
-def test_user_errors_are_one_line_and_exit_2(argv: list[str], words: str, tmp_path: Path, monkeypatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["score", "-p", "nope", "-i", "p.jsonl"], "unknown protocol"),
+        (["protocols", "nope"], "unknown protocol"),
+        (["report", "-p", "dfew", "-i", "missing.jsonl", "-o", "r"], "missing.jsonl: no such predictions file"),
+        (["splits", "-p", "dfew", "-m", "missing.csv", "-o", "s"], "missing.csv"),
+        (["predict", "missing.mp4", "-c", "x.pt", "--device", "cpu"], "video missing.mp4 does not exist"),
+        (["score", "-p", "dfew"], "--predictions"),
+        (["score", "-p", "dfew", "-i", "p.jsonl", "--format", "yaml"], "invalid choice: 'yaml'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    argv: list[str], words: str, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The CLI contract of every avf command: unknown input -> one line `avf-eval: error: ...`, status 2."""
     monkeypatch.chdir(tmp_path)
     assert _exit_code(argv) == 2

@@ -30,8 +30,12 @@ def test_classification_metrics_match_sklearn(seed: int) -> None:
         warnings.simplefilter("ignore")  # sklearn warns when a predicted class is absent from the truth
         expected_uar = skm.balanced_accuracy_score(y_true, y_pred)
     assert uar(y_true, y_pred, classes) == pytest.approx(expected_uar)
-    assert wa_f1(y_true, y_pred, classes) == pytest.approx(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0))
-    assert macro_f1(y_true, y_pred, classes) == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert wa_f1(y_true, y_pred, classes) == pytest.approx(
+        skm.f1_score(y_true, y_pred, average="weighted", zero_division=0)
+    )
+    assert macro_f1(y_true, y_pred, classes) == pytest.approx(
+        skm.f1_score(y_true, y_pred, average="macro", zero_division=0)
+    )
     assert uf1(y_true, y_pred, classes) == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
     np.testing.assert_array_equal(
         confusion_matrix(y_true, y_pred, classes), skm.confusion_matrix(y_true, y_pred, labels=list(range(classes)))

@@ -13,8 +13,8 @@ pytest.importorskip("avf_models")
 demo = pytest.importorskip("avf_data.demo")
 
 from avf_eval.cli import main  # noqa: E402
-from avf_eval.video_emotions import NoUsableClipsError, load_model, predict_video  # noqa: E402
 from avf_eval.protocols import get_protocol  # noqa: E402
+from avf_eval.video_emotions import NoUsableClipsError, load_model, predict_video  # noqa: E402
 
 CLASSES = list(get_protocol("dfew").classes)
 
@@ -40,8 +40,16 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=len(CLASSES))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
-    torch.save({"format": 1, "stage": "finetune", "model_name": "avfmae_pp_tiny", "class_names": CLASSES,
-                "model": model.state_dict()}, path)
+    torch.save(
+        {
+            "format": 1,
+            "stage": "finetune",
+            "model_name": "avfmae_pp_tiny",
+            "class_names": CLASSES,
+            "model": model.state_dict(),
+        },
+        path,
+    )
     return path
 
 
@@ -51,7 +59,9 @@ def test_checkpoint_round_trip(checkpoint: Path) -> None:
     assert loaded.task == "classification" and loaded.views.num_frames == 16 and loaded.views.mode == "test"
 
 
-def test_predict_single_face(demo_videos: dict[str, Path], checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_predict_single_face(
+    demo_videos: dict[str, Path], checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["predict", str(demo_videos["single_face"]), "--checkpoint", str(checkpoint), "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["names"] == CLASSES and result["task"] == "classification"
@@ -67,7 +77,9 @@ def test_predict_single_face(demo_videos: dict[str, Path], checkpoint: Path, cap
     np.testing.assert_allclose(result["scores"], expected, atol=1e-3)
 
 
-def test_no_face_is_a_clear_error(demo_videos: dict[str, Path], checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_face_is_a_clear_error(
+    demo_videos: dict[str, Path], checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(NoUsableClipsError, match="no usable face clip.*face"):
         predict_video(demo_videos["no_face"], checkpoint)
     assert main(["predict", str(demo_videos["no_face"]), "-c", str(checkpoint)]) == 2
@@ -83,8 +95,9 @@ def test_bad_checkpoint_messages(tmp_path: Path, demo_videos: dict[str, Path]) -
         load_model(tmp_path / "missing.pt")
 
 
-def test_missing_cuda_is_blamed_on_the_device_not_the_checkpoint(tmp_path: Path, checkpoint: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_cuda_is_blamed_on_the_device_not_the_checkpoint(
+    tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     video = tmp_path / "v.mp4"
@@ -110,8 +123,14 @@ def _avf_train_run(tmp_path: Path, task: str, num_classes: int, label_map: str) 
     cfg.data.label_map = label_map
     overrides = {"task": "regression"} if task == "dea" else {}
     model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=num_classes, **overrides)
-    payload = {"stage": "finetune", "model_name": config.resolve_model_name(cfg.model.name), "model": model.state_dict(),
-               "step": 10, "epoch": 1.0, "config": config.to_dict(cfg)}
+    payload = {
+        "stage": "finetune",
+        "model_name": config.resolve_model_name(cfg.model.name),
+        "model": model.state_dict(),
+        "step": 10,
+        "epoch": 1.0,
+        "config": config.to_dict(cfg),
+    }
     ckpt_io.save(tmp_path / "run", 10, payload)
     return tmp_path / "run"
 
@@ -152,10 +171,17 @@ def test_avf_train_regression_checkpoint_uses_protocol_names(tmp_path: Path) -> 
 def test_render_text() -> None:
     from avf_eval.video_emotions import ClipPrediction, VideoPrediction, render_prediction
 
-    result = VideoPrediction(video="v.mp4", checkpoint="c.pt", model_name="m", task="classification",
-                             names=["a", "b", "c"], names_source="checkpoint",
-                             clips=[ClipPrediction("k0", 0.0, 2.0, 2, [0.2, 0.7, 0.1])], scores=[0.2, 0.7, 0.1],
-                             rejects=[{"stage": "silence", "reason": "silence (0.5 s)", "start": 2.0, "end": 2.5}])
+    result = VideoPrediction(
+        video="v.mp4",
+        checkpoint="c.pt",
+        model_name="m",
+        task="classification",
+        names=["a", "b", "c"],
+        names_source="checkpoint",
+        clips=[ClipPrediction("k0", 0.0, 2.0, 2, [0.2, 0.7, 0.1])],
+        scores=[0.2, 0.7, 0.1],
+        rejects=[{"stage": "silence", "reason": "silence (0.5 s)", "start": 2.0, "end": 2.5}],
+    )
     text = render_prediction(result)
     assert result.top == "b" and "b 70.0%" in text and "silence" in text
 
@@ -164,8 +190,15 @@ def test_pretraining_and_pickled_checkpoints_are_refused(tmp_path: Path) -> None
     from avf_models import create_model
 
     pre = tmp_path / "pre.pt"
-    torch.save({"format": 1, "stage": "pretrain", "model_name": "avfmae_pp_tiny",
-                "model": create_model("avfmae_pp_tiny", stage="pretrain").state_dict()}, pre)
+    torch.save(
+        {
+            "format": 1,
+            "stage": "pretrain",
+            "model_name": "avfmae_pp_tiny",
+            "model": create_model("avfmae_pp_tiny", stage="pretrain").state_dict(),
+        },
+        pre,
+    )
     with pytest.raises(ValueError, match="'pretrain' checkpoint.*no classifier head"):
         load_model(pre)
     pickled = tmp_path / "pickled.pt"
@@ -180,8 +213,16 @@ def test_exported_regression_checkpoint(tmp_path: Path) -> None:
 
     model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=3, task="regression", modality="video")
     path = tmp_path / "dea.pt"
-    torch.save({"model_name": "avfmae_pp_tiny", "task": "regression", "modality": "video",
-                "dimensions": ["arousal", "valence", "dominance"], "model": model.state_dict()}, path)
+    torch.save(
+        {
+            "model_name": "avfmae_pp_tiny",
+            "task": "regression",
+            "modality": "video",
+            "dimensions": ["arousal", "valence", "dominance"],
+            "model": model.state_dict(),
+        },
+        path,
+    )
     loaded = load_model(path)
     assert loaded.task == "regression" and loaded.names == ("arousal", "valence", "dominance")
     assert loaded.names_source == "checkpoint" and loaded.config.model.modality == "video"
@@ -197,7 +238,9 @@ def test_converted_official_finetune_checkpoint(tmp_path: Path) -> None:
     from avf_models.convert import ours_to_official_key
 
     model = create_model("avfmae_pp_tiny", stage="finetune", num_classes=3)
-    torch.save({"model": {ours_to_official_key(k): v for k, v in model.state_dict().items()}}, tmp_path / "official.pth")
+    torch.save(
+        {"model": {ours_to_official_key(k): v for k, v in model.state_dict().items()}}, tmp_path / "official.pth"
+    )
     assert avf_models(["convert", "--checkpoint", str(tmp_path / "official.pth"), "--out", str(tmp_path / "c")]) == 0
     loaded = load_model(tmp_path / "c")
     assert loaded.model_name == "avfmae_pp_tiny" and loaded.task == "classification" and len(loaded.names) == 3

@@ -25,7 +25,7 @@ def test_set_backend_validates_and_resolves_on_cpu() -> None:
 def test_attention_matches_reference_math() -> None:
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 5, 3, 8, generator=g) for _ in range(3))  # (B, N, H, D)
-    ref = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k) / 8 ** 0.5, -1)
+    ref = torch.softmax(torch.einsum("bnhd,bmhd->bhnm", q, k) / 8**0.5, -1)
     ref = torch.einsum("bhnm,bmhd->bnhd", ref, v)
     assert torch.allclose(attention.attention(q, k, v), ref, atol=1e-5)
 

@@ -7,17 +7,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from avfm_helpers import OFFICIAL, fake_official_state_dict, official_keys
 
 from avf_models import cli, create_model, load_pretrained_into_finetune
-from avf_models.convert import (CheckpointMismatchError, check_state_dict, convert_checkpoint,
-                                convert_official_state_dict, load_checkpoint, ours_to_official_key)
-
-from avfm_helpers import OFFICIAL, fake_official_state_dict, official_keys
+from avf_models.convert import (
+    CheckpointMismatchError,
+    check_state_dict,
+    convert_checkpoint,
+    convert_official_state_dict,
+    load_checkpoint,
+    ours_to_official_key,
+)
 
 
 def _save_official(sd: dict, path: Path, **args: object) -> Path:
-    container = {"model": sd, "optimizer": {"state": {}}, "epoch": 7, "scaler": {"scale": 65536.0},
-                 "args": argparse.Namespace(model="pretrain_hicmae_dim512_patch16_160_a256", lr=1.5e-4, **args)}
+    container = {
+        "model": sd,
+        "optimizer": {"state": {}},
+        "epoch": 7,
+        "scaler": {"scale": 65536.0},
+        "args": argparse.Namespace(model="pretrain_hicmae_dim512_patch16_160_a256", lr=1.5e-4, **args),
+    }
     torch.save(container, path)
     return path
 
@@ -79,13 +89,20 @@ def test_loading_is_weights_only(tmp_path: Path) -> None:
 
 
 def test_prefixed_keys_are_stripped() -> None:
-    sd = {"module._orig_mod.encoder.norm.weight": torch.ones(2),
-          "module.encoder_fusion.Iterative_Refinement_Module.layer_norm.bias": torch.ones(2),
-          "encoder_fusion.cross_norm_3.weight": torch.ones(2),
-          "encoder_fusion.blocks.0.cross_attn.q_bias": torch.ones(2)}
-    assert sorted(convert_official_state_dict(sd)) == sorted([
-        "encoder.norm.weight", "encoder_fusion.er.layer_norm.bias", "encoder_fusion.hafe.cross_norm_3.weight",
-        "encoder_fusion.blocks.0.cross_attn.q_bias"])
+    sd = {
+        "module._orig_mod.encoder.norm.weight": torch.ones(2),
+        "module.encoder_fusion.Iterative_Refinement_Module.layer_norm.bias": torch.ones(2),
+        "encoder_fusion.cross_norm_3.weight": torch.ones(2),
+        "encoder_fusion.blocks.0.cross_attn.q_bias": torch.ones(2),
+    }
+    assert sorted(convert_official_state_dict(sd)) == sorted(
+        [
+            "encoder.norm.weight",
+            "encoder_fusion.er.layer_norm.bias",
+            "encoder_fusion.hafe.cross_norm_3.weight",
+            "encoder_fusion.blocks.0.cross_attn.q_bias",
+        ]
+    )
 
 
 def test_pretrain_to_finetune_base_keys() -> None:
@@ -94,8 +111,14 @@ def test_pretrain_to_finetune_base_keys() -> None:
     with torch.device("meta"):
         model = create_model("avfmae_pp_base", "finetune", num_classes=11)
     report = load_pretrained_into_finetune(model, sd)
-    assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight",
-                                      "layer_weights_audio", "layer_weights_video"]
+    assert sorted(report.missing) == [
+        "fc_norm.bias",
+        "fc_norm.weight",
+        "head.bias",
+        "head.weight",
+        "layer_weights_audio",
+        "layer_weights_video",
+    ]
     assert len(report.ignored) == 176
     assert all(k.startswith(("decoder", "encoder_to_decoder", "mask_token")) for k in report.ignored)
 
@@ -151,14 +174,17 @@ def _exit_code(argv: list[str]) -> int:
         return int(exc.code)
 
 
-@pytest.mark.parametrize(("argv", "words"), [
-    (["info", "unknown_model"], "unknown model 'unknown_model'"),
-    (["convert", "--checkpoint", "missing.pth", "--out", "out"], "checkpoint missing.pth does not exist"),
-    (["convert", "missing.pth", "ours.pth"], "checkpoint missing.pth does not exist"),
-    (["convert", "--checkpoint", "x.pth"], "--out"),
-    (["info", "avfmae_pp_base", "--num-classes", "seven"], "invalid int value: 'seven'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["info", "unknown_model"], "unknown model 'unknown_model'"),
+        (["convert", "--checkpoint", "missing.pth", "--out", "out"], "checkpoint missing.pth does not exist"),
+        (["convert", "missing.pth", "ours.pth"], "checkpoint missing.pth does not exist"),
+        (["convert", "--checkpoint", "x.pth"], "--out"),
+        (["info", "avfmae_pp_base", "--num-classes", "seven"], "invalid int value: 'seven'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(argv: list[str], words: str, tmp_path: Path, capsys, monkeypatch) -> None:
     """The CLI contract of every avf command: unknown input -> one line `avf-models: error: ...`, status 2."""
     monkeypatch.chdir(tmp_path)
@@ -187,7 +213,7 @@ def test_load_model_from_converted_and_official(tmp_path: Path) -> None:
     # official file, same stage
     m = load_model(src)
     assert m.config.embed_dim == 64 and m.config.skip_layers == (0, 1)
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), pre.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), pre.state_dict().values(), strict=False))
     # converted file, into a fine-tuning model with a new head
     convert_checkpoint(src, tmp_path / "ours.pth")
     ft = load_model(tmp_path / "ours.pth", stage="finetune", num_classes=5)

@@ -7,8 +7,15 @@ import math
 import pytest
 import torch
 
-from avf_models.features import (FBANK_MEAN, FBANK_STD, IMAGENET_MEAN, IMAGENET_STD, denormalize_video,
-                                 log_mel_fbank, normalize_video)
+from avf_models.features import (
+    FBANK_MEAN,
+    FBANK_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    denormalize_video,
+    log_mel_fbank,
+    normalize_video,
+)
 
 
 def test_fbank_shape_crop_and_normalisation() -> None:
@@ -18,8 +25,15 @@ def test_fbank_shape_crop_and_normalisation() -> None:
     assert fb.shape == (256, 128)  # 258 Kaldi frames cropped to 256
     raw = torch.from_numpy(fb.numpy() * 2 * FBANK_STD + FBANK_MEAN)
     ref = __import__("torchaudio").compliance.kaldi.fbank(
-        (wav - wav.mean())[None], htk_compat=True, sample_frequency=16000, use_energy=False,
-        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=10)[:256]
+        (wav - wav.mean())[None],
+        htk_compat=True,
+        sample_frequency=16000,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=10,
+    )[:256]
     assert torch.allclose(raw, ref, atol=1e-4)
 
 

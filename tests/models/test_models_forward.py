@@ -94,15 +94,28 @@ def test_pretrain_gradients_reach_everything_but_last_stage_iv() -> None:
     model(*_inputs()).loss.backward()
     assert all(p.grad is not None for p in model.parameters())  # every parameter is in the graph
     no_grad = {n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0}
-    expected = {n for n, _ in model.named_parameters()
-                if n.startswith(("encoder.blocks.1.fourth_attn", "encoder_audio.blocks.1.fourth_attn"))}
+    expected = {
+        n
+        for n, _ in model.named_parameters()
+        if n.startswith(("encoder.blocks.1.fourth_attn", "encoder_audio.blocks.1.fourth_attn"))
+    }
     assert len(expected) == 20
     assert no_grad == expected
 
 
 def test_hicmae_tiny_variant_runs() -> None:
-    model = create_model("hicmae_base", depth=2, depth_audio=2, embed_dim=64, num_heads=4, fusion_num_heads=4,
-                         decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=3, skip_layers=(0, 1))
+    model = create_model(
+        "hicmae_base",
+        depth=2,
+        depth_audio=2,
+        embed_dim=64,
+        num_heads=4,
+        fusion_num_heads=4,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+        decoder_depth=3,
+        skip_layers=(0, 1),
+    )
     out = model(*_inputs())
     assert out.pred_video.shape == (2, 720, 1536) and out.pred_audio.shape == (2, 102, 256)
     assert math.isfinite(out.loss.item())

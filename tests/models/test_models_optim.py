@@ -28,7 +28,7 @@ def test_param_groups_finetune_layer_decay() -> None:
     assert names["layer_weights_video"]["weight_decay"] == 0.0  # 1-D
     assert names["encoder.lg_region_tokens"]["weight_decay"] == 0.05  # official quirk: decayed
     assert names["head.weight"]["lr_scale"] == 1.0
-    assert abs(names["encoder.patch_embed.proj.weight"]["lr_scale"] - 0.75 ** 13) < 1e-12
+    assert abs(names["encoder.patch_embed.proj.weight"]["lr_scale"] - 0.75**13) < 1e-12
     torch.optim.AdamW([{k: v for k, v in g.items() if k != "names"} for g in groups], lr=1e-3)
 
 

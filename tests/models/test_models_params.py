@@ -6,11 +6,10 @@ from collections import Counter
 
 import pytest
 import torch
+from avfm_helpers import OFFICIAL, official_keys, param_counts
 
 from avf_models import count_parameters, create_model
 from avf_models.convert import ours_to_official_key
-
-from avfm_helpers import OFFICIAL, official_keys, param_counts
 
 REF = {
     ("avfmae_pp_base", "pretrain"): ("AVF-MAE++_B_pretrain", 187_942_660),
@@ -44,8 +43,9 @@ def test_parameter_count_equals_official(name: str, stage: str) -> None:
 @pytest.mark.parametrize(("stem", "name", "stage"), OFFICIAL)
 def test_state_dict_names_and_shapes_equal_official(stem: str, name: str, stage: str) -> None:
     model = _meta(name, stage, num_classes=11)
-    ours = {ours_to_official_key(k) if name != "hicmae_base" else k: tuple(v.shape)
-            for k, v in model.state_dict().items()}
+    ours = {
+        ours_to_official_key(k) if name != "hicmae_base" else k: tuple(v.shape) for k, v in model.state_dict().items()
+    }
     official = dict(official_keys(stem))
     assert sorted(set(official) - set(ours)) == []
     assert sorted(set(ours) - set(official)) == []

@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         res = process_input(f, None, cfg)
         n, cpu = res["frames"], res["cpu_seconds"]
         outcome = f"{len(res['manifest'])} clip(s)" + (
-            f", rejects: {','.join(sorted({r['code'] for r in res['rejects']}))}" if res["rejects"] else "")
+            f", rejects: {','.join(sorted({r['code'] for r in res['rejects']}))}" if res["rejects"] else ""
+        )
         if n == 0:
             rows.append((Path(f).name, "-", 0, 0.0, 0.0, 0.0, outcome))
             continue
@@ -99,20 +100,28 @@ def main(argv: list[str] | None = None) -> int:
     for name, size, n, dec, dec_scale, pipe, outcome in rows:
         print(f"{name:<20} {size:>9} {n:>7} {dec:>8.0f} {dec_scale:>13.0f} {pipe:>9.0f}  {outcome}")
     if tot_cpu:
-        print(f"{'TOTAL':<20} {'':>9} {int(tot_frames):>7} {tot_frames / tot_dec:>8.0f} "
-              f"{tot_frames / tot_dec_scale:>13.0f} {tot_frames / tot_cpu:>9.0f}")
-        print("\npipeline CPU per stage: " + ", ".join(
-            f"{k} {v / tot_cpu:.0%} ({1000 * v / tot_frames:.2f} ms/frame)" for k, v in
-            sorted(stage_tot.items(), key=lambda kv: -kv[1])))
+        print(
+            f"{'TOTAL':<20} {'':>9} {int(tot_frames):>7} {tot_frames / tot_dec:>8.0f} "
+            f"{tot_frames / tot_dec_scale:>13.0f} {tot_frames / tot_cpu:>9.0f}"
+        )
+        print(
+            "\npipeline CPU per stage: "
+            + ", ".join(
+                f"{k} {v / tot_cpu:.0%} ({1000 * v / tot_frames:.2f} ms/frame)"
+                for k, v in sorted(stage_tot.items(), key=lambda kv: -kv[1])
+            )
+        )
     if args.workers:
         out = tmp / "build"
         t0 = time.perf_counter()
         stats = build(files, out, cfg, workers=args.workers, progress=False)
         wall = time.perf_counter() - t0
         run = stats["run"]
-        print(f"\nbuild with {args.workers} workers: {run['frames_processed']} frames in {wall:.1f} s wall = "
-              f"{run['frames_per_second']:.0f} frames per wall-second; {run['frames_per_cpu_second']:.0f} frames "
-              f"per CPU-second of the workers; peak worker RSS {stats['peak_worker_rss_mb']:.0f} MB")
+        print(
+            f"\nbuild with {args.workers} workers: {run['frames_processed']} frames in {wall:.1f} s wall = "
+            f"{run['frames_per_second']:.0f} frames per wall-second; {run['frames_per_cpu_second']:.0f} frames "
+            f"per CPU-second of the workers; peak worker RSS {stats['peak_worker_rss_mb']:.0f} MB"
+        )
     print(f"\ncpu: {os.cpu_count()} cores; load average now {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -25,23 +25,46 @@ import torch
 
 from avf_models import count_parameters, create_model
 
-ALIASES = {"base": "avfmae_pp_base", "large": "avfmae_pp_large", "huge": "avfmae_pp_huge",
-           "tiny": "avfmae_pp_tiny", "hicmae": "hicmae_base"}
-TINY_HICMAE = dict(depth=2, depth_audio=2, embed_dim=64, num_heads=4, fusion_num_heads=4, decoder_embed_dim=32,
-                   decoder_num_heads=4, decoder_depth=3, skip_layers=(0, 1))
+ALIASES = {
+    "base": "avfmae_pp_base",
+    "large": "avfmae_pp_large",
+    "huge": "avfmae_pp_huge",
+    "tiny": "avfmae_pp_tiny",
+    "hicmae": "hicmae_base",
+}
+TINY_HICMAE = dict(
+    depth=2,
+    depth_audio=2,
+    embed_dim=64,
+    num_heads=4,
+    fusion_num_heads=4,
+    decoder_embed_dim=32,
+    decoder_num_heads=4,
+    decoder_depth=3,
+    skip_layers=(0, 1),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=None,
-                   help="model names or aliases (base large huge hicmae tiny); default: base large huge hicmae "
-                        "on CUDA, tiny + tiny-sized hicmae with --tiny")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="model names or aliases (base large huge hicmae tiny); default: base large huge hicmae "
+        "on CUDA, tiny + tiny-sized hicmae with --tiny",
+    )
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None, help="default 32 164 (CUDA) or 2 (--tiny)")
-    p.add_argument("--compile", choices=("off", "on", "both"), default="both" if cuda else "off",
-                   help="torch.compile the model: off, on or both (default both on CUDA, off on CPU)")
-    p.add_argument("--tiny", action="store_true", default=not cuda,
-                   help="CPU-sized models (default when CUDA is absent)")
+    p.add_argument(
+        "--compile",
+        choices=("off", "on", "both"),
+        default="both" if cuda else "off",
+        help="torch.compile the model: off, on or both (default both on CUDA, off on CPU)",
+    )
+    p.add_argument(
+        "--tiny", action="store_true", default=not cuda, help="CPU-sized models (default when CUDA is absent)"
+    )
     p.add_argument("--steps", type=int, default=10 if cuda else 3, help="timed steps per row")
     p.add_argument("--warmup", type=int, default=3 if cuda else 1, help="untimed steps per row (compile happens here)")
     p.add_argument("--no-autocast", action="store_true", help="run in fp32 instead of bf16 autocast")
@@ -99,8 +122,16 @@ def bench_row(name: str, batch: int, compiled: bool, args: argparse.Namespace) -
     if cuda:
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / args.steps
-    row = dict(model=model.config.name, params=n_params, batch=batch, compiled=compiled,
-               clips_per_s=batch / dt, step_ms=dt * 1e3, peak_gb=peak_memory_gb(device), loss=float(loss.detach()))
+    row = dict(
+        model=model.config.name,
+        params=n_params,
+        batch=batch,
+        compiled=compiled,
+        clips_per_s=batch / dt,
+        step_ms=dt * 1e3,
+        peak_gb=peak_memory_gb(device),
+        loss=float(loss.detach()),
+    )
     model = opt = step_model = video = audio = None  # free the device memory before the next row
     return row
 
@@ -109,17 +140,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     dev_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
-    print(f"device: {dev_name}; torch {torch.__version__}; autocast bf16: {not args.no_autocast}; "
-          f"tiny: {args.tiny}; steps {args.steps} (+{args.warmup} warm-up)", flush=True)
-    header = f"{'model':18s} {'params':>12s} {'batch':>5s} {'compile':>7s} {'clips/s':>9s} {'step ms':>9s} {'peak GiB':>9s} {'loss':>7s}"
+    print(
+        f"device: {dev_name}; torch {torch.__version__}; autocast bf16: {not args.no_autocast}; "
+        f"tiny: {args.tiny}; steps {args.steps} (+{args.warmup} warm-up)",
+        flush=True,
+    )
+    header = (
+        f"{'model':18s} {'params':>12s} {'batch':>5s} {'compile':>7s} {'clips/s':>9s} {'step ms':>9s} "
+        f"{'peak GiB':>9s} {'loss':>7s}"
+    )
     rows = []
     for name in args.models:
         for batch in args.batch_sizes:
             for compiled in modes:
                 try:
                     r = bench_row(name, batch, compiled, args)
-                    line = (f"{r['model']:18s} {r['params']:>12,} {batch:>5d} {str(compiled):>7s} "
-                            f"{r['clips_per_s']:>9.2f} {r['step_ms']:>9.1f} {r['peak_gb']:>9.2f} {r['loss']:>7.3f}")
+                    line = (
+                        f"{r['model']:18s} {r['params']:>12,} {batch:>5d} {str(compiled):>7s} "
+                        f"{r['clips_per_s']:>9.2f} {r['step_ms']:>9.1f} {r['peak_gb']:>9.2f} {r['loss']:>7.3f}"
+                    )
                 except torch.OutOfMemoryError:
                     line = f"{ALIASES.get(name, name):18s} {'':>12s} {batch:>5d} {str(compiled):>7s} {'OOM':>9s}"
                 rows.append(line)

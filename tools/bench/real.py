@@ -46,7 +46,7 @@ def _audio16k(path: Path) -> np.ndarray:
             if r.audio._exhausted and not r.audio._pending:
                 break
         audio = np.concatenate(out)
-        return audio[:max(1, r.audio.covered)]
+        return audio[: max(1, r.audio.covered)]
 
 
 def remux_with_audio(src: Path, dst: Path, audio: np.ndarray, sr: int = 16000) -> Path:
@@ -65,7 +65,7 @@ def remux_with_audio(src: Path, dst: Path, audio: np.ndarray, sr: int = 16000) -
             out.mux(packet)
         pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
         for i in range(0, pcm.shape[1], 4096):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + 4096]), format="s16", layout="mono")
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i : i + 4096]), format="s16", layout="mono")
             frame.sample_rate = sr
             for p in aout.encode(frame):
                 out.mux(p)
@@ -78,7 +78,7 @@ def shifted(audio: np.ndarray, frames: int, sr: int = 16000, fps: float = 25.0) 
     """Audio delayed by ``frames`` video frames (negative: advanced), same length."""
     n = int(round(abs(frames) * sr / fps))
     if frames > 0:
-        return np.concatenate([np.zeros(n, np.float32), audio[:len(audio) - n]])
+        return np.concatenate([np.zeros(n, np.float32), audio[: len(audio) - n]])
     return np.concatenate([audio[n:], np.zeros(n, np.float32)])
 
 
@@ -112,7 +112,7 @@ def make_vfr(src: Path, dst: Path, jitter_ms: float = 15.0, seed: int = 0) -> Pa
             out.mux(p)
         pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
         for i in range(0, pcm.shape[1], 4096):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i:i + 4096]), format="s16", layout="mono")
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i : i + 4096]), format="s16", layout="mono")
             af.sample_rate = 16000
             for p in aout.encode(af):
                 out.mux(p)
@@ -132,7 +132,7 @@ def make_variants(files: list[Path], folder: Path) -> dict[str, str]:
             p = remux_with_audio(f, folder / f"{f.stem}_shift{k:+d}.mkv", shifted(a, k))
             names[str(p)] = f"shift{k:+d}"
         other = audios[files[(i + 1) % len(files)]]
-        other = np.resize(other, len(a)) if len(other) < len(a) else other[:len(a)]
+        other = np.resize(other, len(a)) if len(other) < len(a) else other[: len(a)]
         p = remux_with_audio(f, folder / f"{f.stem}_other.mkv", other)
         names[str(p)] = "other"
     return names
@@ -164,14 +164,17 @@ def stage_table(stats: dict) -> None:
         print("other CPU s: " + ", ".join(f"{k} {v:.2f}" for k, v in extra.items()))
 
 
-def sync_table(manifest: list[dict], variant_of: dict[str, str], max_offset: int = 3,
-               min_conf: float | None = None) -> None:
+def sync_table(
+    manifest: list[dict], variant_of: dict[str, str], max_offset: int = 3, min_conf: float | None = None
+) -> None:
     """Per variant: measured offsets and confidences of its clips."""
     by: dict[str, list[dict]] = {}
     for r in manifest:
         by.setdefault(variant_of.get(r["source"], "in sync"), []).append(r)
-    print(f"{'variant':<10} {'clips':>5} {'offsets (frames)':<34} {f'|off|<={max_offset}':>8} "
-          f"{'conf median':>11} {'conf range':>13}")
+    print(
+        f"{'variant':<10} {'clips':>5} {'offsets (frames)':<34} {f'|off|<={max_offset}':>8} "
+        f"{'conf median':>11} {'conf range':>13}"
+    )
     for name in ["in sync", *[f"shift{k:+d}" for k in SHIFTS], "other"]:
         rows = [r for r in by.get(name, []) if r.get("sync_offset") is not None]
         if not rows:
@@ -179,8 +182,10 @@ def sync_table(manifest: list[dict], variant_of: dict[str, str], max_offset: int
         offs = [int(r["sync_offset"]) for r in rows]
         confs = [float(r["sync_confidence"]) for r in rows]
         ok = sum(abs(o) <= max_offset and (min_conf is None or c >= min_conf) for o, c in zip(offs, confs, strict=True))
-        print(f"{name:<10} {len(rows):>5} {' '.join(f'{o:+d}' for o in offs)[:34]:<34} {ok / len(rows):>8.0%} "
-              f"{statistics.median(confs):>11.2f} {min(confs):>6.2f}-{max(confs):<6.2f}")
+        print(
+            f"{name:<10} {len(rows):>5} {' '.join(f'{o:+d}' for o in offs)[:34]:<34} {ok / len(rows):>8.0%} "
+            f"{statistics.median(confs):>11.2f} {min(confs):>6.2f}-{max(confs):<6.2f}"
+        )
 
 
 def upscale(src: Path, dst: Path, width: int, height: int, seconds: float | None = None) -> Path:
@@ -205,8 +210,9 @@ def upscale(src: Path, dst: Path, width: int, height: int, seconds: float | None
                     s = max(width / w, height / h)
                     img = cv2.resize(img, (int(w * s + 0.5), int(h * s + 0.5)), interpolation=cv2.INTER_CUBIC)
                     y0, x0 = (img.shape[0] - height) // 2, (img.shape[1] - width) // 2
-                    vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img[y0:y0 + height, x0:x0 + width]),
-                                                    format="rgb24")
+                    vf = av.VideoFrame.from_ndarray(
+                        np.ascontiguousarray(img[y0 : y0 + height, x0 : x0 + width]), format="rgb24"
+                    )
                     for p in vout.encode(vf):
                         out.mux(p)
                 else:
@@ -229,8 +235,9 @@ def repeat_remux(src: Path, dst: Path, times: int) -> Path:
         for _ in range(times):
             with av.open(str(src)) as inp:
                 if streams is None:
-                    streams = {s.index: out.add_stream_from_template(s) for s in (inp.streams.video[0],
-                                                                                 inp.streams.audio[0])}
+                    streams = {
+                        s.index: out.add_stream_from_template(s) for s in (inp.streams.video[0], inp.streams.audio[0])
+                    }
                 last: dict[int, int] = {}
                 for packet in inp.demux(inp.streams.video[0], inp.streams.audio[0]):
                     if packet.dts is None:
@@ -249,13 +256,19 @@ def repeat_remux(src: Path, dst: Path, times: int) -> Path:
 def stress(files: list[Path], tmp: Path) -> None:
     src = max(files, key=lambda f: f.stat().st_size)
     print(f"\n## one worker on large inputs (made from {src.name})\n")
-    cases = [("1080p", upscale(src, tmp / "up1080.mp4", 1920, 1080)),
-             ("4K (10 s)", upscale(src, tmp / "up4k.mp4", 3840, 2160, seconds=10)),
-             ("1080p 10 min", None)]
-    cases[2] = ("1080p 10 min", repeat_remux(cases[0][1], tmp / "long1080.mp4",
-                                              max(1, int(600 // max(1.0, _seconds(cases[0][1]))) + 1)))
-    print(f"{'input':<14} {'seconds':>8} {'decode only':>12} {'decode+scale':>13} {'pipeline':>9} "
-          f"{'peak RSS MB':>12}   (frames per CPU-second)")
+    cases = [
+        ("1080p", upscale(src, tmp / "up1080.mp4", 1920, 1080)),
+        ("4K (10 s)", upscale(src, tmp / "up4k.mp4", 3840, 2160, seconds=10)),
+        ("1080p 10 min", None),
+    ]
+    cases[2] = (
+        "1080p 10 min",
+        repeat_remux(cases[0][1], tmp / "long1080.mp4", max(1, int(600 // max(1.0, _seconds(cases[0][1]))) + 1)),
+    )
+    print(
+        f"{'input':<14} {'seconds':>8} {'decode only':>12} {'decode+scale':>13} {'pipeline':>9} "
+        f"{'peak RSS MB':>12}   (frames per CPU-second)"
+    )
     for name, path in cases:
         dec, dec_scale = decode_rates(str(path))
         out = tmp / f"stress-{name.split()[0]}-{len(name)}"
@@ -264,8 +277,10 @@ def stress(files: list[Path], tmp: Path) -> None:
             print(f"{name:<14} failed: {r.stderr[-500:]}")
             continue
         st = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"{name:<14} {st['seconds_in']:>8.1f} {dec:>12.0f} {dec_scale:>13.0f} "
-              f"{st['run']['frames_per_cpu_second']:>9.0f} {st['peak_worker_rss_mb']:>12.0f}")
+        print(
+            f"{name:<14} {st['seconds_in']:>8.1f} {dec:>12.0f} {dec_scale:>13.0f} "
+            f"{st['run']['frames_per_cpu_second']:>9.0f} {st['peak_worker_rss_mb']:>12.0f}"
+        )
 
 
 def _seconds(path: Path) -> float:
@@ -290,29 +305,36 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give the folder of real recordings")
     files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in {".mp4", ".mkv", ".mov", ".webm"})
     tmp = Path(tempfile.mkdtemp(prefix="avf-real-"))
-    print(f"# {len(files)} recordings in {args.folder} plus a VFR copy of one, {args.workers} workers, "
-          f"temp {tmp}\n")
+    print(f"# {len(files)} recordings in {args.folder} plus a VFR copy of one, {args.workers} workers, temp {tmp}\n")
     vfr = make_vfr(files[0], tmp / f"{files[0].stem}_vfr.mkv")  # phone-style copy, still in sync
     t0 = time.perf_counter()
     stats = run_build([str(f) for f in files] + [str(vfr)], tmp / "orig", args.workers)
     run = stats["run"]
-    print(f"## default build: kept {stats['seconds_accepted']:.1f} of {stats['seconds_in']:.1f} s "
-          f"({stats['seconds_accepted'] / max(stats['seconds_in'], 1e-9):.0%}), {stats['clips']} clips, "
-          f"{run['frames_per_cpu_second']:.0f} frames per CPU-second, peak worker RSS "
-          f"{stats['peak_worker_rss_mb']:.0f} MB, {time.perf_counter() - t0:.0f} s wall\n")
+    print(
+        f"## default build: kept {stats['seconds_accepted']:.1f} of {stats['seconds_in']:.1f} s "
+        f"({stats['seconds_accepted'] / max(stats['seconds_in'], 1e-9):.0%}), {stats['clips']} clips, "
+        f"{run['frames_per_cpu_second']:.0f} frames per CPU-second, peak worker RSS "
+        f"{stats['peak_worker_rss_mb']:.0f} MB, {time.perf_counter() - t0:.0f} s wall\n"
+    )
     stage_table(stats)
-    print("\nreject codes: " + (", ".join(f"{c} {v['count']}x {v['seconds']:.1f} s"
-                                          for c, v in stats["rejects_by_code"].items()) or "none"))
+    print(
+        "\nreject codes: "
+        + (", ".join(f"{c} {v['count']}x {v['seconds']:.1f} s" for c, v in stats["rejects_by_code"].items()) or "none")
+    )
     rows = [r for r in read_jsonl(tmp / "orig" / "manifest.jsonl") if r["source"] == str(vfr)]
-    print(f"VFR copy of {files[0].name} (timestamps jittered +-15 ms): kept {sum(r['seconds'] for r in rows):.1f} "
-          f"of {_seconds(vfr):.1f} s, source_vfr={sorted({r['source_vfr'] for r in rows})}")
+    print(
+        f"VFR copy of {files[0].name} (timestamps jittered +-15 ms): kept {sum(r['seconds'] for r in rows):.1f} "
+        f"of {_seconds(vfr):.1f} s, source_vfr={sorted({r['source_vfr'] for r in rows})}"
+    )
     if not args.no_variants:
         variant_of = make_variants(files, tmp / "variants")
         vstats = run_build(list(variant_of), tmp / "variants-out", args.workers)
         manifest = read_jsonl(tmp / "orig" / "manifest.jsonl") + read_jsonl(tmp / "variants-out" / "manifest.jsonl")
         method = stats["sync_scorer"]
-        print(f"\n## sync scores by variant ({method}; measured, not enforced; "
-              f"variant build kept {vstats['seconds_accepted']:.0f} of {vstats['seconds_in']:.0f} s)\n")
+        print(
+            f"\n## sync scores by variant ({method}; measured, not enforced; "
+            f"variant build kept {vstats['seconds_accepted']:.0f} of {vstats['seconds_in']:.0f} s)\n"
+        )
         sync_table(manifest, variant_of)
     if args.stress:
         stress(files, tmp)

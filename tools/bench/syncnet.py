@@ -69,10 +69,10 @@ def _v1_embed(model, crops160: np.ndarray, audio: np.ndarray, batch: int = 20, d
     with torch.no_grad():
         for s in range(0, n, batch):
             e = min(n, s + batch)
-            lip = sn.lip_input_from_face_crop(crops160[s:e + 4], 1.8)
+            lip = sn.lip_input_from_face_crop(crops160[s : e + 4], 1.8)
             x = torch.from_numpy(lip).permute(1, 0, 2, 3).unsqueeze(0).to(device)
             model.lip_features(x).cpu()
-            blocks = np.stack([mfcc[:, 4 * i:4 * i + 20] for i in range(s, e)])
+            blocks = np.stack([mfcc[:, 4 * i : 4 * i + 20] for i in range(s, e)])
             model.forward_aud(torch.from_numpy(blocks[:, None]).to(device)).cpu()
 
 
@@ -107,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         if torch.cuda.is_available():
             name = torch.cuda.get_device_name(0)
             for precision in ("fp32", "bf16"):
-                scorer = build_sync_scorer(SyncConfig(device="cuda", batch_size=args.gpu_batch, precision=precision),
-                                           weights)
+                scorer = build_sync_scorer(
+                    SyncConfig(device="cuda", batch_size=args.gpu_batch, precision=precision), weights
+                )
                 items = [SyncInput(crops224, audio)] * 8  # several clips share the batches
                 dt = _best(lambda s=scorer, it=items: s.score_many(it), args.repeats, cpu=False)
                 rows.append((f"scorer ({precision})", f"{name}", 8 * t / dt))
@@ -124,14 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         rects = reference_rects(np.tile([250.0, 80.0, 390.0, 260.0], (t, 1)))
         dt = _best(lambda: decode_source_crops(src, 2.0, t, rects), args.repeats)
         rows.append(("source crops (decode 640x360 + cut)", "CPU x1", t / dt))
-    print(f"SyncNet throughput, {t}-frame clips, best of {args.repeats} "
-          "(frames/s; CPU rows: frames per CPU-second = per core)\n")
+    print(
+        f"SyncNet throughput, {t}-frame clips, best of {args.repeats} "
+        "(frames/s; CPU rows: frames per CPU-second = per core)\n"
+    )
     print(f"| {'path':<38} | {'device':<22} | {'frames/s':>9} |")
     print(f"|{'-' * 40}|{'-' * 24}|{'-' * 11}|")
     for name, dev, fps in rows:
         print(f"| {name:<38} | {dev:<22} | {fps:9.1f} |")
-    print(f"\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"\nCPU: {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     return 0
 
 

@@ -152,7 +152,7 @@ def remove_orphans(out: Path, committed: set[str] | None = None) -> list[str]:
             p.unlink(missing_ok=True)
             removed.append(rel)
     for p in own_indexes(out):  # an index whose shard is gone (removed above, or never renamed)
-        if not p.with_name(p.name[:-len(".idx.json")] + ".tar").exists():
+        if not p.with_name(p.name[: -len(".idx.json")] + ".tar").exists():
             p.unlink(missing_ok=True)
     return removed
 
@@ -195,7 +195,7 @@ def group_tasks(items: list[Item], inputs_per_task: int, workers: int = 1) -> li
     if not items:
         return []
     size = max(1, min(max(1, inputs_per_task), math.ceil(len(items) / max(1, workers))))
-    groups = [items[i:i + size] for i in range(0, len(items), size)]
+    groups = [items[i : i + size] for i in range(0, len(items), size)]
     return [(task_id([input_id(p) for p, _ in g]), g) for g in groups]
 
 
@@ -216,9 +216,19 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     methods: Counter[str] = Counter()
     timing: Counter[str] = Counter()
     enforced: set[bool] = set()
-    tot = {"inputs": 0, "inputs_rejected": 0, "inputs_vfr": 0, "clips": 0, "frames_in": 0, "seconds_in": 0.0,
-           "seconds_accepted": 0.0, "seconds_rejected": 0.0, "processing_seconds": 0.0, "cpu_seconds": 0.0,
-           "peak_worker_rss_mb": 0.0}
+    tot = {
+        "inputs": 0,
+        "inputs_rejected": 0,
+        "inputs_vfr": 0,
+        "clips": 0,
+        "frames_in": 0,
+        "seconds_in": 0.0,
+        "seconds_accepted": 0.0,
+        "seconds_rejected": 0.0,
+        "processing_seconds": 0.0,
+        "cpu_seconds": 0.0,
+        "peak_worker_rss_mb": 0.0,
+    }
 
     def add_code(r: dict[str, Any]) -> None:
         c = codes.setdefault(reject_code(r), {"count": 0, "seconds": 0.0})
@@ -240,8 +250,10 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         tot["clips"] += len(rec["manifest"])
         tot["seconds_accepted"] += sum(r["seconds"] for r in rec["manifest"])
         tot["seconds_rejected"] += sum(r["seconds"] for r in rec["rejects"])
-        if any(r["stage"] in ("decode", "error") and r.get("start", 0.0) == 0.0 for r in rec["rejects"]) \
-                and not rec["manifest"]:
+        if (
+            any(r["stage"] in ("decode", "error") and r.get("start", 0.0) == 0.0 for r in rec["rejects"])
+            and not rec["manifest"]
+        ):
             tot["inputs_rejected"] += 1
         if "sync_enforced" in rec:
             enforced.add(bool(rec["sync_enforced"]))
@@ -262,11 +274,15 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     for k in ("seconds_in", "seconds_accepted", "seconds_rejected", "processing_seconds", "cpu_seconds"):
         tot[k] = round(tot[k], 3)
     by_code = dict(sorted(codes.items(), key=lambda kv: (-kv[1]["seconds"], kv[0])))
-    return {**tot, "stages": stages, "rejects_by_code": by_code,
-            "rejected_seconds_by_stage": {k: round(v, 3) for k, v in reject_seconds.items()},
-            "sync_methods": dict(methods),
-            "sync_enforced": (enforced == {True}) if enforced else None,
-            "stage_cpu_seconds": {k: round(v, 3) for k, v in timing.items()}}
+    return {
+        **tot,
+        "stages": stages,
+        "rejects_by_code": by_code,
+        "rejected_seconds_by_stage": {k: round(v, 3) for k, v in reject_seconds.items()},
+        "sync_methods": dict(methods),
+        "sync_enforced": (enforced == {True}) if enforced else None,
+        "stage_cpu_seconds": {k: round(v, 3) for k, v in timing.items()},
+    }
 
 
 def reject_code(row: dict[str, Any]) -> str:
@@ -281,10 +297,15 @@ def stage_warnings(stats: dict[str, Any], threshold: float = 0.5) -> list[str]:
     for name, d in stats["stages"].items():
         s_in = d.get("seconds_in", 0.0)
         if s_in > 0 and (s_in - d.get("seconds_out", 0.0)) / s_in > threshold:
-            codes = [c for c in stats["rejects_by_code"] if c.startswith(name + ".") or
-                     (name == "decode" and c.startswith("error."))][:3]
-            out.append(f"stage '{name}' rejected {(s_in - d['seconds_out']) / s_in:.0%} of its "
-                       f"{s_in:.1f} s ({', '.join(codes) or 'see rejects.jsonl'})")
+            codes = [
+                c
+                for c in stats["rejects_by_code"]
+                if c.startswith(name + ".") or (name == "decode" and c.startswith("error."))
+            ][:3]
+            out.append(
+                f"stage '{name}' rejected {(s_in - d['seconds_out']) / s_in:.0%} of its "
+                f"{s_in:.1f} s ({', '.join(codes) or 'see rejects.jsonl'})"
+            )
     return out
 
 
@@ -338,22 +359,35 @@ def check_sync_setup(weights: str | None, cfg: BuildConfig) -> None:
     if weights:
         check_weights(weights, cfg)
     elif cfg.sync.require_syncnet and cfg.sync.mode != "off":
-        raise ValueError("SyncNet is required (--require-syncnet / sync.require_syncnet) but no weights were "
-                         "given: pass --syncnet-weights syncnet_v2.model, set sync.weights or AVF_SYNCNET_WEIGHTS")
+        raise ValueError(
+            "SyncNet is required (--require-syncnet / sync.require_syncnet) but no weights were "
+            "given: pass --syncnet-weights syncnet_v2.model, set sync.weights or AVF_SYNCNET_WEIGHTS"
+        )
 
 
 def sync_banner(stats: dict[str, Any]) -> str | None:
     """The warning every output of a build without enforced sync carries."""
     if stats.get("sync_enforced") is not False:
         return None
-    return ("sync NOT enforced: no SyncNet weights, so audio-visual sync was measured with the weight-free "
-            "fallback and nothing was rejected for it (pass --syncnet-weights, or run `avf-data sync` later)")
+    return (
+        "sync NOT enforced: no SyncNet weights, so audio-visual sync was measured with the weight-free "
+        "fallback and nothing was rejected for it (pass --syncnet-weights, or run `avf-data sync` later)"
+    )
 
 
-def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: BuildConfig | None = None, *,
-          workers: int | None = None, engine: str = "local", ray_address: str | None = None,
-          weights: str | None = None, labels: dict[str, dict[str, Any]] | None = None,
-          progress: bool = True, warn: Any = None) -> dict[str, Any]:
+def build(
+    inputs: list[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    cfg: BuildConfig | None = None,
+    *,
+    workers: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    weights: str | None = None,
+    labels: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+    warn: Any = None,
+) -> dict[str, Any]:
     """Curate ``inputs`` into ``out_dir``; returns the stats dict. Resumes an interrupted run.
 
     ``labels`` (labelled import) maps an input path to the label fields of its samples.
@@ -369,13 +403,33 @@ def build(inputs: list[str | os.PathLike], out_dir: str | os.PathLike, cfg: Buil
         raise ValueError(f"--workers must be 0 (inline) or more, got {workers}")
     out = claim(out_dir, "import" if labels is not None else "build")
     with BuildLock(out):
-        return _build_locked(inputs, out, cfg, workers=workers, engine=engine, ray_address=ray_address,
-                             weights=weights, labels=labels, progress=progress, warn=warn)
+        return _build_locked(
+            inputs,
+            out,
+            cfg,
+            workers=workers,
+            engine=engine,
+            ray_address=ray_address,
+            weights=weights,
+            labels=labels,
+            progress=progress,
+            warn=warn,
+        )
 
 
-def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, *, workers: int | None,
-                  engine: str, ray_address: str | None, weights: str | None,
-                  labels: dict[str, dict[str, Any]] | None, progress: bool, warn: Any) -> dict[str, Any]:
+def _build_locked(
+    inputs: list[str | os.PathLike],
+    out: Path,
+    cfg: BuildConfig,
+    *,
+    workers: int | None,
+    engine: str,
+    ray_address: str | None,
+    weights: str | None,
+    labels: dict[str, dict[str, Any]] | None,
+    progress: bool,
+    warn: Any,
+) -> dict[str, Any]:
     import yaml
     from tqdm import tqdm
 
@@ -389,8 +443,10 @@ def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, 
     if not paths:
         raise ValueError("no inputs to curate" + (": " + "; ".join(notes[:3]) if notes else ""))
     if warn is not None and not weights and cfg.sync.mode == "enforce" and not cfg.sync.enforce_fallback:
-        warn("no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
-             "(see --syncnet-weights, --require-syncnet)")
+        warn(
+            "no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
+            "(see --syncnet-weights, --require-syncnet)"
+        )
     todo: list[Item] = []
     skipped = 0
     early: list[dict[str, Any]] = []  # inputs that fail the cheap file checks: no worker needed
@@ -418,8 +474,14 @@ def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, 
     else:
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
     results = itertools.chain(early, results)
-    bar = tqdm(total=len(todo) + len(early), unit="input", desc="curating", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo) + len(early),
+        unit="input",
+        desc="curating",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     with open(out / "done.jsonl", "a", encoding="utf-8") as log:
         for task in results:
             _append_done(log, task)  # the commit record of the task: its shards are in place
@@ -432,24 +494,35 @@ def _build_locked(inputs: list[str | os.PathLike], out: Path, cfg: BuildConfig, 
                 for r in rec["rejects"]:
                     by_stage[r["stage"]] += 1
             el = max(time.perf_counter() - t0, 1e-6)
-            bar.set_postfix_str(f"clips={clips} {clips / el:.2f} clips/s {frames / el:.0f} frames/s "
-                                + " ".join(f"rej:{k}={v}" for k, v in sorted(by_stage.items())), refresh=False)
+            bar.set_postfix_str(
+                f"clips={clips} {clips / el:.2f} clips/s {frames / el:.0f} frames/s "
+                + " ".join(f"rej:{k}={v}" for k, v in sorted(by_stage.items())),
+                refresh=False,
+            )
             bar.update(len(task["inputs"]))
     bar.close()
     # shards of tasks given up after crashes (their inputs were redone one by one)
     remove_orphans(out, committed)
     wall = time.perf_counter() - t0
-    run_info = {"engine": engine, "workers": workers, "inputs_given": len(paths), "inputs_processed": len(todo) + len(early),
-                "inputs_skipped_resume": skipped, "tasks": len(tasks),
-                "inputs_per_task": len(tasks[0][1]) if tasks else 0, "orphan_shards_removed": len(orphans),
-                "wall_seconds": round(wall, 3), "frames_processed": frames,
-                "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
-                "frames_per_second_per_core": round(frames / wall / max(1, workers), 2) if wall > 0 else 0.0,
-                "clips_per_second": round(clips / wall, 3) if wall > 0 else 0.0,
-                # throughput of one busy worker (excludes pool start-up and idle time)
-                "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
-                # the same per CPU-second of the workers (comparable across machines and loads)
-                "frames_per_cpu_second": round(frames / cpu, 2) if cpu > 0 else 0.0,
-                "syncnet_weights": path_text(weights) if weights else None,
-                "inputs_skipped": notes}
+    run_info = {
+        "engine": engine,
+        "workers": workers,
+        "inputs_given": len(paths),
+        "inputs_processed": len(todo) + len(early),
+        "inputs_skipped_resume": skipped,
+        "tasks": len(tasks),
+        "inputs_per_task": len(tasks[0][1]) if tasks else 0,
+        "orphan_shards_removed": len(orphans),
+        "wall_seconds": round(wall, 3),
+        "frames_processed": frames,
+        "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
+        "frames_per_second_per_core": round(frames / wall / max(1, workers), 2) if wall > 0 else 0.0,
+        "clips_per_second": round(clips / wall, 3) if wall > 0 else 0.0,
+        # throughput of one busy worker (excludes pool start-up and idle time)
+        "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
+        # the same per CPU-second of the workers (comparable across machines and loads)
+        "frames_per_cpu_second": round(frames / cpu, 2) if cpu > 0 else 0.0,
+        "syncnet_weights": path_text(weights) if weights else None,
+        "inputs_skipped": notes,
+    }
     return write_outputs(out, cfg, run_info)

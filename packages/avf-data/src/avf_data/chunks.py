@@ -93,8 +93,8 @@ class FrameImage:
         ow, oh = max(2, (out_w + 1) & ~1), max(2, (out_h + 1) & ~1)
         interp = _interp(scale)
         y = cv2.resize(yp[y0e:y1e, x0e:x1e], (ow, oh), interpolation=interp)
-        u = cv2.resize(up[y0e // 2:y1e // 2, x0e // 2:x1e // 2], (ow // 2, oh // 2), interpolation=interp)
-        v = cv2.resize(vp[y0e // 2:y1e // 2, x0e // 2:x1e // 2], (ow // 2, oh // 2), interpolation=interp)
+        u = cv2.resize(up[y0e // 2 : y1e // 2, x0e // 2 : x1e // 2], (ow // 2, oh // 2), interpolation=interp)
+        v = cv2.resize(vp[y0e // 2 : y1e // 2, x0e // 2 : x1e // 2], (ow // 2, oh // 2), interpolation=interp)
         i420 = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(oh * 3 // 2, ow)
         rgb = cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
         return rgb if (ow, oh) == (out_w, out_h) else rgb[:out_h, :out_w]
@@ -107,9 +107,9 @@ class FrameImage:
         assert self.planes is not None
         yp, up, vp = self.planes
         hs, ws = (self.height // step) // 2 * 2, (self.width // step) // 2 * 2
-        y = yp[0:hs * step:step, 0:ws * step:step]
-        u = up[0:hs // 2 * step:step, 0:ws // 2 * step:step]
-        v = vp[0:hs // 2 * step:step, 0:ws // 2 * step:step]
+        y = yp[0 : hs * step : step, 0 : ws * step : step]
+        u = up[0 : hs // 2 * step : step, 0 : ws // 2 * step : step]
+        v = vp[0 : hs // 2 * step : step, 0 : ws // 2 * step : step]
         i420 = np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(hs * 3 // 2, ws)
         return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
 
@@ -124,8 +124,18 @@ def _plane(plane: Any, h: int, w: int) -> np.ndarray:
     return np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)[:h, :w]
 
 
-def cut_rect(inside, width: int, height: int, x0: float, y0: float, x1: float, y1: float,
-             out_w: int, out_h: int, fill: int | None) -> np.ndarray:
+def cut_rect(
+    inside,
+    width: int,
+    height: int,
+    x0: float,
+    y0: float,
+    x1: float,
+    y1: float,
+    out_w: int,
+    out_h: int,
+    fill: int | None,
+) -> np.ndarray:
     """Cut the rectangle ``[x0, x1) x [y0, y1)`` of a ``width x height`` picture, resized to
     ``out_w x out_h``. ``inside(ix0, iy0, ix1, iy1, w, h)`` returns an in-picture rectangle at
     ``w x h``; outside the picture the result repeats edge pixels (``fill=None``) or is
@@ -143,8 +153,15 @@ def cut_rect(inside, width: int, height: int, x0: float, y0: float, x1: float, y
     if (w, h) == (out_w, out_h):
         return img
     border = cv2.BORDER_REPLICATE if fill is None else cv2.BORDER_CONSTANT
-    return cv2.copyMakeBorder(img, top, out_h - top - h, left, out_w - left - w, border,
-                              value=(fill, fill, fill) if fill is not None else None)
+    return cv2.copyMakeBorder(
+        img,
+        top,
+        out_h - top - h,
+        left,
+        out_w - left - w,
+        border,
+        value=(fill, fill, fill) if fill is not None else None,
+    )
 
 
 # --------------------------------------------------------------------------- face regions
@@ -163,8 +180,9 @@ class FaceRegions:
     rects: np.ndarray  # (T, 4) float: x0, y0, x1, y1 in source px (inside the picture)
     stored: np.ndarray  # (T, 2) int: w_k, h_k, the stored size in px
 
-    def cut(self, k: int, x0: float, y0: float, x1: float, y1: float, out_w: int, out_h: int,
-            fill: int | None = None) -> np.ndarray:
+    def cut(
+        self, k: int, x0: float, y0: float, x1: float, y1: float, out_w: int, out_h: int, fill: int | None = None
+    ) -> np.ndarray:
         """Frame ``k``'s source rectangle at ``out_w x out_h``; outside the picture: edge pixels
         (``fill=None``) or ``fill`` grey. Parts outside the stored region repeat its edge."""
         rx0, ry0, rx1, ry1 = self.rects[k]
@@ -177,8 +195,9 @@ class FaceRegions:
 
         def inside(ix0, iy0, ix1, iy1, ww, hh):
             # in-picture rectangle -> region pixels (edge-repeated where it leaves the region)
-            return cut_rect(from_region, w, h, (ix0 - rx0) * sx, (iy0 - ry0) * sy, (ix1 - rx0) * sx,
-                            (iy1 - ry0) * sy, ww, hh, None)
+            return cut_rect(
+                from_region, w, h, (ix0 - rx0) * sx, (iy0 - ry0) * sy, (ix1 - rx0) * sx, (iy1 - ry0) * sy, ww, hh, None
+            )
 
         return cut_rect(inside, self.width, self.height, x0, y0, x1, y1, out_w, out_h, fill)
 
@@ -224,7 +243,7 @@ class Chunk:
     def audio_slice(self, start_frame: int, end_frame: int) -> np.ndarray:
         """Audio samples matching frames ``[start_frame, end_frame)``."""
         spf = self.sample_rate / self.fps
-        return self.audio[int(round(start_frame * spf)):int(round(end_frame * spf))]
+        return self.audio[int(round(start_frame * spf)) : int(round(end_frame * spf))]
 
     def nearest_analysis(self, k: int) -> np.ndarray:
         """The analysis frame nearest to frame ``k`` (dlib samples, thumbnails)."""
@@ -320,21 +339,40 @@ def iter_chunks(reader: MediaReader, plan: ChunkPlan) -> Iterator[Chunk]:
         a0, a1 = int(round(b.start * spf)), int(round((b.start + len(b.small)) * spf))
         audio = reader.audio.read(a1 - a0)
         n = len(b.small)
-        regions = FaceRegions(size=plan.region_size, width=reader.info.width, height=reader.info.height,
-                              images=b.images, rects=np.asarray(b.rects, np.float64).reshape(n, 4),
-                              stored=np.asarray(b.stored, np.int64).reshape(n, 2))
+        regions = FaceRegions(
+            size=plan.region_size,
+            width=reader.info.width,
+            height=reader.info.height,
+            images=b.images,
+            rects=np.asarray(b.rects, np.float64).reshape(n, 4),
+            stored=np.asarray(b.stored, np.int64).reshape(n, 2),
+        )
         cov = min(1.0, (reader.audio.covered - before) / max(1, len(audio)))
-        return Chunk(start_frame=b.start, fps=fps, sample_rate=sr, audio=audio, audio_coverage=cov,
-                     small=np.stack(b.small), analysis=b.analysis, analysis_scale=geo["a"], faces=b.faces,
-                     regions=regions, source=reader.info, source_vfr=reader.clock.vfr)
+        return Chunk(
+            start_frame=b.start,
+            fps=fps,
+            sample_rate=sr,
+            audio=audio,
+            audio_coverage=cov,
+            small=np.stack(b.small),
+            analysis=b.analysis,
+            analysis_scale=geo["a"],
+            faces=b.faces,
+            regions=regions,
+            source=reader.info,
+            source_vfr=reader.clock.vfr,
+        )
 
     for k, frame in reader.frames():
         img = FrameImage(frame, reader.info.rotation)
         if not geo:
             w, h = img.width, img.height
             a = min(1.0, plan.analysis_side / max(w, h))
-            geo.update(aw=max(2, int(round(w * a / 2)) * 2), ah=max(2, int(round(h * a / 2)) * 2),
-                       step=max(1, w // plan.small_width))
+            geo.update(
+                aw=max(2, int(round(w * a / 2)) * 2),
+                ah=max(2, int(round(h * a / 2)) * 2),
+                step=max(1, w // plan.small_width),
+            )
             geo["a"] = geo["aw"] / w
         if cur is None:
             cur = new_builder(k)
@@ -390,8 +428,10 @@ class _Detector:
             s = width / w
             img = cv2.resize(analysis, (width, max(2, int(round(h * s)))), interpolation=cv2.INTER_AREA)
         k = 1.0 / (s * a_scale)
-        return [Face(f.x * k, f.y * k, (f.x + f.width) * k, (f.y + f.height) * k, float(f.score))
-                for f in detect_faces([img], self.plan.score_threshold)[0]]
+        return [
+            Face(f.x * k, f.y * k, (f.x + f.width) * k, (f.y + f.height) * k, float(f.score))
+            for f in detect_faces([img], self.plan.score_threshold)[0]
+        ]
 
     def __call__(self, analysis: np.ndarray, a_scale: float) -> list[Face]:
         full = self.plan.detect_width or analysis.shape[1]
@@ -405,5 +445,3 @@ class _Detector:
         else:
             self.width = full
         return faces
-
-

@@ -60,31 +60,63 @@ tasks and shards: the pending inputs, in order, are cut into tasks of
 
 
 # what `pip install avf-data` lacks and `avf-data[curate]` brings
-CURATION_MODULES = {"cv2", "scipy", "librosa", "scenedetect", "dlib", "retinaface", "onnxruntime", "skimage",
-                    "PIL", "torch"}
+CURATION_MODULES = {
+    "cv2",
+    "scipy",
+    "librosa",
+    "scenedetect",
+    "dlib",
+    "retinaface",
+    "onnxruntime",
+    "skimage",
+    "PIL",
+    "torch",
+}
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value after --config (repeatable), e.g. --set crop.out_size=224 "
-                        "--set quality.mode=measure")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value after --config (repeatable), e.g. --set crop.out_size=224 "
+        "--set quality.mode=measure",
+    )
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=_out_dir, metavar="DIR", help="output folder (created; reruns resume)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="parallel worker processes (default: CPU count; 0 = run inline)")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local process pool (default) or Ray tasks")
-    p.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="Ray cluster to join (e.g. 'auto'); default starts a local Ray with --workers CPUs")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="parallel worker processes (default: CPU count; 0 = run inline)",
+    )
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local", help="local process pool (default) or Ray tasks"
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join (e.g. 'auto'); default starts a local Ray with --workers CPUs",
+    )
     p.add_argument("--config", type=Path, default=None, metavar="FILE.yaml", help="stage options (YAML)")
     _add_set(p)
-    p.add_argument("--syncnet-weights", default=None, metavar="PATH",
-                   help="SyncNet v2 weights (syncnet_v2.model; also sync.weights in the config or the "
-                        "AVF_SYNCNET_WEIGHTS variable). Without weights sync is measured, not enforced")
-    p.add_argument("--require-syncnet", action="store_true",
-                   help="fail at start unless SyncNet weights are usable (production corpora)")
+    p.add_argument(
+        "--syncnet-weights",
+        default=None,
+        metavar="PATH",
+        help="SyncNet v2 weights (syncnet_v2.model; also sync.weights in the config or the "
+        "AVF_SYNCNET_WEIGHTS variable). Without weights sync is measured, not enforced",
+    )
+    p.add_argument(
+        "--require-syncnet",
+        action="store_true",
+        help="fail at start unless SyncNet weights are usable (production corpora)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -102,59 +134,110 @@ def _importer_doc() -> str:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="avf-data", description="avf-data: curate talking-face video corpora "
-                                     "into WebDataset shards.", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="run 'avf-data build --help' for the pipeline and its outputs")
+    parser = argparse.ArgumentParser(
+        prog="avf-data",
+        description="avf-data: curate talking-face video corpora into WebDataset shards.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="run 'avf-data build --help' for the pipeline and its outputs",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{build,import,inspect,sync}")
 
-    b = sub.add_parser("build", help="curate videos into shards", description=BUILD_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="video files, folders (searched recursively) or .txt/.lst files listing paths")
+    b = sub.add_parser(
+        "build",
+        help="curate videos into shards",
+        description=BUILD_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="video files, folders (searched recursively) or .txt/.lst files listing paths",
+    )
     _add_run_args(b)
-    b.add_argument("--demo", action="store_true",
-                   help="also write the built-in demo inputs to DIR/demo-inputs and curate them")
+    b.add_argument(
+        "--demo", action="store_true", help="also write the built-in demo inputs to DIR/demo-inputs and curate them"
+    )
 
-    i = sub.add_parser("import", help="labelled CSV -> labelled shards (for avf-train / avf-eval)",
-                       description=_importer_doc(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    i = sub.add_parser(
+        "import",
+        help="labelled CSV -> labelled shards (for avf-train / avf-eval)",
+        description=_importer_doc(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     i.add_argument("csv", type=Path, metavar="CSV", help="path,label[,subject,fold][,targets...]")
     _add_run_args(i)
-    i.add_argument("--no-curate", action="store_true",
-                   help="no detection: resample and centre-crop/resize each whole clip")
-    i.add_argument("--strict", action="store_true",
-                   help="curate with the full build options instead of the lenient ones")
+    i.add_argument(
+        "--no-curate", action="store_true", help="no detection: resample and centre-crop/resize each whole clip"
+    )
+    i.add_argument(
+        "--strict", action="store_true", help="curate with the full build options instead of the lenient ones"
+    )
     label_map = i.add_mutually_exclusive_group()
-    label_map.add_argument("--protocol", default=None, metavar="NAME",
-                           help="number classes in the order of this avf-eval protocol (`avf-eval protocols`), "
-                                "accepting the dataset's native codes (CREMA-D ANG, IEMOCAP exc, ...); use the "
-                                "same protocol for every fold")
-    label_map.add_argument("--classes", default=None, metavar="FILE|NAMES",
-                           help="class order from FILE (a previous import's classes.json, a JSON/YAML list, one "
-                                "name per line) or comma-separated NAMES (default: sorted labels of this CSV, "
-                                "with a warning)")
+    label_map.add_argument(
+        "--protocol",
+        default=None,
+        metavar="NAME",
+        help="number classes in the order of this avf-eval protocol (`avf-eval protocols`), "
+        "accepting the dataset's native codes (CREMA-D ANG, IEMOCAP exc, ...); use the "
+        "same protocol for every fold",
+    )
+    label_map.add_argument(
+        "--classes",
+        default=None,
+        metavar="FILE|NAMES",
+        help="class order from FILE (a previous import's classes.json, a JSON/YAML list, one "
+        "name per line) or comma-separated NAMES (default: sorted labels of this CSV, "
+        "with a warning)",
+    )
 
     n = sub.add_parser("inspect", help="summarise a curated folder or shards")
     n.add_argument("path", type=Path, metavar="DIR", help="output folder of build/import, or shards")
     n.add_argument("--json", action="store_true", help="print JSON instead of text")
 
-    y = sub.add_parser("sync", help="enforce SyncNet sync on a finished build (batched, GPU-ready, resumable)",
-                       description=SYNC_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    y = sub.add_parser(
+        "sync",
+        help="enforce SyncNet sync on a finished build (batched, GPU-ready, resumable)",
+        description=SYNC_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     y.add_argument("out", type=Path, metavar="DIR", help="output folder of a finished `avf-data build`")
-    y.add_argument("--syncnet-weights", default=None, metavar="PATH",
-                   help="syncnet_v2.model (else sync.weights in the config, else $AVF_SYNCNET_WEIGHTS)")
+    y.add_argument(
+        "--syncnet-weights",
+        default=None,
+        metavar="PATH",
+        help="syncnet_v2.model (else sync.weights in the config, else $AVF_SYNCNET_WEIGHTS)",
+    )
     y.add_argument("--device", default=None, metavar="DEV", help="cpu (default) or cuda[:N]; bf16 on CUDA")
-    y.add_argument("--batch-size", type=int, default=None, metavar="N",
-                   help="SyncNet windows per forward pass (default sync.batch_size, 32; e.g. 512 on a GPU)")
-    y.add_argument("--config", type=Path, default=None, metavar="FILE.yaml",
-                   help="thresholds etc. from this file's sync section (default: DIR/config.yaml of the build)")
+    y.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="SyncNet windows per forward pass (default sync.batch_size, 32; e.g. 512 on a GPU)",
+    )
+    y.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE.yaml",
+        help="thresholds etc. from this file's sync section (default: DIR/config.yaml of the build)",
+    )
     _add_set(y)
-    y.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (all cores or the GPU); ray: a pool of scorer actors, one per GPU "
-                        "with --device cuda, else --workers one-CPU actors")
+    y.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (all cores or the GPU); ray: a pool of scorer actors, one per GPU "
+        "with --device cuda, else --workers one-CPU actors",
+    )
     y.add_argument("--workers", type=int, default=None, metavar="N", help="Ray actors (default: one per GPU, or 1)")
-    y.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="Ray cluster to join (its nodes must see DIR and the source videos)")
+    y.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join (its nodes must see DIR and the source videos)",
+    )
     y.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -176,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in CURATION_MODULES:
             raise
-        print(f"avf-data: error: `avf-data {args.command}` needs the curation stack, which this install lacks "
-              f"(no module {exc.name!r}): pip install 'avf-data[curate]'", file=sys.stderr)
+        print(
+            f"avf-data: error: `avf-data {args.command}` needs the curation stack, which this install lacks "
+            f"(no module {exc.name!r}): pip install 'avf-data[curate]'",
+            file=sys.stderr,
+        )
         return 2
     except OSError as exc:  # disk full, read-only file system, permissions: the user's to fix
         import errno
@@ -185,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        print(f"avf-data: error: {exc.strerror or exc}{where}; fix it and run the same command again "
-              "(finished work is kept and resumed)", file=sys.stderr)
+        print(
+            f"avf-data: error: {exc.strerror or exc}{where}; fix it and run the same command again "
+            "(finished work is kept and resumed)",
+            file=sys.stderr,
+        )
         return 2
     return 1
 
@@ -202,10 +291,12 @@ def _summary(stats: dict, out: Path) -> None:
 
     top = ", ".join(f"{code} {v['seconds']:.1f} s" for code, v in list(stats["rejects_by_code"].items())[:3])
     run = stats["run"]
-    print(f"{stats['inputs']} inputs -> {stats['clips']} clips: kept {stats['seconds_accepted']:.1f} s of "
-          f"{stats['seconds_in']:.1f} s ({stats['seconds_accepted'] / max(stats['seconds_in'], 1e-9):.0%})"
-          + (f"; top rejects: {top}" if top else "")
-          + f"; sync: {stats['sync_scorer']}; {run.get('frames_per_cpu_second', 0):.0f} frames per CPU-second")
+    print(
+        f"{stats['inputs']} inputs -> {stats['clips']} clips: kept {stats['seconds_accepted']:.1f} s of "
+        f"{stats['seconds_in']:.1f} s ({stats['seconds_accepted'] / max(stats['seconds_in'], 1e-9):.0%})"
+        + (f"; top rejects: {top}" if top else "")
+        + f"; sync: {stats['sync_scorer']}; {run.get('frames_per_cpu_second', 0):.0f} frames per CPU-second"
+    )
     for line in stats.get("warnings", []):
         print(f"avf-data: warning: {line}", file=sys.stderr)
     for line in stats["run"].get("inputs_skipped", [])[:10]:
@@ -255,8 +346,17 @@ def _build(args) -> int:
         inputs += [str(p) for p in demo.values()]
     if not inputs:
         raise ValueError("give INPUT paths or --demo")
-    stats = build(inputs, args.out, cfg, workers=args.workers, engine=args.engine, ray_address=args.ray_address,
-                  weights=resolve_weights(args.syncnet_weights, cfg), progress=not args.no_progress, warn=_warn)
+    stats = build(
+        inputs,
+        args.out,
+        cfg,
+        workers=args.workers,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        weights=resolve_weights(args.syncnet_weights, cfg),
+        progress=not args.no_progress,
+        warn=_warn,
+    )
     _summary(stats, args.out)
     return 0
 
@@ -266,9 +366,20 @@ def _import(args) -> int:
 
     cfg = _load_cfg(args)
     classes = read_class_list(args.classes) if args.classes else None
-    stats = import_csv(args.csv, args.out, cfg, curate=not args.no_curate, strict=args.strict, classes=classes,
-                       protocol=args.protocol, workers=args.workers, engine=args.engine,
-                       ray_address=args.ray_address, weights=args.syncnet_weights, progress=not args.no_progress)
+    stats = import_csv(
+        args.csv,
+        args.out,
+        cfg,
+        curate=not args.no_curate,
+        strict=args.strict,
+        classes=classes,
+        protocol=args.protocol,
+        workers=args.workers,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        weights=args.syncnet_weights,
+        progress=not args.no_progress,
+    )
     _summary(stats, args.out)
     print(stats["csv"]["line"])
     print(f"classes ({stats['label_map']['source']}): {stats['classes']}")
@@ -311,15 +422,28 @@ examples:
 def _sync(args) -> int:
     from .sync_pass import run_sync_pass
 
-    stats = run_sync_pass(args.out, args.syncnet_weights, config=args.config, sets=args.set, device=args.device,
-                          batch_size=args.batch_size, engine=args.engine, workers=args.workers,
-                          ray_address=args.ray_address, progress=not args.no_progress)
+    stats = run_sync_pass(
+        args.out,
+        args.syncnet_weights,
+        config=args.config,
+        sets=args.set,
+        device=args.device,
+        batch_size=args.batch_size,
+        engine=args.engine,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        progress=not args.no_progress,
+    )
     p = stats["sync_pass"]
-    print(f"sync pass: {p['kept'] + p['rejected']} clips judged by SyncNet: kept {p['kept']}, rejected "
-          f"{p['rejected']} ({', '.join(f'{k} {v}' for k, v in sorted(p['by_code'].items())) or 'none'}); "
-          f"{p['clips_scored']} scored in this run at {p['frames_per_second']:.1f} frames/s")
-    print(f"now {stats['clips']} clips, {stats['seconds_accepted']:.1f} s of {stats['seconds_in']:.1f} s; "
-          f"outputs in {args.out}: shards/, manifest.jsonl, rejects.jsonl, stats.json, report.md, sync.jsonl")
+    print(
+        f"sync pass: {p['kept'] + p['rejected']} clips judged by SyncNet: kept {p['kept']}, rejected "
+        f"{p['rejected']} ({', '.join(f'{k} {v}' for k, v in sorted(p['by_code'].items())) or 'none'}); "
+        f"{p['clips_scored']} scored in this run at {p['frames_per_second']:.1f} frames/s"
+    )
+    print(
+        f"now {stats['clips']} clips, {stats['seconds_accepted']:.1f} s of {stats['seconds_in']:.1f} s; "
+        f"outputs in {args.out}: shards/, manifest.jsonl, rejects.jsonl, stats.json, report.md, sync.jsonl"
+    )
     return 0
 
 

@@ -94,8 +94,9 @@ class BuildConfig:
         return cfg
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
-                sets: list[str] | None = None) -> BuildConfig:
+def load_config(
+    path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None, sets: list[str] | None = None
+) -> BuildConfig:
     """Read a YAML config (or defaults when ``path`` is None), then apply ``--set a.b=v``
     assignments and then dotted ``overrides`` ({"crop.out_size": 224})."""
     return BuildConfig.from_dict(gather(path, sets, overrides))
@@ -106,7 +107,12 @@ def lenient(cfg: BuildConfig) -> BuildConfig:
     whole clip kept up to the chunk length, a looser face check, sync and quality measured
     but not enforced."""
     r = dataclasses.replace
-    return r(cfg, scene=r(cfg.scene, mode="off"), silence=r(cfg.silence, mode="off"),
-             sync=r(cfg.sync, mode="measure"), quality=r(cfg.quality, mode="measure"),
-             face=r(cfg.face, min_hit_fraction=0.34, good_score=cfg.face.threshold),
-             crop=r(cfg.crop, max_missing=0.6, second_face_ratio=0.0, max_outside=0.6))
+    return r(
+        cfg,
+        scene=r(cfg.scene, mode="off"),
+        silence=r(cfg.silence, mode="off"),
+        sync=r(cfg.sync, mode="measure"),
+        quality=r(cfg.quality, mode="measure"),
+        face=r(cfg.face, min_hit_fraction=0.34, good_score=cfg.face.threshold),
+        crop=r(cfg.crop, max_missing=0.6, second_face_ratio=0.0, max_outside=0.6),
+    )

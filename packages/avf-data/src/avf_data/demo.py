@@ -58,14 +58,15 @@ def load_speech(index: int = 1) -> np.ndarray:
     return audio.mean(axis=1)
 
 
-def speech_envelope(audio: np.ndarray, fps: float = FPS, sample_rate: int = SAMPLE_RATE,
-                    num_frames: int | None = None) -> np.ndarray:
+def speech_envelope(
+    audio: np.ndarray, fps: float = FPS, sample_rate: int = SAMPLE_RATE, num_frames: int | None = None
+) -> np.ndarray:
     """Loudness per video frame in [0, 1]: RMS over each frame's samples, robustly scaled."""
     hop = sample_rate / fps
     n = num_frames if num_frames is not None else int(len(audio) / hop)
     env = np.zeros(n, dtype=np.float32)
     for i in range(n):
-        seg = audio[int(i * hop): int((i + 1) * hop)]
+        seg = audio[int(i * hop) : int((i + 1) * hop)]
         env[i] = float(np.sqrt(np.mean(seg**2))) if len(seg) else 0.0
     scale = np.percentile(env, 95) if np.any(env > 0) else 1.0
     env = np.clip(env / max(scale, 1e-6), 0.0, 1.0)
@@ -106,12 +107,18 @@ def _draw_head(canvas: np.ndarray, cx: float, cy: float, height: int, mouth_open
     H, W = canvas.shape[:2]
     sx0, sy0, sx1, sy1 = max(0, -x0), max(0, -y0), min(w, W - x0), min(h, H - y0)
     if sx1 > sx0 and sy1 > sy0:
-        canvas[y0 + sy0: y0 + sy1, x0 + sx0: x0 + sx1] = head[sy0:sy1, sx0:sx1]
+        canvas[y0 + sy0 : y0 + sy1, x0 + sx0 : x0 + sx1] = head[sy0:sy1, sx0:sx1]
 
 
-def render_talking_face(mouth: np.ndarray, faces: int = 1, background: int = 0,
-                        size: tuple[int, int] = FRAME_SIZE, head_height: int = 230,
-                        centre: tuple[float, float] | None = None, seed: int = 0) -> np.ndarray:
+def render_talking_face(
+    mouth: np.ndarray,
+    faces: int = 1,
+    background: int = 0,
+    size: tuple[int, int] = FRAME_SIZE,
+    head_height: int = 230,
+    centre: tuple[float, float] | None = None,
+    seed: int = 0,
+) -> np.ndarray:
     """Render frames (T, H, W, 3) uint8 of ``faces`` heads whose mouths follow ``mouth``.
 
     ``mouth`` is the per-frame opening in [0, 1] (see :func:`speech_envelope`); ``faces=0``
@@ -134,8 +141,9 @@ def render_talking_face(mouth: np.ndarray, faces: int = 1, background: int = 0,
     return frames
 
 
-def write_av(path: str | Path, frames: np.ndarray, audio: np.ndarray | None, fps: float = FPS,
-             sample_rate: int = SAMPLE_RATE) -> Path:
+def write_av(
+    path: str | Path, frames: np.ndarray, audio: np.ndarray | None, fps: float = FPS, sample_rate: int = SAMPLE_RATE
+) -> Path:
     """Write an H.264 mp4 with an AAC mono track (no audio track when ``audio`` is None)."""
     import av
 
@@ -162,8 +170,9 @@ def write_av(path: str | Path, frames: np.ndarray, audio: np.ndarray | None, fps
             pcm = np.clip(np.asarray(audio, dtype=np.float32), -1, 1).reshape(1, -1)[:, _AAC_PRIMING:]
             chunk = 1024
             for start in range(0, pcm.shape[1], chunk):
-                frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, start:start + chunk]),
-                                                   format="fltp", layout="mono")
+                frame = av.AudioFrame.from_ndarray(
+                    np.ascontiguousarray(pcm[:, start : start + chunk]), format="fltp", layout="mono"
+                )
                 frame.sample_rate = sample_rate
                 for packet in astream.encode(frame):
                     container.mux(packet)
@@ -179,8 +188,9 @@ def _talking_clip(audio: np.ndarray, **render: object) -> tuple[np.ndarray, np.n
 
 
 def _pad(audio: np.ndarray, before: float = 0.3, after: float = 0.3) -> np.ndarray:
-    return np.concatenate([np.zeros(int(before * SAMPLE_RATE), np.float32), audio,
-                           np.zeros(int(after * SAMPLE_RATE), np.float32)])
+    return np.concatenate(
+        [np.zeros(int(before * SAMPLE_RATE), np.float32), audio, np.zeros(int(after * SAMPLE_RATE), np.float32)]
+    )
 
 
 def make_demo_inputs(folder: str | Path) -> dict[str, Path]:
@@ -203,18 +213,26 @@ def make_demo_inputs(folder: str | Path) -> dict[str, Path]:
     emit("single_face", lambda: _talking_clip(_pad(s1), seed=1))
 
     def scene_cut():
-        a_frames, a_audio = _talking_clip(_pad(s1[: 4 * sec], 0.2, 0.0), background=0,
-                                          centre=(220, 180), head_height=220, seed=2)
-        b_frames, b_audio = _talking_clip(_pad(s2[: 4 * sec], 0.0, 0.2), background=1,
-                                          centre=(420, 190), head_height=260, seed=3)
+        a_frames, a_audio = _talking_clip(
+            _pad(s1[: 4 * sec], 0.2, 0.0), background=0, centre=(220, 180), head_height=220, seed=2
+        )
+        b_frames, b_audio = _talking_clip(
+            _pad(s2[: 4 * sec], 0.0, 0.2), background=1, centre=(420, 190), head_height=260, seed=3
+        )
         return np.concatenate([a_frames, b_frames]), np.concatenate([a_audio, b_audio])
 
     emit("scene_cut", scene_cut)
     emit("two_faces", lambda: _talking_clip(_pad(s2[: 4 * sec]), faces=2, head_height=200, seed=4))
     emit("no_face", lambda: _talking_clip(_pad(s1[: 4 * sec]), faces=0, seed=5))
-    emit("long_silence", lambda: _talking_clip(
-        np.concatenate([_pad(s2[: 3 * sec], 0.2, 0.0), np.zeros(3 * sec, np.float32),
-                        _pad(s1[: 3 * sec], 0.0, 0.2)]), seed=6))
+    emit(
+        "long_silence",
+        lambda: _talking_clip(
+            np.concatenate(
+                [_pad(s2[: 3 * sec], 0.2, 0.0), np.zeros(3 * sec, np.float32), _pad(s1[: 3 * sec], 0.0, 0.2)]
+            ),
+            seed=6,
+        ),
+    )
 
     def shifted():
         frames, audio = _talking_clip(_pad(s2), seed=7)

@@ -46,8 +46,9 @@ def _watch_driver(pid: int) -> None:
             os._exit(0)
 
 
-def _init_worker(cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None,
-                 driver_pid: int | None = None) -> None:
+def _init_worker(
+    cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None, driver_pid: int | None = None
+) -> None:
     global _WORKER_CFG, _WORKER_ARGS
     os.environ["OMP_NUM_THREADS"] = "1"
     if driver_pid is not None and driver_pid != os.getpid():
@@ -114,8 +115,9 @@ def _discard(out_dir: str | None, task: Task) -> None:
             pass
 
 
-def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None,
-              workers: int) -> Iterator[dict[str, Any]]:
+def run_local(
+    tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None, workers: int
+) -> Iterator[dict[str, Any]]:
     """Process pool; ``workers=0`` runs inline in this process (debugging)."""
     cfg_dict = cfg.to_dict()
     if workers <= 0:
@@ -141,8 +143,12 @@ def run_local(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights:
         queue, width = (alone, 1) if solo else (shared, min(workers, len(shared)))
         crashed: list[Task] = []
         unsent: list[Task] = []
-        with ProcessPoolExecutor(max_workers=width, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(cfg_dict, out_dir, weights, os.getpid())) as pool:
+        with ProcessPoolExecutor(
+            max_workers=width,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(cfg_dict, out_dir, weights, os.getpid()),
+        ) as pool:
             pending: dict = {}
             it = iter(queue)
             limit = 1 if solo else 2 * width  # a bounded queue keeps memory flat with many tasks
@@ -225,8 +231,10 @@ def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> Non
         with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
             pass
     except OSError as exc:
-        raise ValueError(f"--ray-address {address!r}: no Ray cluster answers there "
-                         f"({exc.strerror or type(exc).__name__}); is `ray start --head` running?") from None
+        raise ValueError(
+            f"--ray-address {address!r}: no Ray cluster answers there "
+            f"({exc.strerror or type(exc).__name__}); is `ray start --head` running?"
+        ) from None
 
 
 def _ray_task(task: Task, cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> dict[str, Any]:
@@ -236,8 +244,14 @@ def _ray_task(task: Task, cfg_dict: dict[str, Any], out_dir: str | None, weights
     return _run_task(task)
 
 
-def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None, workers: int,
-            address: str | None = None) -> Iterator[dict[str, Any]]:
+def run_ray(
+    tasks: list[Task],
+    cfg: BuildConfig,
+    out_dir: str | None,
+    weights: str | None,
+    workers: int,
+    address: str | None = None,
+) -> Iterator[dict[str, Any]]:
     """Ray tasks (one per task of inputs, 1 CPU each). Starts a local Ray instance unless
     ``address``. A task that fails (after Ray's own retry of a crashed worker) is split into
     single-input tasks; a single input that fails is rejected."""
@@ -251,8 +265,11 @@ def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: s
         raise SystemExit("the ray engine needs Ray: pip install 'avf-data[distributed]'") from exc
     started = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}}}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}},
+        }
         try:
             if address:
                 check_ray_address(address)
@@ -263,8 +280,9 @@ def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: s
             raise
         except Exception as exc:  # auth required, version mismatch, GCS gone: one line, not a traceback
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"cannot start or join Ray{f' at {address}' if address else ''}: "
-                             f"{type(exc).__name__}: {first}") from None
+            raise ValueError(
+                f"cannot start or join Ray{f' at {address}' if address else ''}: {type(exc).__name__}: {first}"
+            ) from None
         started = True
     try:
         remote = ray.remote(num_cpus=1, max_retries=1)(_ray_task)
@@ -282,8 +300,11 @@ def run_ray(tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: s
                 task = pending.pop(ref)
                 try:
                     yield ray.get(ref)
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError,
-                        ray.exceptions.OutOfMemoryError) as exc:
+                except (
+                    ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.RayTaskError,
+                    ray.exceptions.OutOfMemoryError,
+                ) as exc:
                     _discard(out_dir, task)
                     if len(task[1]) > 1:
                         queue.extend(reversed(single_tasks(task)))

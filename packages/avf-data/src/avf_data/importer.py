@@ -62,8 +62,12 @@ class LabelSpace:
     resolve: Callable[[str], int | None] = field(default=lambda label: None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "num_classes": len(self.classes), "protocol": self.protocol,
-                "source": self.source}
+        return {
+            "classes": list(self.classes),
+            "num_classes": len(self.classes),
+            "protocol": self.protocol,
+            "source": self.source,
+        }
 
 
 def protocol_label_space(name: str) -> LabelSpace:
@@ -71,14 +75,18 @@ def protocol_label_space(name: str) -> LabelSpace:
     try:
         from avf_eval.protocols import get_protocol
     except ImportError:
-        raise ValueError("--protocol needs the avf-eval package (its protocol registry): pip install avf-eval") from None
+        raise ValueError(
+            "--protocol needs the avf-eval package (its protocol registry): pip install avf-eval"
+        ) from None
     try:
         protocol = get_protocol(name)
     except KeyError as exc:
         raise ValueError(exc.args[0]) from None
     if protocol.kind != "classification":
-        raise ValueError(f"protocol {protocol.name} is a {protocol.kind} protocol: it has dimensions "
-                         f"({', '.join(protocol.dimensions)}), not classes; give target_* columns instead")
+        raise ValueError(
+            f"protocol {protocol.name} is a {protocol.kind} protocol: it has dimensions "
+            f"({', '.join(protocol.dimensions)}), not classes; give target_* columns instead"
+        )
     return LabelSpace(tuple(protocol.classes), f"protocol {protocol.name}", protocol.name, resolve=protocol.map_label)
 
 
@@ -137,15 +145,24 @@ def inferred_label_space(labels: list[str], csv_name: str) -> LabelSpace:
 def _reason_kind(reason: str) -> str:
     """'labels.csv:4: duplicate path (first row wins)' -> 'duplicate path'."""
     text = reason.split(": ", 1)[1] if ": " in reason else reason
-    for kind in ("duplicate path", "empty path", "empty label", "unknown label", "dropped label", "label_id", "fold",
-                 "target"):
+    for kind in (
+        "duplicate path",
+        "empty path",
+        "empty label",
+        "unknown label",
+        "dropped label",
+        "label_id",
+        "fold",
+        "target",
+    ):
         if kind in text:
             return kind
     return text.split(" (")[0]
 
 
-def read_label_csv(csv_path: str | os.PathLike, classes: list[str] | None = None, protocol: str | None = None
-                   ) -> tuple[dict[str, dict[str, Any]], LabelSpace, list[dict[str, Any]], int]:
+def read_label_csv(
+    csv_path: str | os.PathLike, classes: list[str] | None = None, protocol: str | None = None
+) -> tuple[dict[str, dict[str, Any]], LabelSpace, list[dict[str, Any]], int]:
     """Parse the CSV. Returns ({path: label fields}, label space, reject rows, number of data rows)."""
     if classes is not None and protocol is not None:
         raise ValueError("give --protocol or --classes, not both")
@@ -162,18 +179,28 @@ def read_label_csv(csv_path: str | os.PathLike, classes: list[str] | None = None
             columns = ["path" if c == "key" else c for c in head]
     else:
         columns, body, first_line = ["path", "label", "subject", "fold"][: max(len(r) for r in rows)], rows, 1
-    space = (protocol_label_space(protocol) if protocol is not None
-             else given_label_space(classes, "--classes") if classes is not None else None)
+    space = (
+        protocol_label_space(protocol)
+        if protocol is not None
+        else given_label_space(classes, "--classes")
+        if classes is not None
+        else None
+    )
     if space is None and "label_id" in columns:
-        raise ValueError(f"{csv_path} has a label_id column (avf-eval splits output) but nothing names its indices: "
-                         "pass --protocol NAME (or --classes FILE)")
+        raise ValueError(
+            f"{csv_path} has a label_id column (avf-eval splits output) but nothing names its indices: "
+            "pass --protocol NAME (or --classes FILE)"
+        )
     rejects: list[dict[str, Any]] = []
     parsed: list[tuple[str, str, int | None, dict[str, Any], int]] = []
     seen: set[str] = set()
 
     def bad(rec: dict[str, str], where: str, reason: str) -> None:
-        rejects.append(RejectRow(path_text(rec.get("path") or where), "", 0.0, 0.0, "import", "import.row",
-                                 f"{where}: {reason}").to_dict())
+        rejects.append(
+            RejectRow(
+                path_text(rec.get("path") or where), "", 0.0, 0.0, "import", "import.row", f"{where}: {reason}"
+            ).to_dict()
+        )
 
     for n, r in enumerate(body, start=first_line):
         rec = {c: (r[i].strip() if i < len(r) else "") for i, c in enumerate(columns)}
@@ -227,8 +254,12 @@ def read_label_csv(csv_path: str | os.PathLike, classes: list[str] | None = None
                 bad(rec, where, f"dropped label {lab!r}: {space.source} does not score it")
                 continue
             if label_id is not None and label_id != i:
-                bad(rec, where, f"label_id {label_id} disagrees with label {lab!r} = class {i} "
-                                f"({space.classes[i]}) of {space.source}")
+                bad(
+                    rec,
+                    where,
+                    f"label_id {label_id} disagrees with label {lab!r} = class {i} "
+                    f"({space.classes[i]}) of {space.source}",
+                )
                 continue
         if i is None or not 0 <= i < len(space.classes):
             bad(rec, where, f"label_id {i} out of range 0..{len(space.classes) - 1} of {space.source}")
@@ -265,9 +296,17 @@ def _targets(rec: dict[str, str]) -> list[float] | None:
     return vals or None
 
 
-def import_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: BuildConfig | None = None, *,
-               curate: bool = True, strict: bool = False, classes: list[str] | None = None,
-               protocol: str | None = None, **build_kwargs: Any) -> dict[str, Any]:
+def import_csv(
+    csv_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    cfg: BuildConfig | None = None,
+    *,
+    curate: bool = True,
+    strict: bool = False,
+    classes: list[str] | None = None,
+    protocol: str | None = None,
+    **build_kwargs: Any,
+) -> dict[str, Any]:
     """Build labelled shards from a CSV; returns the build stats plus ``classes``, ``label_map``
     (classes.json's content), ``csv`` (row counts, rejects by reason, a summary line) and
     ``import_warnings``."""
@@ -282,8 +321,10 @@ def import_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Bui
     if previous.is_file():
         old = json.loads(previous.read_text(encoding="utf-8")).get("classes")
         if old is not None and [str(c) for c in old] != list(space.classes):
-            raise ValueError(f"{out} already holds an import numbered {old}; this one numbers {list(space.classes)} "
-                             f"({space.source}): use a new --out")
+            raise ValueError(
+                f"{out} already holds an import numbered {old}; this one numbers {list(space.classes)} "
+                f"({space.source}): use a new --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.json").write_text(json.dumps(space.to_json(), indent=2) + "\n", encoding="utf-8")
     # bad CSV rows are logged once, as a pseudo-input, so that resumes keep them
@@ -292,22 +333,40 @@ def import_csv(csv_path: str | os.PathLike, out_dir: str | os.PathLike, cfg: Bui
 
     if rid not in read_done(out):
         with open(out / "done.jsonl", "a", encoding="utf-8") as log:
-            _append_done(log, {"input_id": rid, "source": path_text(csv_path), "seconds": 0.0, "frames": 0,
-                               "manifest": [], "rejects": rejects, "stages": {}, "shards": [],
-                               "sync_methods": [], "proc_seconds": 0.0, "decode_seconds": 0.0})
+            _append_done(
+                log,
+                {
+                    "input_id": rid,
+                    "source": path_text(csv_path),
+                    "seconds": 0.0,
+                    "frames": 0,
+                    "manifest": [],
+                    "rejects": rejects,
+                    "stages": {},
+                    "shards": [],
+                    "sync_methods": [],
+                    "proc_seconds": 0.0,
+                    "decode_seconds": 0.0,
+                },
+            )
     stats = build(list(labels), out, cfg, labels=labels, **build_kwargs)
     stats["classes"] = list(space.classes)
     stats["label_map"] = space.to_json()
     by_reason = Counter(_reason_kind(r["reason"]) for r in rejects)
     detail = ", ".join(f"{n} {kind}" for kind, n in by_reason.most_common())
-    stats["csv"] = {"rows": num_rows, "imported": len(labels), "rejected": len(rejects),
-                    "rejected_by_reason": dict(by_reason),
-                    "line": f"CSV {Path(csv_path).name}: {num_rows} rows -> {len(labels)} inputs, {len(rejects)} rejected"
-                            + (f" ({detail})" if detail else "")}
+    stats["csv"] = {
+        "rows": num_rows,
+        "imported": len(labels),
+        "rejected": len(rejects),
+        "rejected_by_reason": dict(by_reason),
+        "line": f"CSV {Path(csv_path).name}: {num_rows} rows -> {len(labels)} inputs, {len(rejects)} rejected"
+        + (f" ({detail})" if detail else ""),
+    }
     stats["import_warnings"] = []
     if space.inferred:
         stats["import_warnings"].append(
             f"classes are numbered by the sorted labels of this CSV {list(space.classes)}; another CSV (a test fold "
             "without some class) will number them differently. Pass --protocol NAME or --classes FILE "
-            "(e.g. this import's classes.json) to fix the order")
+            "(e.g. this import's classes.json) to fix the order"
+        )
     return stats

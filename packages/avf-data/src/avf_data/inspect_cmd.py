@@ -65,14 +65,29 @@ def summarize(target: str | os.PathLike, decode: int = 1) -> dict[str, Any]:
         from .shards import decode_sample
 
         c = decode_sample(first)
-        info["example"] = {"key": c.key, "frames": list(c.frames.shape), "fps": c.fps,
-                           "audio_samples": int(len(c.audio)), "sample_rate": c.sample_rate,
-                           "meta_keys": sorted(c.meta)}
+        info["example"] = {
+            "key": c.key,
+            "frames": list(c.frames.shape),
+            "fps": c.fps,
+            "audio_samples": int(len(c.audio)),
+            "sample_rate": c.sample_rate,
+            "meta_keys": sorted(c.meta),
+        }
     stats_path = target / "stats.json"
     if stats_path.exists():
         st = json.loads(stats_path.read_text())
-        info["stats"] = {k: st.get(k) for k in ("inputs", "inputs_rejected", "clips", "seconds_in",
-                                                "seconds_accepted", "seconds_rejected", "sync_scorer")}
+        info["stats"] = {
+            k: st.get(k)
+            for k in (
+                "inputs",
+                "inputs_rejected",
+                "clips",
+                "seconds_in",
+                "seconds_accepted",
+                "seconds_rejected",
+                "sync_scorer",
+            )
+        }
         info["stats"]["stages"] = {k: f"{v['in']} -> {v['out']}" for k, v in st.get("stages", {}).items()}
         info["stats"]["rejects_by_code"] = {k: v.get("count") for k, v in (st.get("rejects_by_code") or {}).items()}
         info["stats"]["sync_enforced"] = st.get("sync_enforced")
@@ -83,8 +98,10 @@ def summarize(target: str | os.PathLike, decode: int = 1) -> dict[str, Any]:
 
 
 def format_summary(info: dict[str, Any]) -> str:
-    lines = [f"{info['path']}: {info['samples']} samples in {info['shards']} shards "
-             f"({info['shard_bytes'] / 1e6:.1f} MB, {info['seconds']:.1f} s of clips)"]
+    lines = [
+        f"{info['path']}: {info['samples']} samples in {info['shards']} shards "
+        f"({info['shard_bytes'] / 1e6:.1f} MB, {info['seconds']:.1f} s of clips)"
+    ]
     lines.append(f"  files per sample: {info['extensions']}")
     if not info["shards"]:
         lines.append("  WARNING: no shards found")
@@ -92,8 +109,10 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"  WARNING: {info['duplicate_keys']} duplicate keys")
     if "example" in info:
         e = info["example"]
-        lines.append(f"  example {e['key']}: frames {e['frames']} @ {e['fps']:g} fps, "
-                     f"audio {e['audio_samples']} samples @ {e['sample_rate']} Hz")
+        lines.append(
+            f"  example {e['key']}: frames {e['frames']} @ {e['fps']:g} fps, "
+            f"audio {e['audio_samples']} samples @ {e['sample_rate']} Hz"
+        )
         lines.append(f"  json keys: {', '.join(e['meta_keys'])}")
     if "labels" in info:
         lines.append(f"  samples per class index: {info['labels']}")
@@ -101,13 +120,17 @@ def format_summary(info: dict[str, Any]) -> str:
         lines.append(f"  classes: {info['classes']}")
     if "stats" in info:
         st = info["stats"]
-        lines.append(f"  inputs {st['inputs']} ({st['inputs_rejected']} rejected whole); clips {st['clips']}; "
-                     f"seconds in/accepted/rejected {st['seconds_in']}/{st['seconds_accepted']}/{st['seconds_rejected']}")
+        lines.append(
+            f"  inputs {st['inputs']} ({st['inputs_rejected']} rejected whole); clips {st['clips']}; "
+            f"seconds in/accepted/rejected {st['seconds_in']}/{st['seconds_accepted']}/{st['seconds_rejected']}"
+        )
         lines.append(f"  sync scorer: {st['sync_scorer']}")
         lines.append("  stages: " + ", ".join(f"{k} {v}" for k, v in (st.get("stages") or {}).items()))
         for code, count in (st.get("rejects_by_code") or {}).items():
             lines.append(f"    reject {code}: {count}")
     if info.get("missing_shards"):
-        lines.append(f"  WARNING: {len(info['missing_shards'])} shards listed in manifest.jsonl are missing: "
-                     + ", ".join(info["missing_shards"][:5]))
+        lines.append(
+            f"  WARNING: {len(info['missing_shards'])} shards listed in manifest.jsonl are missing: "
+            + ", ".join(info["missing_shards"][:5])
+        )
     return "\n".join(lines)

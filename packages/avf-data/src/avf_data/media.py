@@ -152,8 +152,9 @@ def open_checked(path: str | os.PathLike, cfg: MediaConfig):
     try:
         container = av.open(os.fspath(path), timeout=30.0)
     except Exception as exc:  # av.error.InvalidDataError and friends
-        raise MediaError(f"corrupt or unsupported file: cannot open ({type(exc).__name__}: {exc})",
-                         "decode.corrupt") from None
+        raise MediaError(
+            f"corrupt or unsupported file: cannot open ({type(exc).__name__}: {exc})", "decode.corrupt"
+        ) from None
     try:
         if not container.streams.video:
             raise MediaError("no video stream", "decode.no_video")
@@ -164,8 +165,9 @@ def open_checked(path: str | os.PathLike, cfg: MediaConfig):
         if width * height > cfg.max_pixels:
             raise MediaError(f"huge resolution {width}x{height} (> {cfg.max_pixels} pixels)", "decode.huge")
         if container.duration and container.duration / 1e6 > cfg.max_seconds:
-            raise MediaError(f"too long: {container.duration / 1e6:.1f} s > max_seconds {cfg.max_seconds}",
-                             "decode.too_long")
+            raise MediaError(
+                f"too long: {container.duration / 1e6:.1f} s > max_seconds {cfg.max_seconds}", "decode.too_long"
+            )
     except MediaError:
         container.close()
         raise
@@ -284,15 +286,24 @@ class MediaReader:
         rate = v.average_rate or v.guessed_rate or v.base_rate
         w, h = int(v.codec_context.width or 0), int(v.codec_context.height or 0)
         duration = self.container.duration / 1e6 if self.container.duration else 0.0
-        self.info = SourceInfo(width=w, height=h, fps=float(rate) if rate else self.cfg.fps, duration=duration,
-                               rotation=0,
-                               channels=int(self.container.streams.audio[0].codec_context.channels or 1))
+        self.info = SourceInfo(
+            width=w,
+            height=h,
+            fps=float(rate) if rate else self.cfg.fps,
+            duration=duration,
+            rotation=0,
+            channels=int(self.container.streams.audio[0].codec_context.channels or 1),
+        )
         vstart = float(v.start_time * v.time_base) if v.start_time is not None and v.time_base else None
         self.audio = AudioStream(self.path, self.cfg.sample_rate, vstart)
         if not self.audio.has_samples():
             self.close()
-            raise MediaError("audio track holds no samples" if self.audio.failed is None
-                             else f"corrupt audio stream: {self.audio.failed}", "decode.no_audio")
+            raise MediaError(
+                "audio track holds no samples"
+                if self.audio.failed is None
+                else f"corrupt audio stream: {self.audio.failed}",
+                "decode.no_audio",
+            )
         self.clock = VideoClock()
 
     def __enter__(self) -> MediaReader:
@@ -357,8 +368,9 @@ class MediaReader:
         for frame, t in self._decoded():
             clock.decoded += 1
             if t > self.cfg.max_seconds:
-                raise MediaError(f"too long: more than max_seconds {self.cfg.max_seconds} s of video",
-                                 "decode.too_long")
+                raise MediaError(
+                    f"too long: more than max_seconds {self.cfg.max_seconds} s of video", "decode.too_long"
+                )
             if prev is not None:
                 diffs.append(t - t_prev)
                 mid = (t_prev + t) / 2
@@ -424,7 +436,7 @@ class Media:
     def audio_slice(self, start_frame: int, end_frame: int) -> np.ndarray:
         """Audio samples matching frames ``[start_frame, end_frame)``."""
         spf = self.sample_rate / self.fps
-        return self.audio[int(round(start_frame * spf)):int(round(end_frame * spf))]
+        return self.audio[int(round(start_frame * spf)) : int(round(end_frame * spf))]
 
 
 def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media:
@@ -437,6 +449,13 @@ def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media
         n = int(round(len(frames) * spf))
         audio = reader.audio.read(n)
         coverage = min(1.0, reader.audio.covered / max(1, n))
-        return Media(frames=np.stack(frames), audio=audio, fps=cfg.fps, sample_rate=cfg.sample_rate,
-                     source_fps=reader.info.fps, source_size=(reader.info.width, reader.info.height),
-                     audio_coverage=coverage, source_vfr=reader.clock.vfr)
+        return Media(
+            frames=np.stack(frames),
+            audio=audio,
+            fps=cfg.fps,
+            sample_rate=cfg.sample_rate,
+            source_fps=reader.info.fps,
+            source_size=(reader.info.width, reader.info.height),
+            audio_coverage=coverage,
+            source_vfr=reader.clock.vfr,
+        )

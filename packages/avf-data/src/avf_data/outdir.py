@@ -27,8 +27,18 @@ SHARD_NAME = re.compile(r"^[0-9a-f]{16}-\d{6}\.tar$")
 INDEX_NAME = re.compile(r"^[0-9a-f]{16}-\d{6}\.idx\.json$")  # a shard's sample count (avf_data.shards)
 TMP_NAME = re.compile(r"^[0-9a-f]{16}-\d{6}\.(tar|idx\.json)\.tmp$")
 # files a build writes at the top of its folder (used to recognise folders of older versions)
-OWN_FILES = {"done.jsonl", "manifest.jsonl", "rejects.jsonl", "stats.json", "report.md", "contact_sheet.png",
-             "config.yaml", "classes.json", MARKER, LOCK}
+OWN_FILES = {
+    "done.jsonl",
+    "manifest.jsonl",
+    "rejects.jsonl",
+    "stats.json",
+    "report.md",
+    "contact_sheet.png",
+    "config.yaml",
+    "classes.json",
+    MARKER,
+    LOCK,
+}
 
 
 class OutputFolderError(ValueError):
@@ -52,8 +62,10 @@ def check_out(out_dir: str | os.PathLike) -> Path:
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"--out {text!r} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not _is_ours(out):
-        raise OutputFolderError(f"--out {text!r} is not empty and is not an avf-data output folder "
-                                "(no .avf-data marker); choose a new or empty folder")
+        raise OutputFolderError(
+            f"--out {text!r} is not empty and is not an avf-data output folder "
+            "(no .avf-data marker); choose a new or empty folder"
+        )
     return out
 
 
@@ -91,8 +103,10 @@ class BuildLock:
             fh.seek(0)
             holder = fh.read().strip() or "another process"
             fh.close()
-            raise OutputFolderError(f"another avf-data run ({holder}) is writing to {self.path.parent}; "
-                                    "wait for it to finish or choose another --out") from None
+            raise OutputFolderError(
+                f"another avf-data run ({holder}) is writing to {self.path.parent}; "
+                "wait for it to finish or choose another --out"
+            ) from None
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")

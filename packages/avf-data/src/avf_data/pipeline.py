@@ -85,9 +85,22 @@ def preload_modules() -> None:
     that every worker inherits them instead of importing them again."""
     import importlib
 
-    for name in ("cv2", "av", "soundfile", "scipy.signal", "librosa", "librosa.feature", "librosa.effects",
-                 "scenedetect", "dlib", "onnxruntime", "retinaface", "avf_data.stages.sync",
-                 "avf_data.stages.quality", "avf_data.chunks"):
+    for name in (
+        "cv2",
+        "av",
+        "soundfile",
+        "scipy.signal",
+        "librosa",
+        "librosa.feature",
+        "librosa.effects",
+        "scenedetect",
+        "dlib",
+        "onnxruntime",
+        "retinaface",
+        "avf_data.stages.sync",
+        "avf_data.stages.quality",
+        "avf_data.chunks",
+    ):
         try:
             importlib.import_module(name)
         except ImportError:
@@ -206,8 +219,15 @@ def _frames_of(seconds: float, fps: float) -> int:
 # --------------------------------------------------------------------------- the pipeline
 
 
-def _run_stages(path: str, out: Path | None, cfg: BuildConfig, weights: str | None,
-                label: dict[str, Any] | None, iid: str, encode: bool) -> tuple[InputResult, list[Any], float]:
+def _run_stages(
+    path: str,
+    out: Path | None,
+    cfg: BuildConfig,
+    weights: str | None,
+    label: dict[str, Any] | None,
+    iid: str,
+    encode: bool,
+) -> tuple[InputResult, list[Any], float]:
     """Decode one input and run the stages. Returns its (unfinished) result, the accepted
     samples (encoded ``{ext: bytes}`` dicts, or ClipSample when ``encode`` is false) in
     manifest order, and the start time. Never raises for a bad input: problems become rows."""
@@ -261,9 +281,13 @@ def _run_stages(path: str, out: Path | None, cfg: BuildConfig, weights: str | No
                 if tail > 0:
                     end = round((res.frames + tail) / fps, 6)
                     why = f": {clock.truncated_error}" if clock.truncated_error else ""
-                    res.reject("decode", decoded, end, "decode.truncated",
-                               f"truncated: the container promises {info.duration:.2f} s, "
-                               f"{decoded:.2f} s decode{why}")
+                    res.reject(
+                        "decode",
+                        decoded,
+                        end,
+                        "decode.truncated",
+                        f"truncated: the container promises {info.duration:.2f} s, {decoded:.2f} s decode{why}",
+                    )
                     res.count("decode", 0, 0, end - decoded, 0.0)
                     res.seconds = end
     except MediaError as exc:
@@ -271,11 +295,13 @@ def _run_stages(path: str, out: Path | None, cfg: BuildConfig, weights: str | No
     except OSError as exc:
         if exc.errno in _OUTPUT_ERRNOS:  # our disk, not the input: stop the run, a rerun resumes
             raise
-        return reject_input("error.internal", f"internal error: {type(exc).__name__}: {exc}",
-                            traceback=traceback.format_exc(limit=4))
+        return reject_input(
+            "error.internal", f"internal error: {type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=4)
+        )
     except Exception as exc:  # a bug or an unexpected library error: the input is rejected, the run goes on
-        return reject_input("error.internal", f"internal error: {type(exc).__name__}: {exc}",
-                            traceback=traceback.format_exc(limit=4))
+        return reject_input(
+            "error.internal", f"internal error: {type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=4)
+        )
     res.cpu_seconds = round(time.process_time() - c0, 4)
     return res, samples, t0
 
@@ -284,15 +310,33 @@ def _chunk_plan(cfg: BuildConfig):
     from .chunks import ChunkPlan
 
     c = cfg.crop
-    chunk_frames = max(1, int(round(cfg.media.chunk_seconds * cfg.media.fps))) if cfg.media.chunk_seconds > 0 \
+    chunk_frames = (
+        max(1, int(round(cfg.media.chunk_seconds * cfg.media.fps)))
+        if cfg.media.chunk_seconds > 0
         else int(cfg.media.max_seconds * cfg.media.fps) + 1
-    return ChunkPlan(chunk_frames=chunk_frames, detect_every=c.detect_every, analysis_side=cfg.face.detect_width,
-                     detect_width=c.detect_width, score_threshold=c.score_threshold, region_size=c.region_size,
-                     region_factor=c.region_factor, detect=cfg.curate and c.mode != "off")
+    )
+    return ChunkPlan(
+        chunk_frames=chunk_frames,
+        detect_every=c.detect_every,
+        analysis_side=cfg.face.detect_width,
+        detect_width=c.detect_width,
+        score_threshold=c.score_threshold,
+        region_size=c.region_size,
+        region_factor=c.region_factor,
+        detect=cfg.curate and c.mode != "off",
+    )
 
 
-def _curate(chunk, res: InputResult, ctx: WorkerContext, thumbs: Path | None, label: dict[str, Any] | None,
-            clip_base: int, samples: list[Any], encode: bool = True) -> int:
+def _curate(
+    chunk,
+    res: InputResult,
+    ctx: WorkerContext,
+    thumbs: Path | None,
+    label: dict[str, Any] | None,
+    clip_base: int,
+    samples: list[Any],
+    encode: bool = True,
+) -> int:
     """The stages on one chunk of an input; appends encoded samples; returns the next clip
     index. Frame indices are chunk-relative; rows get absolute seconds."""
     from .stages.base import Span, run_stages
@@ -324,8 +368,17 @@ def _curate(chunk, res: InputResult, ctx: WorkerContext, thumbs: Path | None, la
     return clip_base + len(spans)
 
 
-def _accept(span, idx: int, chunk, res: InputResult, ctx: WorkerContext, thumbs: Path | None,
-            label: dict[str, Any] | None, samples: list[Any], encode: bool) -> None:
+def _accept(
+    span,
+    idx: int,
+    chunk,
+    res: InputResult,
+    ctx: WorkerContext,
+    thumbs: Path | None,
+    label: dict[str, Any] | None,
+    samples: list[Any],
+    encode: bool,
+) -> None:
     """A span that survived every stage becomes a sample and a manifest row."""
     cfg = ctx.cfg
     fps = chunk.fps
@@ -334,11 +387,21 @@ def _accept(span, idx: int, chunk, res: InputResult, ctx: WorkerContext, thumbs:
     start, end = round((a + chunk.start_frame) / fps, 6), round((b + chunk.start_frame) / fps, 6)
     crop = span.data["crop"]
     meta: dict[str, Any] = {
-        "source": res.source, "input_id": res.input_id, "clip_index": idx, "start": start, "end": end,
-        "fps": fps, "sample_rate": chunk.sample_rate, "num_frames": int(b - a), "crop_size": int(crop.shape[1]),
-        "pipeline_version": PIPELINE_VERSION, "curated": bool(cfg.curate),
-        "source_fps": round(chunk.source.fps, 3), "source_vfr": bool(chunk.source_vfr),
-        "source_size": [chunk.source.width, chunk.source.height], "sync_enforced": ctx.sync_enforced,
+        "source": res.source,
+        "input_id": res.input_id,
+        "clip_index": idx,
+        "start": start,
+        "end": end,
+        "fps": fps,
+        "sample_rate": chunk.sample_rate,
+        "num_frames": int(b - a),
+        "crop_size": int(crop.shape[1]),
+        "pipeline_version": PIPELINE_VERSION,
+        "curated": bool(cfg.curate),
+        "source_fps": round(chunk.source.fps, 3),
+        "source_vfr": bool(chunk.source_vfr),
+        "source_size": [chunk.source.width, chunk.source.height],
+        "sync_enforced": ctx.sync_enforced,
         **span.meta,
     }
     meta.setdefault("sync_method", "none" if cfg.sync.mode == "off" or not cfg.curate else meta.get("sync_method"))
@@ -346,8 +409,15 @@ def _accept(span, idx: int, chunk, res: InputResult, ctx: WorkerContext, thumbs:
     if label is not None:
         meta.update({k: v for k, v in label.items() if v is not None or k in ("subject", "fold")})
         lab = label.get("label")
-    sample = ClipSample(key=key, frames=crop, audio=chunk.audio_slice(a, b), meta=meta, fps=fps,
-                        sample_rate=chunk.sample_rate, label=lab)
+    sample = ClipSample(
+        key=key,
+        frames=crop,
+        audio=chunk.audio_slice(a, b),
+        meta=meta,
+        fps=fps,
+        sample_rate=chunk.sample_rate,
+        label=lab,
+    )
     samples.append(sample.to_wds() if encode else sample)  # encode now: raw crops take much memory
     row = ManifestRow.from_meta({**meta, "key": key}, label)
     if thumbs is not None:
@@ -379,9 +449,14 @@ def task_files(out_dir: str | os.PathLike, tid: str) -> list[str]:
     return glob.glob(os.path.join(folder, f"{tid}-*.tar*")) + glob.glob(os.path.join(folder, f"{tid}-*.idx.json*"))
 
 
-def process_task(items: list[tuple[str, dict[str, Any] | None]], out_dir: str | os.PathLike | None,
-                 cfg: BuildConfig, weights: str | None = None, tid: str | None = None,
-                 before_input: Any = None) -> dict[str, Any]:
+def process_task(
+    items: list[tuple[str, dict[str, Any] | None]],
+    out_dir: str | os.PathLike | None,
+    cfg: BuildConfig,
+    weights: str | None = None,
+    tid: str | None = None,
+    before_input: Any = None,
+) -> dict[str, Any]:
     """Curate a task (several inputs) into shards shared by its inputs; return its result.
 
     The clips of every input, in input order, go into ``shards/<tid>-NNNNNN.tar`` (a new
@@ -405,8 +480,9 @@ def process_task(items: list[tuple[str, dict[str, Any] | None]], out_dir: str | 
         return {"task_id": tid, "shards": [], "inputs": records}
     for stale in task_files(out, tid):
         os.remove(stale)  # a crashed earlier try of this very task
-    with ShardWriter(out / "shards", prefix=tid, max_count=max(1, cfg.output.max_clips_per_shard),
-                     defer_rename=True) as writer:
+    with ShardWriter(
+        out / "shards", prefix=tid, max_count=max(1, cfg.output.max_clips_per_shard), defer_rename=True
+    ) as writer:
         for (path, label), iid in zip(items, iids, strict=True):
             if before_input is not None:
                 before_input(path)
@@ -420,9 +496,14 @@ def process_task(items: list[tuple[str, dict[str, Any] | None]], out_dir: str | 
     return {"task_id": tid, "shards": [p.relative_to(out).as_posix() for p in writer.written], "inputs": records}
 
 
-def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig, weights: str | None = None,
-                  label: dict[str, Any] | None = None, keep_samples: list[ClipSample] | None = None
-                  ) -> dict[str, Any]:
+def process_input(
+    path: str,
+    out_dir: str | os.PathLike | None,
+    cfg: BuildConfig,
+    weights: str | None = None,
+    label: dict[str, Any] | None = None,
+    keep_samples: list[ClipSample] | None = None,
+) -> dict[str, Any]:
     """Curate one input: a task of its own (shards ``<task-id>-NNNNNN.tar`` in ``out_dir``, or
     nothing written when ``out_dir`` is None). With ``keep_samples`` (a list) the accepted
     clips are appended to it unencoded instead. Never raises for a bad input."""
@@ -433,8 +514,9 @@ def process_input(path: str, out_dir: str | os.PathLike | None, cfg: BuildConfig
     return _finish(res, t0)
 
 
-def curate_video(path: str | os.PathLike, cfg: BuildConfig | None = None,
-                 weights: str | None = None) -> tuple[list[ClipSample], list[dict[str, Any]]]:
+def curate_video(
+    path: str | os.PathLike, cfg: BuildConfig | None = None, weights: str | None = None
+) -> tuple[list[ClipSample], list[dict[str, Any]]]:
     """In-memory curation of one video (no files written): accepted clips as ClipSample
     (frames, audio, meta with start/end) in time order, and the reject rows."""
     cfg = cfg or BuildConfig()

@@ -29,9 +29,16 @@ class RejectRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        row = {"source": self.source, "input_id": self.input_id, "start": round(self.start, 6),
-               "end": round(self.end, 6), "seconds": round(self.end - self.start, 6), "stage": self.stage,
-               "code": self.code, "reason": self.reason}
+        row = {
+            "source": self.source,
+            "input_id": self.input_id,
+            "start": round(self.start, 6),
+            "end": round(self.end, 6),
+            "seconds": round(self.end - self.start, 6),
+            "stage": self.stage,
+            "code": self.code,
+            "reason": self.reason,
+        }
         row.update(self.extra)
         return row
 
@@ -39,9 +46,16 @@ class RejectRow:
     def from_dict(cls, d: dict[str, Any]) -> RejectRow:
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
         extra = {k: v for k, v in d.items() if k not in names and k != "seconds"}
-        return cls(source=d["source"], input_id=d.get("input_id", ""), start=float(d["start"]), end=float(d["end"]),
-                   stage=d["stage"], code=d.get("code") or f"{d['stage']}.other", reason=d.get("reason", ""),
-                   extra=extra)
+        return cls(
+            source=d["source"],
+            input_id=d.get("input_id", ""),
+            start=float(d["start"]),
+            end=float(d["end"]),
+            stage=d["stage"],
+            code=d.get("code") or f"{d['stage']}.other",
+            reason=d.get("reason", ""),
+            extra=extra,
+        )
 
 
 LABEL_FIELDS = ("label", "label_name", "subject", "fold", "targets")
@@ -74,13 +88,24 @@ class ManifestRow:
     def from_meta(cls, meta: dict[str, Any], label: dict[str, Any] | None = None) -> ManifestRow:
         """The row of a sample from its json metadata (and the import's label fields)."""
         extra = {k: label.get(k) for k in LABEL_FIELDS if k in label} if label is not None else {}
-        return cls(key=meta["key"], source=meta["source"], input_id=meta["input_id"],
-                   clip_index=int(meta["clip_index"]), start=meta["start"], end=meta["end"],
-                   num_frames=int(meta["num_frames"]), sync_offset=meta.get("sync_offset"),
-                   sync_confidence=meta.get("sync_confidence"), sync_method=meta.get("sync_method") or "none",
-                   sync_enforced=bool(meta.get("sync_enforced")), blur=meta.get("blur"),
-                   face_side=meta.get("face_side"), source_vfr=bool(meta.get("source_vfr")),
-                   flags=list(meta.get("flags", [])), extra=extra)
+        return cls(
+            key=meta["key"],
+            source=meta["source"],
+            input_id=meta["input_id"],
+            clip_index=int(meta["clip_index"]),
+            start=meta["start"],
+            end=meta["end"],
+            num_frames=int(meta["num_frames"]),
+            sync_offset=meta.get("sync_offset"),
+            sync_confidence=meta.get("sync_confidence"),
+            sync_method=meta.get("sync_method") or "none",
+            sync_enforced=bool(meta.get("sync_enforced")),
+            blur=meta.get("blur"),
+            face_side=meta.get("face_side"),
+            source_vfr=bool(meta.get("source_vfr")),
+            flags=list(meta.get("flags", [])),
+            extra=extra,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "flags")}
@@ -93,8 +118,9 @@ class ManifestRow:
     def rejected(self, stage: str, code: str, reason: str, **extra: Any) -> RejectRow:
         """This clip as a reject row (a later pass, e.g. ``avf-data sync``, turned it down)."""
         keep = {"key": self.key, **({"thumb": self.extra["thumb"]} if "thumb" in self.extra else {})}
-        return RejectRow(self.source, self.input_id, float(self.start), float(self.end), stage, code, reason,
-                         {**keep, **extra})
+        return RejectRow(
+            self.source, self.input_id, float(self.start), float(self.end), stage, code, reason, {**keep, **extra}
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ManifestRow:

@@ -58,8 +58,11 @@ def coerce(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"config key '{where}' expects true or false, got {value!r}")
         return value
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                isinstance(value, float) and not value.is_integer()):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or (isinstance(value, float) and not value.is_integer())
+        ):
             raise ConfigError(f"config key '{where}' expects an integer, got {value!r}")
         return int(value)
     if annotation is float:
@@ -150,13 +153,15 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"--config {name!r}: YAML syntax error{where}: {problem}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {name!r}: the top level must be a mapping of sections, "
-                          f"not a {type(data).__name__}")
+        raise ConfigError(
+            f"--config {name!r}: the top level must be a mapping of sections, not a {type(data).__name__}"
+        )
     return data
 
 
-def gather(path: str | os.PathLike | None = None, sets: list[str] | None = None,
-           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def gather(
+    path: str | os.PathLike | None = None, sets: list[str] | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The nested dict of a YAML file, then ``--set`` assignments, then dotted ``overrides``."""
     data = read_yaml(path) if path is not None else {}
     for s in sets or []:
@@ -174,6 +179,7 @@ def gather(path: str | os.PathLike | None = None, sets: list[str] | None = None,
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples become lists), for YAML and checkpoints."""
+
     def plain(value: Any) -> Any:
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -182,4 +188,5 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         if isinstance(value, dict):
             return {str(k): plain(v) for k, v in value.items()}
         return value
+
     return plain(cfg)

@@ -46,7 +46,7 @@ def kind(url: str) -> str:
 
 def local_path(url: str) -> str:
     """The file system path of a ``local`` shard name (``file://`` stripped)."""
-    return url[len("file://"):] if url.startswith("file://") else url
+    return url[len("file://") :] if url.startswith("file://") else url
 
 
 def split_list(spec: str) -> list[str]:
@@ -67,7 +67,7 @@ def expand_braces(pattern: str) -> list[str]:
             break
     else:
         return [pattern]
-    head, body, tail = pattern[:start], pattern[start + 1:end], pattern[end + 1:]
+    head, body, tail = pattern[:start], pattern[start + 1 : end], pattern[end + 1 :]
     match = _BRACE_RANGE.match(body)
     if match:
         lo, hi = int(match.group(1)), int(match.group(2))
@@ -136,8 +136,10 @@ def _fsspec() -> Any:
     try:
         import fsspec
     except ImportError:
-        raise OSError("reading scheme:// shard URLs other than http(s) needs fsspec (pip install fsspec "
-                      "and the file system's package, e.g. s3fs)") from None
+        raise OSError(
+            "reading scheme:// shard URLs other than http(s) needs fsspec (pip install fsspec "
+            "and the file system's package, e.g. s3fs)"
+        ) from None
     return fsspec
 
 
@@ -154,8 +156,9 @@ class PipeReader:
         # stderr to a file, not a pipe: a chatty command (progress bars) must not block on a
         # full stderr pipe while this side reads stdout
         self._err = tempfile.TemporaryFile()
-        self._proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=self._err,
-                                      stdin=subprocess.DEVNULL)
+        self._proc = subprocess.Popen(
+            command, shell=True, stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL
+        )
         assert self._proc.stdout is not None
         self._out = self._proc.stdout
 
@@ -196,7 +199,7 @@ def open_url(url: str) -> IO[bytes] | PipeReader:
     if where == "local":
         return open(local_path(url), "rb")
     if where == "pipe":
-        return PipeReader(url[len("pipe:"):])
+        return PipeReader(url[len("pipe:") :])
     if where == "http":
         try:
             return urllib.request.urlopen(url, timeout=HTTP_TIMEOUT_S)  # noqa: S310 - the user's own URL
@@ -239,5 +242,4 @@ def sibling(url: str, old_suffix: str, new_suffix: str) -> str | None:
     if not matches:
         return None
     m = matches[-1]
-    return url[:m.start()] + new_suffix + url[m.end():]
-
+    return url[: m.start()] + new_suffix + url[m.end() :]

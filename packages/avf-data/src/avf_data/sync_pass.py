@@ -69,8 +69,9 @@ WEIGHTS_HELP = (
 # --------------------------------------------------------------------------- source decode
 
 
-def decode_source_crops(path: str | os.PathLike, start: float, n_frames: int, rects: np.ndarray,
-                        fps: float = 25.0, size: int = 224) -> np.ndarray:
+def decode_source_crops(
+    path: str | os.PathLike, start: float, n_frames: int, rects: np.ndarray, fps: float = 25.0, size: int = 224
+) -> np.ndarray:
     """Cut ``rects[k]`` (source px, :func:`~avf_data.stages.syncnet_input.reference_rects`)
     from the source frame nearest to ``start + k / fps`` for ``k < n_frames``.
 
@@ -185,8 +186,14 @@ def _updated_json(raw: bytes, decision: dict[str, Any]) -> bytes:
     if "sync_build" not in meta and "sync" in meta:
         meta["sync_build"] = meta["sync"]
     sj = decision["sync"]
-    meta.update(sync=sj, sync_offset=sj["offset_frames"], sync_confidence=sj["confidence"],
-                sync_method=sj["method"], sync_enforced=True, sync_input=decision["input"])
+    meta.update(
+        sync=sj,
+        sync_offset=sj["offset_frames"],
+        sync_confidence=sj["confidence"],
+        sync_method=sj["method"],
+        sync_enforced=True,
+        sync_input=decision["input"],
+    )
     return json.dumps(meta, sort_keys=True).encode()
 
 
@@ -281,8 +288,13 @@ def apply_to_record(rec: dict[str, Any], decisions: dict[str, dict[str, Any]]) -
             continue
         sj = d["sync"]
         if not d.get("code"):
-            row.update(sync_offset=sj["offset_frames"], sync_confidence=sj["confidence"], sync_method=sj["method"],
-                       sync_enforced=True, sync_input=d["input"])
+            row.update(
+                sync_offset=sj["offset_frames"],
+                sync_confidence=sj["confidence"],
+                sync_method=sj["method"],
+                sync_enforced=True,
+                sync_input=d["input"],
+            )
             manifest.append(row)
             continue
         reject = ManifestRow.from_dict(row).rejected("sync", d["code"], d["reason"], sync=sj, sync_input=d["input"])
@@ -355,8 +367,12 @@ class SyncPassReport:
 
 def _settings(weights: str, cfg) -> dict[str, Any]:
     s = cfg.sync
-    return {"weights_sha1": _sha1_file(Path(weights)), "max_offset_frames": s.max_offset_frames,
-            "min_confidence_syncnet": s.min_confidence_syncnet, "search_frames": s.search_frames}
+    return {
+        "weights_sha1": _sha1_file(Path(weights)),
+        "max_offset_frames": s.max_offset_frames,
+        "min_confidence_syncnet": s.min_confidence_syncnet,
+        "search_frames": s.search_frames,
+    }
 
 
 def _load_build_config(out: Path, config: str | os.PathLike | None, sets: list[str] | None = None):
@@ -369,15 +385,25 @@ def _load_build_config(out: Path, config: str | os.PathLike | None, sets: list[s
         try:
             return load_config(saved, sets=sets)
         except ValueError as exc:  # written by another version: defaults, said out loud
-            print(f"avf-data: warning: {saved} not readable by this version ({exc}); using defaults",
-                  file=sys.stderr)
+            print(f"avf-data: warning: {saved} not readable by this version ({exc}); using defaults", file=sys.stderr)
     return load_config(None, sets=sets)
 
 
-def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, config: str | os.PathLike | None = None,
-                  sets: list[str] | None = None, device: str | None = None, batch_size: int | None = None, clip_frames: int = 1500,
-                  engine: str = "local", workers: int | None = None, ray_address: str | None = None,
-                  progress: bool = True, after_shard: Any = None) -> dict[str, Any]:
+def run_sync_pass(
+    out_dir: str | os.PathLike,
+    weights: str | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    sets: list[str] | None = None,
+    device: str | None = None,
+    batch_size: int | None = None,
+    clip_frames: int = 1500,
+    engine: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    progress: bool = True,
+    after_shard: Any = None,
+) -> dict[str, Any]:
     """Score every committed shard of the build in ``out_dir`` with SyncNet and enforce sync.
 
     ``config``: a YAML whose ``sync`` section sets thresholds / device / batch size (default:
@@ -435,13 +461,16 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
             _append_line(log_path, {"kind": "header", "version": LOG_VERSION, **settings})
         elif {k: header.get(k) for k in settings} != settings:
             diff = ", ".join(f"{k}: {header.get(k)} -> {v}" for k, v in settings.items() if header.get(k) != v)
-            raise ValueError(f"{out} was sync-checked with other settings ({diff}); clips rejected then are "
-                             "no longer in the shards, so a different pass needs a fresh build")
+            raise ValueError(
+                f"{out} was sync-checked with other settings ({diff}); clips rejected then are "
+                "no longer in the shards, so a different pass needs a fresh build"
+            )
         _, committed = read_log(out)
         shards = sorted(s for s in committed if (out / s).is_file())
         rep.shards = len(shards)
-        bar = tqdm(total=len(shards), unit="shard", desc="sync", file=sys.stderr, disable=not progress,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=len(shards), unit="shard", desc="sync", file=sys.stderr, disable=not progress, dynamic_ncols=True
+        )
         todo = []
         for rel in shards:
             shard = out / rel
@@ -464,8 +493,15 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
         for rel, res in results:
             shard = out / rel
             tmp = shard.with_name(shard.name + ".sync.tmp")
-            line = {"kind": "shard", "shard": rel, "clips": res["clips"], "kept": res["kept"],
-                    "rejected": res["rejected"], "sha1": res["sha1"], "bytes": res["bytes"]}
+            line = {
+                "kind": "shard",
+                "shard": rel,
+                "clips": res["clips"],
+                "kept": res["kept"],
+                "rejected": res["rejected"],
+                "sha1": res["sha1"],
+                "bytes": res["bytes"],
+            }
             _append_line(log_path, line)  # commit point
             os.replace(tmp, shard)
             _fsync_dir(shard.parent)
@@ -492,11 +528,16 @@ def run_sync_pass(out_dir: str | os.PathLike, weights: str | None = None, *, con
         rep.wall_seconds = round(time.perf_counter() - t_start, 3)
         rep.scoring_seconds = round(rep.scoring_seconds, 3)
         rep.frames_per_second = round(rep.frames_scored / rep.scoring_seconds, 2) if rep.scoring_seconds else 0.0
-        stats["sync_pass"] = {**asdict(rep), "weights": os.path.abspath(path), "device": sync_cfg.device,
-                              "engine": engine,
-                              "precision": sync_cfg.precision, "batch_size": sync_cfg.batch_size,
-                              "max_offset_frames": sync_cfg.max_offset_frames,
-                              "min_confidence_syncnet": sync_cfg.min_confidence_syncnet}
+        stats["sync_pass"] = {
+            **asdict(rep),
+            "weights": os.path.abspath(path),
+            "device": sync_cfg.device,
+            "engine": engine,
+            "precision": sync_cfg.precision,
+            "batch_size": sync_cfg.batch_size,
+            "max_offset_frames": sync_cfg.max_offset_frames,
+            "min_confidence_syncnet": sync_cfg.min_confidence_syncnet,
+        }
         _write_atomic(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
         _append_report(out, stats["sync_pass"])
     return stats
@@ -506,8 +547,14 @@ class ShardScorer:
     """Scores whole shards into filtered ``.sync.tmp`` shards: one per process (local engine)
     or per Ray actor (one GPU each, or one CPU). Builds its SyncNet scorer once."""
 
-    def __init__(self, weights: str, sync_cfg: dict[str, Any], face_crop_scale: float, clip_frames: int,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        weights: str,
+        sync_cfg: dict[str, Any],
+        face_crop_scale: float,
+        clip_frames: int,
+        threads: int | None = None,
+    ) -> None:
         from .stages.sync import SyncConfig, build_sync_scorer
 
         if threads is not None:
@@ -539,8 +586,12 @@ class ShardScorer:
             results = self.scorer.score_many([inp for _, inp, _ in batch])
             for (key, inp, kind), r in zip(batch, results, strict=True):
                 code = sync_reject_code(r, self.cfg)
-                decisions[key] = {"sync": r.to_json(), "code": code,
-                                  "reason": sync_reject_reason(r, self.cfg) if code else None, "input": kind}
+                decisions[key] = {
+                    "sync": r.to_json(),
+                    "code": code,
+                    "reason": sync_reject_reason(r, self.cfg) if code else None,
+                    "input": kind,
+                }
                 total_frames += len(inp.frames)
             batch.clear()
             frames = 0
@@ -553,8 +604,15 @@ class ShardScorer:
                 flush()
         flush()
         kept, dropped = write_filtered_shard(Path(shard), Path(tmp), decisions)
-        return {"clips": decisions, "kept": kept, "rejected": dropped, "sha1": _sha1_file(Path(tmp)),
-                "bytes": os.path.getsize(tmp), "frames": total_frames, "seconds": time.perf_counter() - t0}
+        return {
+            "clips": decisions,
+            "kept": kept,
+            "rejected": dropped,
+            "sha1": _sha1_file(Path(tmp)),
+            "bytes": os.path.getsize(tmp),
+            "frames": total_frames,
+            "seconds": time.perf_counter() - t0,
+        }
 
 
 def _score_local(todo: list[tuple[str, Path, Path]], scorer: ShardScorer):
@@ -562,8 +620,15 @@ def _score_local(todo: list[tuple[str, Path, Path]], scorer: ShardScorer):
         yield rel, scorer.score(str(shard), str(tmp))
 
 
-def _score_ray(todo: list[tuple[str, Path, Path]], weights: str, sync_cfg: dict[str, Any], face_crop_scale: float,
-               clip_frames: int, workers: int | None, address: str | None):
+def _score_ray(
+    todo: list[tuple[str, Path, Path]],
+    weights: str,
+    sync_cfg: dict[str, Any],
+    face_crop_scale: float,
+    clip_frames: int,
+    workers: int | None,
+    address: str | None,
+):
     """A pool of :class:`ShardScorer` actors: one per GPU on CUDA (``num_gpus=1`` each), else
     ``workers`` one-CPU actors. Shards go to whichever actor is free; results come back in
     completion order and are committed by the driver (the only writer of the log)."""
@@ -613,8 +678,9 @@ def _score_ray(todo: list[tuple[str, Path, Path]], weights: str, sync_cfg: dict[
                     result = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    raise ValueError(f"scoring {rel} failed on Ray ({type(exc).__name__}: {first}); "
-                                     "rerun the same command to resume") from None
+                    raise ValueError(
+                        f"scoring {rel} failed on Ray ({type(exc).__name__}: {first}); rerun the same command to resume"
+                    ) from None
                 yield rel, result
     finally:
         if started:
@@ -649,15 +715,22 @@ def _append_report(out: Path, info: dict[str, Any]) -> None:
     path = out / "report.md"
     text = path.read_text(encoding="utf-8") if path.exists() else "# avf-data curation report\n"
     codes = ", ".join(f"{k} {v}" for k, v in sorted(info["by_code"].items())) or "none"
-    text += "\n".join([
-        "", "## Sync pass (SyncNet v2)", "",
-        f"- weights `{info['weights']}` on `{info['device']}` ({info['precision']}), batch {info['batch_size']} windows",
-        f"- rule: reject |offset| > {info['max_offset_frames']} frames or confidence < "
-        f"{info['min_confidence_syncnet']:g} (see avf_data/stages/sync.py for the provenance)",
-        f"- clips judged: {info['kept'] + info['rejected']}, kept {info['kept']}, rejected {info['rejected']} ({codes})",
-        f"- SyncNet input: {info['inputs'].get('source', 0)} from source frames (reference geometry), "
-        f"{info['inputs'].get('crop', 0)} from the 160 px training crop (no face boxes or source)",
-        f"- this run: {info['clips_scored']} clips scored, {info['frames_scored']} frames, "
-        f"{info['frames_per_second']} frames/s while scoring, {info['wall_seconds']} s wall", "",
-    ])
+    text += "\n".join(
+        [
+            "",
+            "## Sync pass (SyncNet v2)",
+            "",
+            f"- weights `{info['weights']}` on `{info['device']}` ({info['precision']}), "
+            f"batch {info['batch_size']} windows",
+            f"- rule: reject |offset| > {info['max_offset_frames']} frames or confidence < "
+            f"{info['min_confidence_syncnet']:g} (see avf_data/stages/sync.py for the provenance)",
+            f"- clips judged: {info['kept'] + info['rejected']}, kept {info['kept']}, "
+            f"rejected {info['rejected']} ({codes})",
+            f"- SyncNet input: {info['inputs'].get('source', 0)} from source frames (reference geometry), "
+            f"{info['inputs'].get('crop', 0)} from the 160 px training crop (no face boxes or source)",
+            f"- this run: {info['clips_scored']} clips scored, {info['frames_scored']} frames, "
+            f"{info['frames_per_second']} frames/s while scoring, {info['wall_seconds']} s wall",
+            "",
+        ]
+    )
     _write_atomic(path, text)

@@ -123,8 +123,11 @@ def merge_views(table: PredictionTable, kind: str) -> list[VideoPredictions]:
 def _score(protocol: Protocol, merged: VideoPredictions) -> dict[str, float]:
     predicted = merged.predicted if protocol.kind == "classification" else merged.scores
     return compute_metric(
-        protocol.metrics, merged.labels, predicted,
-        num_classes=protocol.num_classes or None, dimensions=protocol.dimensions,
+        protocol.metrics,
+        merged.labels,
+        predicted,
+        num_classes=protocol.num_classes or None,
+        dimensions=protocol.dimensions,
     )
 
 
@@ -139,7 +142,9 @@ def select_epochs(
         epochs = np.unique(table.epochs[in_fold])
         if epochs.size > 1 and (epochs < 0).any():
             row = int(np.flatnonzero(in_fold & (table.epochs < 0))[0])
-            raise PredictionFormatError(f"{table.sources[row]}: row without 'epoch' in fold {fold} where other rows have one")
+            raise PredictionFormatError(
+                f"{table.sources[row]}: row without 'epoch' in fold {fold} where other rows have one"
+            )
         if epochs.size == 1:
             best = int(epochs[0])
         elif selection == "last":
@@ -153,7 +158,9 @@ def select_epochs(
     return table.take(keep), chosen
 
 
-def _best_epoch_on_test(table: PredictionTable, protocol: Protocol, in_fold: NDArray[np.bool_], epochs: NDArray[np.int64]) -> int:
+def _best_epoch_on_test(
+    table: PredictionTable, protocol: Protocol, in_fold: NDArray[np.bool_], epochs: NDArray[np.int64]
+) -> int:
     """The official code's choice: the epoch whose *test* score is highest (earliest on ties)."""
     best_epoch, best_value = int(epochs[0]), -np.inf
     for epoch in epochs:
@@ -187,9 +194,7 @@ def _fold_warnings(protocol: Protocol, folds: list[str]) -> list[str]:
     return [f"protocol {protocol.name} has {expected} fold(s); predictions hold {len(folds)} ({', '.join(folds)})"]
 
 
-def score_protocol(
-    table: PredictionTable, protocol: Protocol, selection: EpochSelection = "last"
-) -> ScoreResult:
+def score_protocol(table: PredictionTable, protocol: Protocol, selection: EpochSelection = "last") -> ScoreResult:
     """Score predictions under a protocol: select epochs, merge views, aggregate folds."""
     selected, chosen = select_epochs(table, protocol, selection)
     merged = merge_views(selected, protocol.kind)

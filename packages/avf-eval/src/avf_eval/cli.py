@@ -42,9 +42,20 @@ SELECTION_HELP = (
 
 
 def _add_scoring_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--protocol", "-p", required=True, help="protocol name, see `avf-eval protocols` (e.g. mafw-11, dfew, werewolf-xl)")
-    parser.add_argument("--predictions", "-i", required=True, nargs="+", metavar="FILE",
-                        help="one or more predictions files (.jsonl or .csv); folds may be spread over files")
+    parser.add_argument(
+        "--protocol",
+        "-p",
+        required=True,
+        help="protocol name, see `avf-eval protocols` (e.g. mafw-11, dfew, werewolf-xl)",
+    )
+    parser.add_argument(
+        "--predictions",
+        "-i",
+        required=True,
+        nargs="+",
+        metavar="FILE",
+        help="one or more predictions files (.jsonl or .csv); folds may be spread over files",
+    )
     parser.add_argument("--legacy-best-epoch-on-test", action="store_true", help=SELECTION_HELP)
 
 
@@ -59,53 +70,88 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="avf-eval", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    score = commands.add_parser("score", help="score predictions; print ours beside the paper's numbers",
-                                description="Score predictions under a protocol and print a table with the paper's "
-                                            "AVF-MAE++ (B/L/H) and HiCMAE-B numbers beside ours (all in percent).")
+    score = commands.add_parser(
+        "score",
+        help="score predictions; print ours beside the paper's numbers",
+        description="Score predictions under a protocol and print a table with the paper's "
+        "AVF-MAE++ (B/L/H) and HiCMAE-B numbers beside ours (all in percent).",
+    )
     _add_scoring_args(score)
-    score.add_argument("--format", choices=["text", "markdown", "json"], default="text", help="output format (default: text)")
+    score.add_argument(
+        "--format", choices=["text", "markdown", "json"], default="text", help="output format (default: text)"
+    )
     score.add_argument("--no-folds", action="store_true", help="omit the per-fold table")
     score.set_defaults(run=_cmd_score)
 
-    report = commands.add_parser("report", help="write a Markdown/HTML report with confusion matrices",
-                                 description="Write report.md / report.html and confusion-matrix PNGs into a directory.")
+    report = commands.add_parser(
+        "report",
+        help="write a Markdown/HTML report with confusion matrices",
+        description="Write report.md / report.html and confusion-matrix PNGs into a directory.",
+    )
     _add_scoring_args(report)
     report.add_argument("--out", "-o", required=True, help="output directory (created)")
-    report.add_argument("--format", choices=["md", "html", "both"], default="both", help="report format (default: both)")
+    report.add_argument(
+        "--format", choices=["md", "html", "both"], default="both", help="report format (default: both)"
+    )
     report.add_argument("--title", help="report title")
     report.set_defaults(run=_cmd_report)
 
-    protocols = commands.add_parser("protocols", help="list the benchmark protocols",
-                                    description="List the registered protocols; with a name, show one in full.")
+    protocols = commands.add_parser(
+        "protocols",
+        help="list the benchmark protocols",
+        description="List the registered protocols; with a name, show one in full.",
+    )
     protocols.add_argument("name", nargs="?", help="show one protocol in detail")
     protocols.set_defaults(run=_cmd_protocols)
 
-    splits = commands.add_parser("splits", help="make subject/session-independent folds from a metadata CSV",
-                                 description="Cut a metadata CSV (one row per clip: key, path, subject/session, label, ...) "
-                                             "into the protocol's folds; writes foldNN/train.csv and foldNN/test.csv with a "
-                                             "'label_id' column (the protocol's class index) and relative paths made "
-                                             "absolute, so each file feeds `avf-data import FILE --protocol NAME` directly.")
+    splits = commands.add_parser(
+        "splits",
+        help="make subject/session-independent folds from a metadata CSV",
+        description="Cut a metadata CSV (one row per clip: key, path, subject/session, label, ...) "
+        "into the protocol's folds; writes foldNN/train.csv and foldNN/test.csv with a "
+        "'label_id' column (the protocol's class index) and relative paths made "
+        "absolute, so each file feeds `avf-data import FILE --protocol NAME` directly.",
+    )
     splits.add_argument("--protocol", "-p", required=True)
-    splits.add_argument("--metadata", "-m", required=True, help="CSV with a 'key' column and the protocol's group column")
+    splits.add_argument(
+        "--metadata", "-m", required=True, help="CSV with a 'key' column and the protocol's group column"
+    )
     splits.add_argument("--out", "-o", required=True, help="output directory")
     splits.add_argument("--key-column", default="key")
-    splits.add_argument("--label-column", default="label",
-                        help="raw label column; mapped to 'label_id' with the protocol's merges (rows of dropped labels are removed)")
+    splits.add_argument(
+        "--label-column",
+        default="label",
+        help="raw label column; mapped to 'label_id' with the protocol's merges (rows of dropped labels are removed)",
+    )
     splits.add_argument("--seed", type=int, help="shuffle groups with this seed instead of the contiguous sorted cut")
-    splits.add_argument("--path-column", default="path",
-                        help="video path column; relative paths are resolved against the metadata CSV's folder (default: path)")
+    splits.add_argument(
+        "--path-column",
+        default="path",
+        help="video path column; relative paths are resolved against the metadata CSV's folder (default: path)",
+    )
     splits.set_defaults(run=_cmd_splits)
 
-    predict = commands.add_parser("predict", help="emotion probabilities for one raw video",
-                                  description="Curate a raw video with avf-data's stages (scene cuts, face check, silence "
-                                              "split, RetinaFace crop), run an avf-train checkpoint on every clip and print "
-                                              "the emotion probabilities per clip and for the whole video. "
-                                              "Needs the `predict` extra (avf-data, avf-models, avf-train).")
+    predict = commands.add_parser(
+        "predict",
+        help="emotion probabilities for one raw video",
+        description="Curate a raw video with avf-data's stages (scene cuts, face check, silence "
+        "split, RetinaFace crop), run an avf-train checkpoint on every clip and print "
+        "the emotion probabilities per clip and for the whole video. "
+        "Needs the `predict` extra (avf-data, avf-models, avf-train).",
+    )
     predict.add_argument("video", help="path to a video file with an audio track")
-    predict.add_argument("--checkpoint", "-c", required=True,
-                         help="avf-train checkpoint: file, RUN/checkpoint or run folder (or an exported file)")
-    predict.add_argument("--protocol", "-p", help="name the outputs with this protocol's classes when the checkpoint has no names")
-    predict.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA when there is one)")
+    predict.add_argument(
+        "--checkpoint",
+        "-c",
+        required=True,
+        help="avf-train checkpoint: file, RUN/checkpoint or run folder (or an exported file)",
+    )
+    predict.add_argument(
+        "--protocol", "-p", help="name the outputs with this protocol's classes when the checkpoint has no names"
+    )
+    predict.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda[:N] (default auto: CUDA when there is one)"
+    )
     predict.add_argument("--format", choices=["text", "json"], default="text")
     predict.set_defaults(run=_cmd_predict)
     return parser
@@ -182,7 +228,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         from avf_eval.video_emotions import predict_video, render_prediction
     except ImportError as error:
-        raise UsageError(f"avf-eval predict needs the `predict` extra (avf-data, avf-models, avf-train): {error}") from None
+        raise UsageError(
+            f"avf-eval predict needs the `predict` extra (avf-data, avf-models, avf-train): {error}"
+        ) from None
     from avf_eval.protocols import get_protocol
 
     protocol = get_protocol(args.protocol) if args.protocol else None

@@ -34,17 +34,27 @@ def plot_confusion(matrix: NDArray[np.integer], classes: Sequence[str], path: Pa
         for t in range(n):
             for p in range(n):
                 colour = "white" if normalised[t, p] > 0.5 else "black"
-                ax.text(p, t, f"{100 * normalised[t, p]:.0f}\n({matrix[t, p]})", ha="center", va="center", fontsize=6, color=colour)
+                ax.text(
+                    p,
+                    t,
+                    f"{100 * normalised[t, p]:.0f}\n({matrix[t, p]})",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color=colour,
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
-def plot_regression(labels: NDArray[np.float64], outputs: NDArray[np.float64], dimensions: Sequence[str], path: Path, title: str) -> Path:
+def plot_regression(
+    labels: NDArray[np.float64], outputs: NDArray[np.float64], dimensions: Sequence[str], path: Path, title: str
+) -> Path:
     """One scatter per dimension: prediction against truth, with the identity line."""
     fig, axes = plt.subplots(1, len(dimensions), figsize=(3.6 * len(dimensions), 3.6), squeeze=False)
-    for d, (ax, name) in enumerate(zip(axes[0], dimensions)):
+    for d, (ax, name) in enumerate(zip(axes[0], dimensions, strict=False)):
         ax.scatter(labels[:, d], outputs[:, d], s=4, alpha=0.4)
         low = float(min(labels[:, d].min(), outputs[:, d].min()))
         high = float(max(labels[:, d].max(), outputs[:, d].max()))

@@ -274,8 +274,9 @@ def _table(rows: Sequence[_Row], regression: bool) -> PredictionTable:
     )
 
 
-def _check_label_map(record: dict[str, Any], source: str, protocol: Protocol,
-                     seen: dict[tuple[str, ...], str | None]) -> None:
+def _check_label_map(
+    record: dict[str, Any], source: str, protocol: Protocol, seen: dict[tuple[str, ...], str | None]
+) -> None:
     """Refuse a row whose ``classes`` (the model's label map) are not the protocol's, in order."""
     names = record.get("classes")
     if names in (None, ""):
@@ -291,8 +292,11 @@ def _check_label_map(record: dict[str, Any], source: str, protocol: Protocol,
     if key not in seen:
         seen[key] = protocol.check_class_names(key)
     if seen[key]:
-        raise _fail(source, f"{seen[key]}; make the shards with `avf-data import --protocol {protocol.name}` "
-                            "and train on them, or score with the protocol the model was trained for")
+        raise _fail(
+            source,
+            f"{seen[key]}; make the shards with `avf-data import --protocol {protocol.name}` "
+            "and train on them, or score with the protocol the model was trained for",
+        )
 
 
 def _row_names(record: dict[str, Any]) -> tuple[str, ...]:

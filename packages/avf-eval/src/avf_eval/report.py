@@ -52,7 +52,9 @@ def _class_rows(result: ScoreResult, names: tuple[str, ...]) -> tuple[list[str],
     rows = []
     for i, name in enumerate(names):
         ours = "—" if math.isnan(recall[i]) else f"{100 * recall[i]:.2f}"
-        rows.append([name, str(int(support[i])), ours] + [f"{protocol.published_class_recall[m][i]:.2f}" for m in models])
+        rows.append(
+            [name, str(int(support[i])), ours] + [f"{protocol.published_class_recall[m][i]:.2f}" for m in models]
+        )
     return header, rows
 
 
@@ -118,8 +120,11 @@ def _html(title: str, sections: list[Section]) -> str:
         "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
         "td:first-child,th:first-child{text-align:left}img{max-width:100%}"
     )
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>",
-           f"<h1>{html.escape(title)}</h1>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
     for s in sections:
         out.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.text:
@@ -133,7 +138,11 @@ def _html(title: str, sections: list[Section]) -> str:
 
 
 def write_report(
-    result: ScoreResult, table: PredictionTable, out_dir: str | Path, fmt: ReportFormat = "both", title: str | None = None
+    result: ScoreResult,
+    table: PredictionTable,
+    out_dir: str | Path,
+    fmt: ReportFormat = "both",
+    title: str | None = None,
 ) -> list[Path]:
     """Write the report files into ``out_dir``; returns the text files written."""
     out = Path(out_dir)

@@ -47,8 +47,8 @@ def contiguous_groups(groups: Sequence[str], count: int, seed: int | None = None
     if len(ordered) < count:
         raise ValueError(f"{len(ordered)} groups cannot fill {count} folds")
     size = len(ordered) // count
-    chunks = [ordered[i * size:(i + 1) * size] for i in range(count - 1)]
-    return chunks + [ordered[(count - 1) * size:]]
+    chunks = [ordered[i * size : (i + 1) * size] for i in range(count - 1)]
+    return chunks + [ordered[(count - 1) * size :]]
 
 
 def _require(metadata: pd.DataFrame, column: str, why: str) -> pd.Series:
@@ -110,7 +110,9 @@ def absolute_paths(metadata: pd.DataFrame, base: str | Path, column: str = "path
     return out
 
 
-def write_folds(metadata: pd.DataFrame, folds: Sequence[Fold], out_dir: str | Path, *, key_column: str = "key") -> list[Path]:
+def write_folds(
+    metadata: pd.DataFrame, folds: Sequence[Fold], out_dir: str | Path, *, key_column: str = "key"
+) -> list[Path]:
     """Write ``foldNN/train.csv`` and ``foldNN/test.csv`` (all metadata columns) per fold."""
     out = Path(out_dir)
     indexed = metadata.set_index(metadata[key_column].astype(str), drop=False)

@@ -52,7 +52,9 @@ def fold_rows(result: ScoreResult) -> tuple[list[str], list[list[str]]]:
 
 def _text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    line = lambda cells: "  ".join(
+        c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
+    )  # noqa: E731
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
@@ -95,8 +97,7 @@ def result_to_dict(result: ScoreResult) -> dict[str, Any]:
         "summary": result.summary,
         "std": result.spread,
         "folds": [
-            {"fold": f.fold, "epoch": f.epoch, "videos": f.num_videos, "metrics": f.metrics}
-            for f in result.folds
+            {"fold": f.fold, "epoch": f.epoch, "videos": f.num_videos, "metrics": f.metrics} for f in result.folds
         ],
         "published_percent": result.protocol.published,
         "warnings": list(result.warnings),

@@ -14,8 +14,14 @@ Public API::
 
 from . import attention, features, masking, optim
 from .config import CONFIGS, InputSpec, ModelConfig, get_config
-from .convert import (LoadReport, convert_checkpoint, convert_official_state_dict, load_checkpoint,
-                      load_model, load_pretrained_into_finetune)
+from .convert import (
+    LoadReport,
+    convert_checkpoint,
+    convert_official_state_dict,
+    load_checkpoint,
+    load_model,
+    load_pretrained_into_finetune,
+)
 from .factory import MODEL_NAMES, count_parameters, create_model
 from .finetune import AVFMAEFinetune
 from .masking import PretrainMasks
@@ -24,8 +30,25 @@ from .pretrain import AVFMAEPretrain, PretrainOutput
 __version__ = "0.1.0"
 
 __all__ = [
-    "AVFMAEFinetune", "AVFMAEPretrain", "CONFIGS", "InputSpec", "LoadReport", "MODEL_NAMES", "ModelConfig",
-    "PretrainMasks", "PretrainOutput", "attention", "convert_checkpoint", "convert_official_state_dict",
-    "count_parameters", "create_model", "features", "get_config", "load_checkpoint",
-    "load_model", "load_pretrained_into_finetune", "masking", "optim",
+    "AVFMAEFinetune",
+    "AVFMAEPretrain",
+    "CONFIGS",
+    "InputSpec",
+    "LoadReport",
+    "MODEL_NAMES",
+    "ModelConfig",
+    "PretrainMasks",
+    "PretrainOutput",
+    "attention",
+    "convert_checkpoint",
+    "convert_official_state_dict",
+    "count_parameters",
+    "create_model",
+    "features",
+    "get_config",
+    "load_checkpoint",
+    "load_model",
+    "load_pretrained_into_finetune",
+    "masking",
+    "optim",
 ]

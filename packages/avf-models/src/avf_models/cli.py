@@ -59,10 +59,15 @@ def _info(args: argparse.Namespace) -> int:
     with torch.device("meta"):
         pre = create_model(args.name, "pretrain")
         cfg = pre.config
-        print(f"{args.name}: width {cfg.embed_dim}, heads {cfg.num_heads}, depth {cfg.depth}/{cfg.depth_audio} "
-              f"(video/audio), decoder {cfg.decoder_embed_dim}x{cfg.decoder_depth}, skips {list(cfg.skip_layers)}")
+        print(
+            f"{args.name}: width {cfg.embed_dim}, heads {cfg.num_heads}, depth {cfg.depth}/{cfg.depth_audio} "
+            f"(video/audio), decoder {cfg.decoder_embed_dim}x{cfg.decoder_depth}, skips {list(cfg.skip_layers)}"
+        )
         spec = cfg.input_spec
-        print(f"inputs: video (B, {', '.join(map(str, spec.video_shape))}), audio (B, {', '.join(map(str, spec.audio_shape))})")
+        print(
+            f"inputs: video (B, {', '.join(map(str, spec.video_shape))}), "
+            f"audio (B, {', '.join(map(str, spec.audio_shape))})"
+        )
         print(f"pre-training parameters: {count_parameters(pre):,}")
         by: Counter[str] = Counter()
         for n, p in pre.named_parameters():
@@ -105,14 +110,21 @@ def _convert_paths(args: argparse.Namespace) -> tuple[str, Path]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="avf-models", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="{info,convert}")
-    p = sub.add_parser("info", help="print parameter counts of a named model",
-                       description="Print architecture summary and parameter counts (built on the meta "
-                                   "device, so even Huge takes no memory).")
+    p = sub.add_parser(
+        "info",
+        help="print parameter counts of a named model",
+        description="Print architecture summary and parameter counts (built on the meta "
+        "device, so even Huge takes no memory).",
+    )
     p.add_argument("name", help="model name, e.g. avfmae_pp_base")
     p.add_argument("--num-classes", type=int, default=11, help="classes of the fine-tuning head (default 11, MAFW)")
     p.set_defaults(run=_info)
-    p = sub.add_parser("convert", help="convert an official checkpoint", description=CONVERT_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "convert",
+        help="convert an official checkpoint",
+        description=CONVERT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--checkpoint", metavar="FILE.pth", help="official checkpoint to convert (required)")
     p.add_argument("--out", metavar="DIR", help=f"folder for {CONVERTED} (required; created)")
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)

@@ -147,7 +147,7 @@ class ModelConfig:
     def input_spec(self) -> InputSpec:
         return InputSpec(self.num_frames, self.image_size, self.audio_frames, self.mel_bins)
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Fail early, with the reason, on settings the architecture cannot run."""
         t, h, w = self.grid
         if self.image_size % self.patch_size or self.num_frames % self.tubelet_size:
@@ -177,11 +177,13 @@ class ModelConfig:
             if per_slot % groups:
                 raise ValueError(
                     f"{per_slot} visible video tokens per slot cannot be split into {groups} regions; "
-                    "choose mask_ratio so that the count divides (0.9 works for 160x160)")
+                    "choose mask_ratio so that the count divides (0.9 works for 160x160)"
+                )
             if self.num_visible_audio % self.num_regions_audio:
                 raise ValueError(
                     f"{self.num_visible_audio} visible audio tokens cannot be split into "
-                    f"{self.num_regions_audio} regions; use mask_ratio_audio 0.8125 (not 0.8)")
+                    f"{self.num_regions_audio} regions; use mask_ratio_audio 0.8125 (not 0.8)"
+                )
         if self.decoder_masking and (h % 2 or w % 2):
             raise ValueError("running-cell decoder masking needs an even spatial grid")
         return self
@@ -192,21 +194,53 @@ _BASE = ModelConfig()
 CONFIGS: dict[str, ModelConfig] = {
     "avfmae_pp_base": _BASE,
     "avfmae_pp_large": dataclasses.replace(
-        _BASE, name="avfmae_pp_large", embed_dim=640, num_heads=10, depth=12, depth_audio=12,
-        fusion_num_heads=10, decoder_embed_dim=512, decoder_num_heads=8, skip_layers=(3, 7, 11)),
+        _BASE,
+        name="avfmae_pp_large",
+        embed_dim=640,
+        num_heads=10,
+        depth=12,
+        depth_audio=12,
+        fusion_num_heads=10,
+        decoder_embed_dim=512,
+        decoder_num_heads=8,
+        skip_layers=(3, 7, 11),
+    ),
     "avfmae_pp_huge": dataclasses.replace(
-        _BASE, name="avfmae_pp_huge", embed_dim=768, num_heads=12, depth=15, depth_audio=15,
-        fusion_num_heads=12, decoder_embed_dim=640, decoder_num_heads=8, skip_layers=(4, 9, 14)),
+        _BASE,
+        name="avfmae_pp_huge",
+        embed_dim=768,
+        num_heads=12,
+        depth=15,
+        depth_audio=15,
+        fusion_num_heads=12,
+        decoder_embed_dim=640,
+        decoder_num_heads=8,
+        skip_layers=(4, 9, 14),
+    ),
     # HiCMAE-B: vanilla ViT encoders, audio mask 0.8, decoders see every masked token, CSBlock fusion.
     "hicmae_base": dataclasses.replace(
-        _BASE, name="hicmae_base", encoder_type="vit", fusion_type="csblock", mask_ratio_audio=0.8,
-        decoder_masking=False),
+        _BASE,
+        name="hicmae_base",
+        encoder_type="vit",
+        fusion_type="csblock",
+        mask_ratio_audio=0.8,
+        decoder_masking=False,
+    ),
     # CPU-sized model with the full input sizes (16x160x160 video, 256x128 fbank) and the official
     # region layout, so every code path of the big models runs in tests.
     "avfmae_pp_tiny": dataclasses.replace(
-        _BASE, name="avfmae_pp_tiny", embed_dim=64, num_heads=4, depth=2, depth_audio=2,
-        fusion_num_heads=4, decoder_embed_dim=32, decoder_num_heads=4, decoder_depth=3,
-        skip_layers=(0, 1)),
+        _BASE,
+        name="avfmae_pp_tiny",
+        embed_dim=64,
+        num_heads=4,
+        depth=2,
+        depth_audio=2,
+        fusion_num_heads=4,
+        decoder_embed_dim=32,
+        decoder_num_heads=4,
+        decoder_depth=3,
+        skip_layers=(0, 1),
+    ),
 }
 
 
@@ -219,5 +253,3 @@ def get_config(name: str, **overrides: object) -> ModelConfig:
     if bad:
         raise TypeError(f"unknown config fields {bad}; valid fields: {sorted(fields)}")
     return dataclasses.replace(CONFIGS[name], **overrides).validate()
-
-

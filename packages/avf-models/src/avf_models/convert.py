@@ -26,11 +26,28 @@ from torch import nn
 
 from .config import CONFIGS, ModelConfig
 
-HAFE_NAMES: frozenset[str] = frozenset({
-    "norm", "norm_audio", "vadaptiveinteraction", "aadaptiveinteraction", "vselectfusion", "aselectfusion",
-    "norm_att_v", "mlp_att_v", "norm_att_a", "mlp_att_a", "cross_attn", "cross_norm_1", "cross_norm_2",
-    "cross_norm_3", "norm_att_v_IR", "norm_att_a_IR", "mlp_att_video_IR", "mlp_att_audio_IR",
-})
+HAFE_NAMES: frozenset[str] = frozenset(
+    {
+        "norm",
+        "norm_audio",
+        "vadaptiveinteraction",
+        "aadaptiveinteraction",
+        "vselectfusion",
+        "aselectfusion",
+        "norm_att_v",
+        "mlp_att_v",
+        "norm_att_a",
+        "mlp_att_a",
+        "cross_attn",
+        "cross_norm_1",
+        "cross_norm_2",
+        "cross_norm_3",
+        "norm_att_v_IR",
+        "norm_att_a_IR",
+        "mlp_att_video_IR",
+        "mlp_att_audio_IR",
+    }
+)
 _OFFICIAL_ER = "encoder_fusion.Iterative_Refinement_Module."
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 # HiCMAE's fine-tuning model spells these differently from AVF-MAE++.
@@ -47,13 +64,17 @@ def _strip(key: str) -> str:
         changed = False
         for p in _STRIP_PREFIXES:
             if key.startswith(p):
-                key, changed = key[len(p):], True
+                key, changed = key[len(p) :], True
     return key
 
 
 def _is_iavcl(keys: list[str]) -> bool:
-    return any(k.startswith((_OFFICIAL_ER, "encoder_fusion.er.", "encoder_fusion.hafe.",
-                             "encoder_fusion.vadaptiveinteraction")) for k in keys)
+    return any(
+        k.startswith(
+            (_OFFICIAL_ER, "encoder_fusion.er.", "encoder_fusion.hafe.", "encoder_fusion.vadaptiveinteraction")
+        )
+        for k in keys
+    )
 
 
 def official_to_ours_key(key: str, iavcl: bool = True) -> str:
@@ -63,7 +84,7 @@ def official_to_ours_key(key: str, iavcl: bool = True) -> str:
     if not iavcl:
         return key
     if key.startswith(_OFFICIAL_ER):
-        return "encoder_fusion.er." + key[len(_OFFICIAL_ER):]
+        return "encoder_fusion.er." + key[len(_OFFICIAL_ER) :]
     m = re.match(r"encoder_fusion\.([^.]+)\.(.+)$", key)
     if m and m.group(1) in HAFE_NAMES:
         return f"encoder_fusion.hafe.{m.group(1)}.{m.group(2)}"
@@ -73,9 +94,9 @@ def official_to_ours_key(key: str, iavcl: bool = True) -> str:
 def ours_to_official_key(key: str) -> str:
     """Inverse of ``official_to_ours_key`` for IAV-CL models (used to export / test round trips)."""
     if key.startswith("encoder_fusion.er."):
-        return _OFFICIAL_ER + key[len("encoder_fusion.er."):]
+        return _OFFICIAL_ER + key[len("encoder_fusion.er.") :]
     if key.startswith("encoder_fusion.hafe."):
-        return "encoder_fusion." + key[len("encoder_fusion.hafe."):]
+        return "encoder_fusion." + key[len("encoder_fusion.hafe.") :]
     return key
 
 
@@ -105,7 +126,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         reason = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(Check the documentation|$)", str(e), re.S)
         raise ValueError(
             f"{path}: not loaded with weights_only=True: it is not a torch checkpoint, or it holds Python objects "
-            f"other than tensors, containers and argparse.Namespace ({' '.join(reason.group(1).split()) if reason else e})") from e
+            "other than tensors, containers and argparse.Namespace "
+            f"({' '.join(reason.group(1).split()) if reason else e})"
+        ) from e
     except (RuntimeError, EOFError) as e:  # not a torch file, or a truncated one
         raise ValueError(f"{path}: not a torch checkpoint, or truncated ({str(e).strip().splitlines()[0]})") from e
     if not isinstance(obj, dict):
@@ -143,8 +166,10 @@ def infer_config(state_dict: dict[str, torch.Tensor], args: object | None = None
             raise CheckpointMismatchError(f"no AVF-MAE++ config has width {dim}")
         base = matches[0]
     over: dict[str, object] = dict(
-        depth=_count_blocks(keys, "encoder.blocks."), depth_audio=_count_blocks(keys, "encoder_audio.blocks."),
-        fusion_depth=_count_blocks(keys, "encoder_fusion.blocks."))
+        depth=_count_blocks(keys, "encoder.blocks."),
+        depth_audio=_count_blocks(keys, "encoder_audio.blocks."),
+        fusion_depth=_count_blocks(keys, "encoder_fusion.blocks."),
+    )
     if stage == "pretrain":
         over["decoder_embed_dim"] = sd["mask_token"].shape[-1]
         over["decoder_depth"] = _count_blocks(keys, "decoder.blocks.")
@@ -152,7 +177,9 @@ def infer_config(state_dict: dict[str, torch.Tensor], args: object | None = None
         if skips:
             over["skip_layers"] = tuple(int(i) for i in skips)
         elif over["decoder_depth"] != base.decoder_depth or over["depth"] != base.depth:
-            raise CheckpointMismatchError("cannot infer skip_layers; checkpoint has no args.return_intermediate_features")
+            raise CheckpointMismatchError(
+                "cannot infer skip_layers; checkpoint has no args.return_intermediate_features"
+            )
     else:
         over["drop_path_rate"] = 0.1
         over["num_classes"] = sd["head.weight"].shape[0] if "head.weight" in sd else 0
@@ -175,12 +202,17 @@ def check_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> N
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
-    shapes = sorted(f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
-                    for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != expected[k])
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {expected[k]}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != expected[k]
+    )
     if missing or unexpected or shapes:
-        parts = [f"{len(items)} {title} key(s): {', '.join(items)}"
-                 for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-                 if items]
+        parts = [
+            f"{len(items)} {title} key(s): {', '.join(items)}"
+            for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if items
+        ]
         raise CheckpointMismatchError("state dict does not match the model: " + "; ".join(parts))
 
 
@@ -238,7 +270,8 @@ def load_pretrained_into_finetune(model: nn.Module, state_dict: dict[str, torch.
     missing_backbone = sorted(k for k in own if k.startswith(_BACKBONE) and k not in to_load)
     if missing_backbone:
         raise CheckpointMismatchError(
-            f"{len(missing_backbone)} backbone key(s) missing from the checkpoint:\n  " + "\n  ".join(missing_backbone))
+            f"{len(missing_backbone)} backbone key(s) missing from the checkpoint:\n  " + "\n  ".join(missing_backbone)
+        )
     # a meta-device model (used to check keys without memory) takes the tensors by assignment
     model.load_state_dict(to_load, strict=False, assign=any(p.is_meta for p in model.parameters()))
     report.loaded = sorted(to_load)
@@ -246,8 +279,9 @@ def load_pretrained_into_finetune(model: nn.Module, state_dict: dict[str, torch.
     return report
 
 
-def load_model(path: str | Path, stage: str | None = None, map_location: str | torch.device = "cpu",
-               **overrides: object) -> nn.Module:
+def load_model(
+    path: str | Path, stage: str | None = None, map_location: str | torch.device = "cpu", **overrides: object
+) -> nn.Module:
     """Build a model from a checkpoint file and load it strictly.
 
     Works for files written by ``convert_checkpoint`` (config stored inside) and for official

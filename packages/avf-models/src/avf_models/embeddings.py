@@ -13,12 +13,23 @@ class CubeEmbed(nn.Module):
     submodule is called ``proj`` so the key matches the official ``patch_embed.proj.*``.
     """
 
-    def __init__(self, dim: int, num_frames: int = 16, image_size: int = 160, patch_size: int = 16,
-                 tubelet_size: int = 2, in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_frames: int = 16,
+        image_size: int = 160,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        in_chans: int = 3,
+    ) -> None:
         super().__init__()
         self.input_shape = (in_chans, num_frames, image_size, image_size)
-        self.proj = nn.Conv3d(in_chans, dim, kernel_size=(tubelet_size, patch_size, patch_size),
-                              stride=(tubelet_size, patch_size, patch_size))
+        self.proj = nn.Conv3d(
+            in_chans,
+            dim,
+            kernel_size=(tubelet_size, patch_size, patch_size),
+            stride=(tubelet_size, patch_size, patch_size),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.input_shape:

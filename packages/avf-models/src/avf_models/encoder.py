@@ -141,8 +141,11 @@ class LGIEncoder(nn.Module):
             x = blk(x)
             if i in self.skip_layers:
                 skips.append(self.norm(self._ungroup_visible(x[:, :, 1:])))
-        out = skips[-1] if self.skip_layers and self.skip_layers[-1] == self.depth - 1 else \
-            self.norm(self._ungroup_visible(x[:, :, 1:]))
+        out = (
+            skips[-1]
+            if self.skip_layers and self.skip_layers[-1] == self.depth - 1
+            else self.norm(self._ungroup_visible(x[:, :, 1:]))
+        )
         return out, skips
 
     def forward_regions(self, x: torch.Tensor) -> torch.Tensor:

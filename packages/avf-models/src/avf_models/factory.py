@@ -13,8 +13,9 @@ from .pretrain import AVFMAEPretrain
 MODEL_NAMES: tuple[str, ...] = tuple(CONFIGS)
 
 
-def create_model(name: str, stage: Literal["pretrain", "finetune"] = "pretrain", num_classes: int | None = None,
-                 **overrides: object) -> nn.Module:
+def create_model(
+    name: str, stage: Literal["pretrain", "finetune"] = "pretrain", num_classes: int | None = None, **overrides: object
+) -> nn.Module:
     """Build a model by name: avfmae_pp_tiny | avfmae_pp_base | avfmae_pp_large | avfmae_pp_huge |
     hicmae_base.
 

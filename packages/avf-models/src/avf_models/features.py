@@ -38,8 +38,15 @@ def log_mel_fbank(waveform_16k: torch.Tensor, target_frames: int = TARGET_FRAMES
         wav = torch.nn.functional.pad(wav, (0, 400 - wav.shape[1]))
     wav = wav - wav.mean()
     fbank = torchaudio.compliance.kaldi.fbank(
-        wav, htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False, window_type="hanning",
-        num_mel_bins=NUM_MEL_BINS, dither=0.0, frame_shift=10)
+        wav,
+        htk_compat=True,
+        sample_frequency=SAMPLE_RATE,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=NUM_MEL_BINS,
+        dither=0.0,
+        frame_shift=10,
+    )
     n = fbank.shape[0]
     if n < target_frames:
         fbank = torch.nn.functional.pad(fbank, (0, 0, 0, target_frames - n))

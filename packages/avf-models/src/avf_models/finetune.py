@@ -35,8 +35,10 @@ class AVFMAEFinetune(nn.Module):
         super().__init__()
         self.config = c = config.validate()
         if c.encoder_type != "lgi" or c.fusion_type != "iavcl":
-            raise ValueError(f"no fine-tuning model for encoder {c.encoder_type!r} + fusion {c.fusion_type!r}: "
-                             "fine-tuning is defined for AVF-MAE++ (LGI encoders + IAV-CL); hicmae_base is pre-training only")
+            raise ValueError(
+                f"no fine-tuning model for encoder {c.encoder_type!r} + fusion {c.fusion_type!r}: "
+                "fine-tuning is defined for AVF-MAE++ (LGI encoders + IAV-CL); hicmae_base is pre-training only"
+            )
         dim = c.embed_dim
         if c.modality in ("av", "video"):
             self.layer_weights_video = nn.Parameter(torch.full((c.depth,), 1.0 / c.depth))
@@ -82,8 +84,9 @@ class AVFMAEFinetune(nn.Module):
                 raise ValueError("the audio-visual model needs both video and audio")
             fv = self.encoder.forward_regions(video)  # (B, K, L, C)
             fa = self.encoder_audio.forward_regions(audio)
-            x0 = torch.cat((self._weighted(fv, self.layer_weights_video),
-                            self._weighted(fa, self.layer_weights_audio)), dim=-1)  # Eq. (11)
+            x0 = torch.cat(
+                (self._weighted(fv, self.layer_weights_video), self._weighted(fa, self.layer_weights_audio)), dim=-1
+            )  # Eq. (11)
             v4, a4, *_ = self.encoder_fusion(fv[:, :, -1], fa[:, :, -1], x0)
             return torch.cat((v4.mean(dim=1), a4.mean(dim=1)), dim=-1)
         if m == "video":

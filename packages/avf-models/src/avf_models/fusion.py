@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -139,20 +138,30 @@ class HAFELayer(nn.Module):
         self.norm_att_a_IR, self.mlp_att_audio_IR = layer_norm(dim), Mlp(dim, hidden)
         self.drop_path = DropPath(drop_path)
 
-    def _aggregate(self, units: list[torch.Tensor], norm: nn.Module, attn: nn.Module, norm_ff: nn.Module,
-                   mlp: nn.Module, select: nn.Module) -> torch.Tensor:
+    def _aggregate(
+        self,
+        units: list[torch.Tensor],
+        norm: nn.Module,
+        attn: nn.Module,
+        norm_ff: nn.Module,
+        mlp: nn.Module,
+        select: nn.Module,
+    ) -> torch.Tensor:
         b, n, c = units[0].shape
         s = torch.stack(units, dim=2).reshape(b * n, len(units), c)
         h = s + self.drop_path(attn(norm(s)))  # Eq. (17)
         h = h + self.drop_path(mlp(norm_ff(h)))
         return (torch.sigmoid(select(h)) * h).sum(dim=1).view(b, n, c)  # Eq. (18)
 
-    def forward(self, v_units: list[torch.Tensor], a_units: list[torch.Tensor],
-                x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v3 = self._aggregate(v_units, self.norm, self.vadaptiveinteraction, self.norm_att_v,
-                             self.mlp_att_v, self.vselectfusion)
-        a3 = self._aggregate(a_units, self.norm_audio, self.aadaptiveinteraction, self.norm_att_a,
-                             self.mlp_att_a, self.aselectfusion)
+    def forward(
+        self, v_units: list[torch.Tensor], a_units: list[torch.Tensor], x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        v3 = self._aggregate(
+            v_units, self.norm, self.vadaptiveinteraction, self.norm_att_v, self.mlp_att_v, self.vselectfusion
+        )
+        a3 = self._aggregate(
+            a_units, self.norm_audio, self.aadaptiveinteraction, self.norm_att_a, self.mlp_att_a, self.aselectfusion
+        )
         ctx = self.cross_norm_2(x)
         v4 = v3 + self.drop_path(self.cross_attn(self.cross_norm_1(v3), ctx))  # Eq. (19)
         v4 = v4 + self.drop_path(self.mlp_att_video_IR(self.norm_att_v_IR(v4)))
@@ -169,16 +178,18 @@ class IAVCL(nn.Module):
     the layer-weighted X0 of Eq. (11) (B, K, 2C).  The video part always comes first in X0.
     """
 
-    def __init__(self, dim: int, num_heads: int, depth: int = 2, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, depth: int = 2, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0
+    ) -> None:
         super().__init__()
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(DiERUnit(dim, num_heads, mlp_ratio, dpr[i]) for i in range(depth))
         self.er = ERLayer(dim)
         self.hafe = HAFELayer(dim, num_heads, mlp_ratio, 0.5 * drop_path_rate)
 
-    def forward(self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor) -> tuple[
-            torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def forward(
+        self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         v_units, a_units = [], []
         for blk in self.blocks:
             v, a = blk(v, a)
@@ -193,8 +204,9 @@ class CSFusion(nn.Module):
     """HiCMAE fusion encoder: per layer, video and audio each run a CSBlock with the other modality as
     context (both from the previous layer), then a final LN per modality."""
 
-    def __init__(self, dim: int, num_heads: int, depth: int = 2, mlp_ratio: float = 4.0,
-                 drop_path_rate: float = 0.0) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, depth: int = 2, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0
+    ) -> None:
         super().__init__()
         dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(CSBlock(dim, num_heads, mlp_ratio, dpr[i]) for i in range(depth))
@@ -202,8 +214,9 @@ class CSFusion(nn.Module):
         self.norm = layer_norm(dim)
         self.norm_audio = layer_norm(dim)
 
-    def forward(self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor | None = None) -> tuple[
-            torch.Tensor, torch.Tensor, None, list[torch.Tensor], list[torch.Tensor]]:
-        for blk, blk_a in zip(self.blocks, self.blocks_audio):
+    def forward(
+        self, v: torch.Tensor, a: torch.Tensor, x: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, None, list[torch.Tensor], list[torch.Tensor]]:
+        for blk, blk_a in zip(self.blocks, self.blocks_audio, strict=False):
             v, a = blk(v, a), blk_a(a, v)
         return self.norm(v), self.norm_audio(a), None, [], []

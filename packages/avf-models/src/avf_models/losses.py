@@ -18,8 +18,9 @@ def _normalize_patches(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def video_target(video: torch.Tensor, patch_size: int = 16, tubelet_size: int = 2,
-                 frame_diff: bool = True) -> torch.Tensor:
+def video_target(
+    video: torch.Tensor, patch_size: int = 16, tubelet_size: int = 2, frame_diff: bool = True
+) -> torch.Tensor:
     """(B, 3, T, H, W) normalised video -> (B, N, tubelet*p*p*3) per-token targets, layout (p0, p1, p2, c).
 
     Pixels are un-normalised to [0, 1], each tubelet is standardised per channel, and with
@@ -27,8 +28,9 @@ def video_target(video: torch.Tensor, patch_size: int = 16, tubelet_size: int = 
     frame-difference target, group size = tubelet size).
     """
     x = denormalize_video(video.float())
-    x = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=tubelet_size, p1=patch_size,
-                  p2=patch_size)
+    x = rearrange(
+        x, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=tubelet_size, p1=patch_size, p2=patch_size
+    )
     x = _normalize_patches(x)
     if frame_diff and tubelet_size > 1:
         b, n, _, c = x.shape
@@ -53,12 +55,13 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -
     return (mse * w).sum() / w.sum().clamp_min(1.0)
 
 
-def hcmcl_loss(video_feats: list[torch.Tensor], audio_feats: list[torch.Tensor],
-               temperature: float = 0.07) -> torch.Tensor:
+def hcmcl_loss(
+    video_feats: list[torch.Tensor], audio_feats: list[torch.Tensor], temperature: float = 0.07
+) -> torch.Tensor:
     """HCMCL: symmetric InfoNCE between mean-pooled, L2-normalised video and audio features of each
     selected encoder layer, summed over layers (the sum in Eq. 1, before the weight lambda)."""
     total = video_feats[0].new_zeros((), dtype=torch.float32)
-    for v, a in zip(video_feats, audio_feats):
+    for v, a in zip(video_feats, audio_feats, strict=False):
         ev = v.float().mean(dim=1)
         ea = a.float().mean(dim=1)
         ev = ev / ev.norm(dim=-1, keepdim=True)

@@ -21,8 +21,13 @@ def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: tor
     return torch.rand(shape, generator=generator, device=gen_device)
 
 
-def random_mask(batch: int, num_tokens: int, ratio: float, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
+def random_mask(
+    batch: int,
+    num_tokens: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Hide exactly int(ratio*N) uniformly random tokens per sample (audio encoder 0.8125, audio
     decoder 0.5)."""
     n_hide = int(ratio * num_tokens)
@@ -30,8 +35,13 @@ def random_mask(batch: int, num_tokens: int, ratio: float, generator: torch.Gene
     return (rank < n_hide).to(device or rank.device)
 
 
-def tube_mask(batch: int, grid: tuple[int, int, int], ratio: float, generator: torch.Generator | None = None,
-              device: torch.device | str | None = None) -> torch.Tensor:
+def tube_mask(
+    batch: int,
+    grid: tuple[int, int, int],
+    ratio: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Video encoder tube mask: one random spatial mask hiding int(ratio*H*W) positions, repeated over
     all T temporal slots (0.9 -> 90 of 100 positions, 80 of 800 tokens visible)."""
     t, h, w = grid
@@ -68,9 +78,13 @@ def _build_running_cell(t: int, h: int, w: int, k: int) -> torch.Tensor:
     return torch.stack(maps)
 
 
-def running_cell_mask(batch: int, grid: tuple[int, int, int], ratio: float = 0.5,
-                      generator: torch.Generator | None = None,
-                      device: torch.device | str | None = None) -> torch.Tensor:
+def running_cell_mask(
+    batch: int,
+    grid: tuple[int, int, int],
+    ratio: float = 0.5,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """Video decoder mask: each sample draws one of the 4 precomputed running-cell maps uniformly."""
     maps = running_cell_patterns(grid, ratio)
     gen_device = generator.device if generator is not None else "cpu"
@@ -92,19 +106,28 @@ class PretrainMasks:
     audio_decoder: torch.Tensor
 
     @classmethod
-    def cat(cls, parts: list["PretrainMasks"]) -> "PretrainMasks":
+    def cat(cls, parts: list[PretrainMasks]) -> PretrainMasks:
         """Concatenate along the batch (e.g. per-sample masks made in data-loader workers)."""
-        return cls(*(torch.cat([getattr(p, f) for p in parts]) for f in
-                     ("video", "audio", "video_decoder", "audio_decoder")))
+        return cls(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in ("video", "audio", "video_decoder", "audio_decoder"))
+        )
 
     def as_dict(self) -> dict[str, torch.Tensor]:
         """Plain dict (collate-friendly); rebuild with ``PretrainMasks(**d)``."""
-        return {"video": self.video, "audio": self.audio, "video_decoder": self.video_decoder,
-                "audio_decoder": self.audio_decoder}
+        return {
+            "video": self.video,
+            "audio": self.audio,
+            "video_decoder": self.video_decoder,
+            "audio_decoder": self.audio_decoder,
+        }
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PretrainMasks":
-        return PretrainMasks(*(m.to(device, non_blocking=non_blocking) for m in
-                               (self.video, self.audio, self.video_decoder, self.audio_decoder)))
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PretrainMasks:
+        return PretrainMasks(
+            *(
+                m.to(device, non_blocking=non_blocking)
+                for m in (self.video, self.audio, self.video_decoder, self.audio_decoder)
+            )
+        )
 
 
 class PretrainMaskGenerator:
@@ -118,8 +141,9 @@ class PretrainMaskGenerator:
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
 
-    def __call__(self, batch: int, generator: torch.Generator | None = None,
-                 device: torch.device | str | None = None) -> PretrainMasks:
+    def __call__(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    ) -> PretrainMasks:
         c = self.config
         video = tube_mask(batch, c.grid, c.mask_ratio, generator, device)
         audio = random_mask(batch, c.num_patches_audio, c.mask_ratio_audio, generator, device)

@@ -26,8 +26,12 @@ def layer_id(name: str, depth: int, fusion_depth: int) -> int:
     return depth + fusion_depth + 1
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.05, layer_decay: float | None = None,
-                 extra_no_decay: frozenset[str] = OFFICIAL_NO_DECAY) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    weight_decay: float = 0.05,
+    layer_decay: float | None = None,
+    extra_no_decay: frozenset[str] = OFFICIAL_NO_DECAY,
+) -> list[dict]:
     """Parameter groups for AdamW.
 
     No weight decay for 1-D tensors, biases and names that *exactly* equal an entry of
@@ -48,8 +52,12 @@ def param_groups(model: nn.Module, weight_decay: float = 0.05, layer_decay: floa
         key = (lid, no_decay)
         if key not in groups:
             scale = layer_decay ** (num_layers + 1 - lid) if layer_decay is not None else 1.0
-            groups[key] = {"params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                           "lr_scale": scale}
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": scale,
+            }
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     return [groups[k] for k in sorted(groups)]

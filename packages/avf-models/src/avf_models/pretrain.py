@@ -10,7 +10,7 @@ from torch import nn
 from .config import InputSpec, ModelConfig
 from .decoder import Decoder
 from .encoder import LGIEncoder, ViTEncoder
-from .fusion import CSFusion, IAVCL
+from .fusion import IAVCL, CSFusion
 from .layers import init_linear_xavier, sinusoid_table, trunc_normal_clipped_
 from .losses import audio_target, hcmcl_loss, masked_mse, video_target
 from .masking import PretrainMaskGenerator, PretrainMasks, visible_indices
@@ -61,8 +61,8 @@ class AVFMAEPretrain(nn.Module):
         self.encoder = enc_cls(c, "video")
         self.encoder_audio = enc_cls(c, "audio")
         self.encoder_fusion = fus_cls(c.embed_dim, c.fusion_num_heads, c.fusion_depth, c.mlp_ratio, c.drop_path_rate)
-        video_out = c.tubelet_size * c.patch_size ** 2 * 3
-        audio_out = c.audio_patch_size ** 2
+        video_out = c.tubelet_size * c.patch_size**2 * 3
+        audio_out = c.audio_patch_size**2
         self.decoder = Decoder(dd, c.decoder_depth, c.decoder_num_heads, video_out, c.mlp_ratio)
         self.decoder_audio = Decoder(dd, c.decoder_depth, c.decoder_num_heads, audio_out, c.mlp_ratio)
         self.encoder_to_decoder = nn.Linear(c.embed_dim, dd, bias=False)
@@ -90,13 +90,21 @@ class AVFMAEPretrain(nn.Module):
         self.encoder.init_weights()
         self.encoder_audio.init_weights()
 
-    def generate_masks(self, batch: int, device: torch.device | str | None = None,
-                       generator: torch.Generator | None = None) -> PretrainMasks:
+    def generate_masks(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> PretrainMasks:
         return self.mask_generator(batch, generator=generator, device=device)
 
-    def _decoder_input(self, feats: torch.Tensor, skips: list[torch.Tensor], vis_idx: torch.Tensor,
-                       dec_idx: torch.Tensor, proj: nn.Linear, pos: torch.Tensor,
-                       mask_token: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _decoder_input(
+        self,
+        feats: torch.Tensor,
+        skips: list[torch.Tensor],
+        vis_idx: torch.Tensor,
+        dec_idx: torch.Tensor,
+        proj: nn.Linear,
+        pos: torch.Tensor,
+        mask_token: torch.Tensor,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         pos = pos.to(feats.dtype)
         pos_vis = pos[vis_idx]  # (B, N_vis, Cd), raster-order positions, as the official decoder input
         x_vis = proj(feats) + pos_vis
@@ -111,18 +119,26 @@ class AVFMAEPretrain(nn.Module):
         assert), and it compiles into the graph.
         """
         c = self.config
-        expected = ((masks.video, c.num_patches - c.num_visible, "video"),
-                    (masks.audio, c.num_patches_audio - c.num_visible_audio, "audio"),
-                    (masks.video_decoder, c.num_patches - c.num_decode, "video_decoder"),
-                    (masks.audio_decoder, c.num_patches_audio - c.num_decode_audio, "audio_decoder"))
+        expected = (
+            (masks.video, c.num_patches - c.num_visible, "video"),
+            (masks.audio, c.num_patches_audio - c.num_visible_audio, "audio"),
+            (masks.video_decoder, c.num_patches - c.num_decode, "video_decoder"),
+            (masks.audio_decoder, c.num_patches_audio - c.num_decode_audio, "audio_decoder"),
+        )
         for m, hidden, name in expected:
             if m.shape[0] != batch or m.dim() != 2:
                 raise ValueError(f"mask {name} has shape {tuple(m.shape)}, expected ({batch}, N)")
-            torch._assert_async((m.sum(dim=1) == hidden).all(),
-                                f"mask {name}: every sample must hide exactly {hidden} tokens")
+            torch._assert_async(
+                (m.sum(dim=1) == hidden).all(), f"mask {name}: every sample must hide exactly {hidden} tokens"
+            )
 
-    def forward(self, video: torch.Tensor, audio: torch.Tensor, masks: PretrainMasks | None = None,
-                generator: torch.Generator | None = None) -> PretrainOutput:
+    def forward(
+        self,
+        video: torch.Tensor,
+        audio: torch.Tensor,
+        masks: PretrainMasks | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PretrainOutput:
         c = self.config
         b = video.shape[0]
         if masks is None:
@@ -141,10 +157,18 @@ class AVFMAEPretrain(nn.Module):
         fused_v, fused_a, *_ = self.encoder_fusion(feat_v, feat_a, x0)
 
         # decoders: encoder-visible tokens + [MASK] queries at decoder-visible positions (Eq. 2)
-        xv, sv = self._decoder_input(fused_v, skips_v, vis_v, dec_v, self.encoder_to_decoder,
-                                     self.decoder_pos_embed, self.mask_token)
-        xa, sa = self._decoder_input(fused_a, skips_a, vis_a, dec_a, self.encoder_to_decoder_audio,
-                                     self.decoder_pos_embed_audio, self.mask_token_audio)
+        xv, sv = self._decoder_input(
+            fused_v, skips_v, vis_v, dec_v, self.encoder_to_decoder, self.decoder_pos_embed, self.mask_token
+        )
+        xa, sa = self._decoder_input(
+            fused_a,
+            skips_a,
+            vis_a,
+            dec_a,
+            self.encoder_to_decoder_audio,
+            self.decoder_pos_embed_audio,
+            self.mask_token_audio,
+        )
         pred_v = self.decoder(xv, sv, c.num_decode)
         pred_a = self.decoder_audio(xa, sa, c.num_decode_audio)
 

@@ -87,7 +87,13 @@ def run_stages(stages: list[Stage], spans: list[Span], ctx: Any, reject: Reject,
                 if part.code is not None:
                     meta["flags"] = [*meta.get("flags", []), part.code]
                 kept.append(Span(part.start, part.end, meta, {**span.data, **part.data}))
-        count(stage.name, len(spans), len(kept), sum(s.length for s in spans), sum(s.length for s in kept),
-              time.process_time() - t0)
+        count(
+            stage.name,
+            len(spans),
+            len(kept),
+            sum(s.length for s in spans),
+            sum(s.length for s in kept),
+            time.process_time() - t0,
+        )
         spans = kept
     return spans

@@ -128,8 +128,9 @@ def _savgol(x: np.ndarray, window: int, order: int) -> np.ndarray:
     return savgol_filter(x, w, min(order, w - 1), mode="interp")
 
 
-def plan_track(t_len: int, detections: dict[int, list[Face]], width: int, height: int,
-               cfg: CropConfig | None = None) -> Track:
+def plan_track(
+    t_len: int, detections: dict[int, list[Face]], width: int, height: int, cfg: CropConfig | None = None
+) -> Track:
     """Per-frame crop windows for a clip of ``t_len`` frames from RetinaFace ``detections``
     (clip-relative frame -> faces in source px) in a ``width x height`` picture."""
     cfg = cfg or CropConfig()
@@ -202,22 +203,41 @@ def crop_clip(frames: np.ndarray, cfg: CropConfig | None = None) -> CropResult:
     s = cfg.detect_width / w if cfg.detect_width and w > cfg.detect_width else 1.0
     detections: dict[int, list[Face]] = {}
     for i in idx:
-        img = frames[i] if s == 1.0 else cv2.resize(frames[i], (cfg.detect_width, int(round(h * s))),
-                                                     interpolation=cv2.INTER_AREA)
-        detections[i] = [Face(f.x / s, f.y / s, (f.x + f.width) / s, (f.y + f.height) / s, float(f.score))
-                         for f in detect_faces([img], cfg.score_threshold)[0]]
+        img = (
+            frames[i]
+            if s == 1.0
+            else cv2.resize(frames[i], (cfg.detect_width, int(round(h * s))), interpolation=cv2.INTER_AREA)
+        )
+        detections[i] = [
+            Face(f.x / s, f.y / s, (f.x + f.width) / s, (f.y + f.height) / s, float(f.score))
+            for f in detect_faces([img], cfg.score_threshold)[0]
+        ]
     track = plan_track(t_len, detections, w, h, cfg)
-    res = CropResult(reason=track.reason, code=track.code, det_frames=track.det_frames,
-                     det_scores=track.det_scores, face_side=track.face_side)
+    res = CropResult(
+        reason=track.reason,
+        code=track.code,
+        det_frames=track.det_frames,
+        det_scores=track.det_scores,
+        face_side=track.face_side,
+    )
     if track.reason:
         return res
     assert track.windows is not None
     out = np.empty((t_len, cfg.out_size, cfg.out_size, 3), np.uint8)
     for k in range(t_len):
         x0, y0, x1, y1 = track.windows[k]
-        out[k] = cut_rect(lambda a, b, c, d, ww, hh, k=k: cv2.resize(frames[k, b:d, a:c], (ww, hh),
-                                                                    interpolation=cv2.INTER_AREA),
-                          w, h, x0, y0, x1, y1, cfg.out_size, cfg.out_size, None)
+        out[k] = cut_rect(
+            lambda a, b, c, d, ww, hh, k=k: cv2.resize(frames[k, b:d, a:c], (ww, hh), interpolation=cv2.INTER_AREA),
+            w,
+            h,
+            x0,
+            y0,
+            x1,
+            y1,
+            cfg.out_size,
+            cfg.out_size,
+            None,
+        )
     res.frames = out
     res.boxes = [[round(float(v), 1) for v in box] for box in track.windows]
     return res

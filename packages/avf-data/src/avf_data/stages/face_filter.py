@@ -104,8 +104,12 @@ def check_faces(frames, start: int, end: int, cfg: FaceFilterConfig | None = Non
         side = max(r.width(), r.height())
         if side < cfg.min_face_fraction * min(fh, fw):
             problems.append("tiny")
-        elif (r.left() < -cfg.border_margin * side or r.top() < -cfg.border_margin * side
-              or r.right() > fw + cfg.border_margin * side or r.bottom() > fh + cfg.border_margin * side):
+        elif (
+            r.left() < -cfg.border_margin * side
+            or r.top() < -cfg.border_margin * side
+            or r.right() > fw + cfg.border_margin * side
+            or r.bottom() > fh + cfg.border_margin * side
+        ):
             problems.append("border")
         elif rscores[best] < cfg.good_score:
             problems.append("weak")
@@ -120,8 +124,11 @@ def check_faces(frames, start: int, end: int, cfg: FaceFilterConfig | None = Non
         return FaceCheck(None, None, scores, counts)
     if problems.count("none") > n - need:
         return FaceCheck(f"no face in {problems.count('none')}/{n} sampled frames", "face.none", scores, counts)
-    for key, text in (("tiny", "tiny face"), ("border", "face cut by the frame border"),
-                      ("weak", "distorted or unclear face (low detector score)")):
+    for key, text in (
+        ("tiny", "tiny face"),
+        ("border", "face cut by the frame border"),
+        ("weak", "distorted or unclear face (low detector score)"),
+    ):
         if problems.count(key):
             return FaceCheck(f"{text} in {problems.count(key)}/{n} sampled frames", f"face.{key}", scores, counts)
     return FaceCheck("face not found consistently", "face.inconsistent", scores, counts)

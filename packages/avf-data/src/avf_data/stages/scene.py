@@ -42,8 +42,12 @@ def _make_detector(cfg: SceneConfig):
     from scenedetect import AdaptiveDetector, ContentDetector
 
     if cfg.detector == "adaptive":
-        return AdaptiveDetector(adaptive_threshold=cfg.adaptive_threshold, min_scene_len=cfg.min_scene_frames,
-                                window_width=cfg.window_width, min_content_val=cfg.min_content_val)
+        return AdaptiveDetector(
+            adaptive_threshold=cfg.adaptive_threshold,
+            min_scene_len=cfg.min_scene_frames,
+            window_width=cfg.window_width,
+            min_content_val=cfg.min_content_val,
+        )
     if cfg.detector == "content":
         return ContentDetector(threshold=cfg.content_threshold, min_scene_len=cfg.min_scene_frames)
     raise ValueError(f"scene.detector must be 'adaptive' or 'content', not {cfg.detector!r}")
@@ -83,8 +87,9 @@ class Segment:
         return self.end - self.start
 
 
-def split_scenes(num_frames: int, cuts: list[int], fps: float, cfg: SceneConfig,
-                 audio_coverage: float = 1.0) -> tuple[list[Segment], list[tuple[Segment, str]]]:
+def split_scenes(
+    num_frames: int, cuts: list[int], fps: float, cfg: SceneConfig, audio_coverage: float = 1.0
+) -> tuple[list[Segment], list[tuple[Segment, str]]]:
     """Cut ``[0, num_frames)`` at ``cuts``; returns kept segments and (segment, reason) rejects."""
     bounds = [0, *cuts, num_frames]
     kept: list[Segment] = []

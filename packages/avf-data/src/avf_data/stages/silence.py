@@ -64,8 +64,9 @@ def speech_intervals(audio: np.ndarray, sample_rate: int, cfg: SilenceConfig) ->
     return out
 
 
-def split_speech(audio: np.ndarray, sample_rate: int, num_frames: int, fps: float,
-                 cfg: SilenceConfig | None = None) -> list[Piece]:
+def split_speech(
+    audio: np.ndarray, sample_rate: int, num_frames: int, fps: float, cfg: SilenceConfig | None = None
+) -> list[Piece]:
     """Partition frames ``[0, num_frames)`` of a segment into speech clips and silence rejects."""
     cfg = cfg or SilenceConfig()
     iv = speech_intervals(audio, sample_rate, cfg)

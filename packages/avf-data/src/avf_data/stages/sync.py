@@ -341,9 +341,7 @@ class MotionEnvelopeScorer:
     def __init__(self, cfg: SyncConfig | None = None) -> None:
         self.cfg = cfg or SyncConfig()
 
-    def score(
-        self, frames: np.ndarray, audio: np.ndarray, fps: float = 25.0, sample_rate: int = 16000
-    ) -> SyncResult:
+    def score(self, frames: np.ndarray, audio: np.ndarray, fps: float = 25.0, sample_rate: int = 16000) -> SyncResult:
         frames, audio = _check_inputs(frames, audio)
         m = self.method
         t = len(frames)
@@ -494,10 +492,10 @@ class SyncNetScorer:
             o = 0
             for ci, s, e in batch:
                 p = preps[ci]
-                sn.fill_lip_windows(p.frames, s, e, x[o:o + e - s])
+                sn.fill_lip_windows(p.frames, s, e, x[o : o + e - s])
                 for i in range(s, e):
                     c0 = sn.MFCC_PER_VIDEO_FRAME * i
-                    blocks[o + i - s, 0] = p.mfcc[:, c0:c0 + sn.MFCC_PER_WINDOW]
+                    blocks[o + i - s, 0] = p.mfcc[:, c0 : c0 + sn.MFCC_PER_WINDOW]
                 o += e - s
             xt = torch.from_numpy(x).permute(0, 3, 1, 2).to(dev, non_blocking=True)  # channels-last NCHW
             at = torch.from_numpy(blocks).to(dev, non_blocking=True)
@@ -506,8 +504,8 @@ class SyncNetScorer:
                 a = self.fast.aud(at).float().cpu()
             o = 0
             for ci, s, e in batch:
-                vid[ci].append(v[o:o + e - s])
-                aud[ci].append(a[o:o + e - s])
+                vid[ci].append(v[o : o + e - s])
+                aud[ci].append(a[o : o + e - s])
                 o += e - s
 
         with torch.inference_mode():
@@ -560,9 +558,7 @@ class SyncNetScorer:
             mean_dists=[float(d) for d in res.mean_dists],
         )
 
-    def score(
-        self, frames: np.ndarray, audio: np.ndarray, fps: float = 25.0, sample_rate: int = 16000
-    ) -> SyncResult:
+    def score(self, frames: np.ndarray, audio: np.ndarray, fps: float = 25.0, sample_rate: int = 16000) -> SyncResult:
         """Score our square face crops (SyncNet's window rebuilt from them; see
         :func:`~avf_data.stages.syncnet.lip_input_from_face_crop`)."""
         from . import syncnet as sn
@@ -573,8 +569,9 @@ class SyncNetScorer:
         v, a = self.embed(frames, audio)
         return self._result(v, a, len(frames), audio.size / sn.SYNCNET_SAMPLE_RATE)
 
-    def score_reference(self, crops: np.ndarray, audio: np.ndarray, sample_rate: int = 16000,
-                        note: str | None = None) -> SyncResult:
+    def score_reference(
+        self, crops: np.ndarray, audio: np.ndarray, sample_rate: int = 16000, note: str | None = None
+    ) -> SyncResult:
         """Score SyncNet's own 224x224 crops (25 fps, from
         :func:`~avf_data.stages.syncnet_input.reference_crops`) with mono audio."""
         return self.score_many([SyncInput(crops, audio, 25.0, sample_rate, "reference", note)])[0]
@@ -634,8 +631,9 @@ def _n_windows(n_frames: int, n_samples: int, n_mfcc: int) -> int:
     return max(n, 0)
 
 
-def resolve_weights(weights: str | os.PathLike | None = None, cfg: SyncConfig | None = None,
-                    environ: dict[str, str] | None = None) -> tuple[str | None, str]:
+def resolve_weights(
+    weights: str | os.PathLike | None = None, cfg: SyncConfig | None = None, environ: dict[str, str] | None = None
+) -> tuple[str | None, str]:
     """Where the SyncNet weights come from: ``(path or None, provenance)``.
 
     Order: the explicit argument (``--syncnet-weights``), the config key
@@ -643,8 +641,11 @@ def resolve_weights(weights: str | os.PathLike | None = None, cfg: SyncConfig | 
     them -> ``(None, "none")`` (the fallback scorer). ``~`` is expanded.
     """
     env = os.environ if environ is None else environ
-    for value, source in ((weights, "--syncnet-weights"), (getattr(cfg, "weights", None), "config sync.weights"),
-                          (env.get(ENV_WEIGHTS), ENV_WEIGHTS)):
+    for value, source in (
+        (weights, "--syncnet-weights"),
+        (getattr(cfg, "weights", None), "config sync.weights"),
+        (env.get(ENV_WEIGHTS), ENV_WEIGHTS),
+    ):
         if value is not None and str(value) != "":
             return os.path.expanduser(os.fspath(value)), source
     return None, "none"

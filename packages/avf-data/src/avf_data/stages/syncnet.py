@@ -241,14 +241,13 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
         raise SyncNetWeightsError(
-            f"SyncNet weights {p} is not a state dict of name -> tensor "
-            f"(got {type(state).__name__})"
+            f"SyncNet weights {p} is not a state dict of name -> tensor (got {type(state).__name__})"
         )
     # Tolerate checkpoints saved from a wrapper that stored the net as ``__S__``
     # or through DataParallel.
     for prefix in ("__S__.", "module."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
 
     expected = OFFICIAL_STATE_DICT_SHAPES
     optional = {k for k in SyncNetV2().state_dict() if k.endswith("num_batches_tracked")}
@@ -269,8 +268,10 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
     if problems:
         hint = ""
         if any(k.startswith(("conv1_1.", "conv3_3_norm", "fc7.", "conv4_3_norm_mbox")) for k in state):
-            hint = (" (this looks like the S3FD face detector, sfd_face.pth, which download_model.sh fetches "
-                    "too; SyncNet's file is syncnet_v2.model)")
+            hint = (
+                " (this looks like the S3FD face detector, sfd_face.pth, which download_model.sh fetches "
+                "too; SyncNet's file is syncnet_v2.model)"
+            )
         raise SyncNetWeightsError(
             f"SyncNet weights {p} do not match the official syncnet_v2 layout{hint}: " + "; ".join(problems)
         )
@@ -298,8 +299,10 @@ def _file_hint(p: Path) -> str:
     if head.startswith((b"<!doctype", b"<html", b"<?xml")):
         return " (it is an HTML/XML page: the download failed; fetch syncnet_v2.model again)"
     if size < 0.9 * OFFICIAL_TENSOR_BYTES:
-        return (f" (it has {size} bytes, the official file about {OFFICIAL_TENSOR_BYTES / 2**20:.0f} MiB: "
-                "a truncated download?)")
+        return (
+            f" (it has {size} bytes, the official file about {OFFICIAL_TENSOR_BYTES / 2**20:.0f} MiB: "
+            "a truncated download?)"
+        )
     return ""
 
 
@@ -445,7 +448,6 @@ def offset_search(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int)
     )
 
 
-
 # --------------------------------------------------------------------------- fast inference
 
 
@@ -489,9 +491,9 @@ class SyncNetFast(nn.Module):
         self.lip_convs = nn.ParameterList()
         self.lip_biases = nn.ParameterList()
         self._lip_specs: list[tuple[int, int]] = []  # (stride, padding) per conv
-        for w, b in (
-            [(w0, b0)] + [_fold_bn(lip[i].weight.squeeze(2), lip[i].bias, lip[i + 1]) for i in (4, 8, 11, 14, 18)]
-        ):
+        for w, b in [(w0, b0)] + [
+            _fold_bn(lip[i].weight.squeeze(2), lip[i].bias, lip[i + 1]) for i in (4, 8, 11, 14, 18)
+        ]:
             self.lip_convs.append(nn.Parameter(w.contiguous(memory_format=torch.channels_last), requires_grad=False))
             self.lip_biases.append(nn.Parameter(b, requires_grad=False))
         self._lip_specs = [(2, 0), (2, 1), (1, 1), (1, 1), (1, 1), (1, 0)]
@@ -503,8 +505,14 @@ class SyncNetFast(nn.Module):
             self.aud_biases.append(nn.Parameter(b, requires_grad=False))
         self._aud_pads = [1, 1, 1, 1, 1, 0]
         fa, fl = model.netfcaud, model.netfclip
-        self.fc_aud = [_fold_bn(fa[0].weight, fa[0].bias, fa[1]), (fa[3].weight.detach().clone(), fa[3].bias.detach().clone())]
-        self.fc_lip = [_fold_bn(fl[0].weight, fl[0].bias, fl[1]), (fl[3].weight.detach().clone(), fl[3].bias.detach().clone())]
+        self.fc_aud = [
+            _fold_bn(fa[0].weight, fa[0].bias, fa[1]),
+            (fa[3].weight.detach().clone(), fa[3].bias.detach().clone()),
+        ]
+        self.fc_lip = [
+            _fold_bn(fl[0].weight, fl[0].bias, fl[1]),
+            (fl[3].weight.detach().clone(), fl[3].bias.detach().clone()),
+        ]
         for name, pairs in (("fc_aud", self.fc_aud), ("fc_lip", self.fc_lip)):
             for j, (w, b) in enumerate(pairs):
                 self.register_buffer(f"{name}_w{j}", w)
@@ -556,10 +564,14 @@ def fill_lip_windows(frames_rgb: np.ndarray, start: int, stop: int, out: np.ndar
     n = stop - start
     t, h, w, c = frames.shape
     if start < 0 or n < 1 or stop + FRAMES_PER_WINDOW - 1 > t or c != 3:
-        raise ValueError(f"windows {start}..{stop - 1} need frames up to {stop + FRAMES_PER_WINDOW - 2}, got {frames.shape}")
+        raise ValueError(
+            f"windows {start}..{stop - 1} need frames up to {stop + FRAMES_PER_WINDOW - 2}, got {frames.shape}"
+        )
     fs = frames.strides
     view = np.lib.stride_tricks.as_strided(
-        frames[start:], shape=(n, h, w, FRAMES_PER_WINDOW, c), strides=(fs[0], fs[1], fs[2], fs[0], fs[3]),
+        frames[start:],
+        shape=(n, h, w, FRAMES_PER_WINDOW, c),
+        strides=(fs[0], fs[1], fs[2], fs[0], fs[3]),
         writeable=False,
     )
     out.reshape(n, h, w, FRAMES_PER_WINDOW, c)[...] = view

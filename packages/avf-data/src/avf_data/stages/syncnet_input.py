@@ -61,8 +61,7 @@ CROP_SIZE = 224
 CutRegion = Callable[[int, int, int, int, int, int, int], np.ndarray]
 
 
-def reference_rects(face_boxes: np.ndarray, crop_scale: float = CROP_SCALE,
-                    kernel: int = MEDFILT_KERNEL) -> np.ndarray:
+def reference_rects(face_boxes: np.ndarray, crop_scale: float = CROP_SCALE, kernel: int = MEDFILT_KERNEL) -> np.ndarray:
     """``(T, 4)`` float face boxes ``[x0, y0, x1, y1]`` (source px, one per 25 fps
     frame) -> ``(T, 4)`` int64 crop rectangles ``[x0, y0, x1, y1]`` (half-open)."""
     from scipy.signal import medfilt
@@ -86,13 +85,18 @@ def reference_rects(face_boxes: np.ndarray, crop_scale: float = CROP_SCALE,
         bs = s[k]
         bsi = int(bs * (1 + 2 * cs))  # the reference's padding
         my, mx = y[k] + bsi, x[k] + bsi  # centre in padded coordinates
-        out[k] = (int(mx - bs * (1 + cs)) - bsi, int(my - bs) - bsi,
-                  int(mx + bs * (1 + cs)) - bsi, int(my + bs * (1 + 2 * cs)) - bsi)
+        out[k] = (
+            int(mx - bs * (1 + cs)) - bsi,
+            int(my - bs) - bsi,
+            int(mx + bs * (1 + cs)) - bsi,
+            int(my + bs * (1 + 2 * cs)) - bsi,
+        )
     return out
 
 
-def reference_crops(cut_region: CutRegion, face_boxes: np.ndarray, size: int = CROP_SIZE,
-                    crop_scale: float = CROP_SCALE) -> np.ndarray:
+def reference_crops(
+    cut_region: CutRegion, face_boxes: np.ndarray, size: int = CROP_SIZE, crop_scale: float = CROP_SCALE
+) -> np.ndarray:
     """SyncNet input frames of one face track: ``(T, size, size, 3)`` uint8 RGB.
 
     ``face_boxes``: ``(T, 4)`` ``[x0, y0, x1, y1]`` per 25 fps frame in source
@@ -107,8 +111,9 @@ def reference_crops(cut_region: CutRegion, face_boxes: np.ndarray, size: int = C
     return out
 
 
-def cut_padded(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, out_w: int, out_h: int,
-               fill: int = PAD_GREY) -> np.ndarray:
+def cut_padded(
+    frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, out_w: int, out_h: int, fill: int = PAD_GREY
+) -> np.ndarray:
     """``frame[y0:y1, x0:x1]`` with ``fill`` outside the frame, resized to ``out_w x out_h``.
 
     Equal, pixel for pixel, to the reference's ``np.pad(frame, bsi, 110)`` +
@@ -129,7 +134,7 @@ def cut_padded(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, out_w: int
     else:
         region = np.full((y1 - y0, x1 - x0, 3), fill, np.uint8)
         if sx1 > sx0 and sy1 > sy0:
-            region[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = frame[sy0:sy1, sx0:sx1]
+            region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = frame[sy0:sy1, sx0:sx1]
     return cv2.resize(np.ascontiguousarray(region), (out_w, out_h), interpolation=cv2.INTER_LINEAR)
 
 

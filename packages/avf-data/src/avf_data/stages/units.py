@@ -45,16 +45,23 @@ class SceneStage:
         from .scene import detect_cuts, split_scenes
 
         chunk = ctx.chunk
-        frames = chunk.small[span.start:span.end]
+        frames = chunk.small[span.start : span.end]
         cuts = [span.start + c for c in detect_cuts(frames, chunk.fps, self.cfg)]
         if self.mode != "enforce":
-            return [Part(span.start, span.end, meta={"scene_cuts": [round((c + chunk.start_frame) / chunk.fps, 3)
-                                                                    for c in cuts]})]
+            return [
+                Part(
+                    span.start,
+                    span.end,
+                    meta={"scene_cuts": [round((c + chunk.start_frame) / chunk.fps, 3) for c in cuts]},
+                )
+            ]
         kept, rejected = split_scenes(chunk.num_frames, cuts, chunk.fps, self.cfg, chunk.audio_coverage)
         parts = []
         for seg in kept:
-            scene = {"start": round((seg.start + chunk.start_frame) / chunk.fps, 6),
-                     "end": round((seg.end + chunk.start_frame) / chunk.fps, 6)}
+            scene = {
+                "start": round((seg.start + chunk.start_frame) / chunk.fps, 6),
+                "end": round((seg.end + chunk.start_frame) / chunk.fps, 6),
+            }
             parts.append(Part(seg.start, seg.end, meta={"scene": scene}))
         for seg, reason in rejected:
             code = "scene.short" if "too short" in reason else "scene.incomplete"
@@ -80,8 +87,9 @@ class FaceStage:
         fc = check_faces(analysis, span.start, span.end, self.cfg)
         # dlib saw analysis frames; its face-size rule is relative to the frame, so it holds
         scores = _clean(fc.scores)
-        return [Part(span.start, span.end, fc.code, fc.reason, meta={"dlib_scores": scores},
-                     row={"dlib_scores": scores})]
+        return [
+            Part(span.start, span.end, fc.code, fc.reason, meta={"dlib_scores": scores}, row={"dlib_scores": scores})
+        ]
 
 
 class _Nearest:
@@ -108,8 +116,9 @@ class SilenceStage:
         from .silence import split_speech
 
         chunk = ctx.chunk
-        pieces = split_speech(chunk.audio_slice(span.start, span.end), chunk.sample_rate, span.length,
-                              chunk.fps, self.cfg)
+        pieces = split_speech(
+            chunk.audio_slice(span.start, span.end), chunk.sample_rate, span.length, chunk.fps, self.cfg
+        )
         if self.mode != "enforce":
             speech = sum(p.end - p.start for p in pieces if p.reason is None)
             return [Part(span.start, span.end, meta={"speech_fraction": round(speech / max(1, span.length), 3)})]
@@ -117,8 +126,13 @@ class SilenceStage:
         for p in pieces:
             code = None
             if p.reason:
-                code = ("silence.short" if p.reason.startswith("speech too short")
-                         else "silence.no_speech" if p.reason.startswith("no speech") else "silence.silence")
+                code = (
+                    "silence.short"
+                    if p.reason.startswith("speech too short")
+                    else "silence.no_speech"
+                    if p.reason.startswith("no speech")
+                    else "silence.silence"
+                )
             parts.append(Part(span.start + p.start, span.start + p.end, code, p.reason))
         return parts
 
@@ -143,8 +157,12 @@ class CropStage:
             return [self._centre(span, chunk)]
         dets = {k - span.start: chunk.faces[k] for k in chunk.faces if span.start <= k < span.end}
         track = plan_track(n, dets, info.width, info.height, self.cfg)
-        meta = {"detector": {"retinaface_frames": [span.start + chunk.start_frame + i for i in track.det_frames],
-                             "retinaface_scores": track.det_scores}}
+        meta = {
+            "detector": {
+                "retinaface_frames": [span.start + chunk.start_frame + i for i in track.det_frames],
+                "retinaface_scores": track.det_scores,
+            }
+        }
         if track.reason:
             if self.mode == "enforce":
                 return [Part(span.start, span.end, track.code, track.reason, meta=meta)]
@@ -156,8 +174,14 @@ class CropStage:
         frames = np.empty((n, size, size, 3), np.uint8)
         for i in range(n):
             frames[i] = chunk.regions.cut(span.start + i, *track.windows[i], size, size)
-        meta.update({"boxes": _round_boxes(track.windows), "face_boxes": _round_boxes(track.face_boxes),
-                     "face_side": round(track.face_side, 1), "crop_outside": round(track.outside, 4)})
+        meta.update(
+            {
+                "boxes": _round_boxes(track.windows),
+                "face_boxes": _round_boxes(track.face_boxes),
+                "face_side": round(track.face_side, 1),
+                "crop_outside": round(track.outside, 4),
+            }
+        )
         return [Part(span.start, span.end, meta=meta, data={"crop": frames, "face_boxes": track.face_boxes})]
 
     def _centre(self, span: Span, chunk: Chunk) -> Part:
@@ -166,12 +190,17 @@ class CropStage:
         side = float(min(info.width, info.height))
         x0, y0 = (info.width - side) / 2, (info.height - side) / 2
         size = self.cfg.out_size
-        frames = np.stack([chunk.regions.cut(k, x0, y0, x0 + side, y0 + side, size, size)
-                           for k in range(span.start, span.end)])
+        frames = np.stack(
+            [chunk.regions.cut(k, x0, y0, x0 + side, y0 + side, size, size) for k in range(span.start, span.end)]
+        )
         box = [round(x0, 1), round(y0, 1), round(x0 + side, 1), round(y0 + side, 1)]
         boxes = np.tile(np.asarray(box, np.float64), (span.length, 1))
-        return Part(span.start, span.end, meta={"boxes": [box] * span.length, "face_side": None},
-                    data={"crop": frames, "face_boxes": boxes})
+        return Part(
+            span.start,
+            span.end,
+            meta={"boxes": [box] * span.length, "face_side": None},
+            data={"crop": frames, "face_boxes": boxes},
+        )
 
 
 def _round_boxes(boxes: np.ndarray) -> list[list[float]]:
@@ -214,8 +243,9 @@ class SyncStage:
 
         chunk = ctx.chunk
         if self.scorer is None:
-            return [Part(span.start, span.end, meta={"sync": {"method": "none", "note": self.note},
-                                                     "sync_method": "none"})]
+            return [
+                Part(span.start, span.end, meta={"sync": {"method": "none", "note": self.note}, "sync_method": "none"})
+            ]
         crop = span.data["crop"]
         audio = chunk.audio_slice(span.start, span.end)
         if hasattr(self.scorer, "score_clip"):
@@ -224,8 +254,12 @@ class SyncStage:
         else:
             r = self.scorer.score(crop, audio, fps=chunk.fps, sample_rate=chunk.sample_rate)
         sj = r.to_json()
-        meta = {"sync": sj, "sync_offset": sj["offset_frames"], "sync_confidence": sj["confidence"],
-                "sync_method": r.method}
+        meta = {
+            "sync": sj,
+            "sync_offset": sj["offset_frames"],
+            "sync_confidence": sj["confidence"],
+            "sync_method": r.method,
+        }
         code = sync_reject_code(r, self.cfg)
         reason = sync_reject_reason(r, self.cfg) if code else None
         return [Part(span.start, span.end, code, reason, meta=meta, row={"sync": sj})]
@@ -248,8 +282,13 @@ class QualityStage:
         reason = quality_reject_reason(q, self.cfg)
         code = None
         if reason:
-            code = ("quality.flat" if reason.startswith("flat") else "quality.blur" if reason.startswith("blurry")
-                    else "quality.frozen")
+            code = (
+                "quality.flat"
+                if reason.startswith("flat")
+                else "quality.blur"
+                if reason.startswith("blurry")
+                else "quality.frozen"
+            )
         meta = {"blur": round(float(q.blur), 3), "motion": round(float(q.motion), 4)}
         return [Part(span.start, span.end, code, reason, meta=meta, row={"blur": meta["blur"]})]
 
@@ -259,5 +298,11 @@ def build_stages(cfg, scorer, sync_enforced: bool, scorer_note: str | None = Non
     if not cfg.curate:  # labelled import without detection: one centre-cropped clip per input
         off = {"mode": "off"}
         return [CropStage(dataclasses.replace(cfg.crop, **off))]
-    return [SceneStage(cfg.scene), FaceStage(cfg.face), SilenceStage(cfg.silence), CropStage(cfg.crop),
-            SyncStage(cfg.sync, scorer, sync_enforced, scorer_note), QualityStage(cfg.quality)]
+    return [
+        SceneStage(cfg.scene),
+        FaceStage(cfg.face),
+        SilenceStage(cfg.silence),
+        CropStage(cfg.crop),
+        SyncStage(cfg.sync, scorer, sync_enforced, scorer_note),
+        QualityStage(cfg.quality),
+    ]

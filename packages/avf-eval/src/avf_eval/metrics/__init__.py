@@ -18,8 +18,8 @@ from avf_eval.metrics.classification import (
     war,
 )
 from avf_eval.metrics.micro import uf1
-from avf_eval.metrics.regression import ccc, pcc, pcc_per_dimension
 from avf_eval.metrics.registry import METRICS, MetricSpec, compute_metric
+from avf_eval.metrics.regression import ccc, pcc, pcc_per_dimension
 
 __all__ = [
     "METRICS",

@@ -33,9 +33,7 @@ def _as_labels(values: ArrayLike, name: str) -> NDArray[np.int64]:
     return array
 
 
-def confusion_matrix(
-    y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None
-) -> NDArray[np.int64]:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None) -> NDArray[np.int64]:
     """Counts ``C[t, p]`` of clips with truth ``t`` predicted as ``p``.
 
     ``num_classes`` fixes the matrix size so classes missing from both inputs still get a
@@ -99,4 +97,3 @@ def macro_f1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = Non
     matrix = _matrix(y_true, y_pred, num_classes)
     mentioned = (matrix.sum(axis=0) + matrix.sum(axis=1)) > 0
     return float(_per_class_f1(matrix)[mentioned].mean()) if mentioned.any() else 0.0
-

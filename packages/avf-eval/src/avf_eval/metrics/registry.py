@@ -85,6 +85,6 @@ def compute_metric(
         if true.shape[1] != len(dimensions):
             raise ValueError(f"labels have {true.shape[1]} dimensions, protocol names {len(dimensions)}")
         per_dim = [spec.fn(true[:, d], pred[:, d]) for d in range(true.shape[1])]
-        scores.update({f"{name}_{dim}": value for dim, value in zip(dimensions, per_dim)})
+        scores.update({f"{name}_{dim}": value for dim, value in zip(dimensions, per_dim, strict=False)})
         scores[f"{name}_mean"] = float(np.mean(per_dim)) if per_dim else 0.0
     return scores

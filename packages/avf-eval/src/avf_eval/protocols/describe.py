@@ -19,10 +19,20 @@ def protocol_summary_table(protocols: Iterable[Protocol]) -> str:
     rows = [["name", "dataset", "task", "targets", "folds", "aggregation", "metrics", "paper"]]
     for p in protocols:
         targets = f"{p.num_classes} classes" if p.kind == "classification" else "/".join(p.dimensions)
-        rows.append([p.name, p.dataset, p.task.upper(), targets, _folds(p), p.fold_aggregation,
-                     ", ".join(metric_title(m) for m in p.metrics), p.source])
+        rows.append(
+            [
+                p.name,
+                p.dataset,
+                p.task.upper(),
+                targets,
+                _folds(p),
+                p.fold_aggregation,
+                ", ".join(metric_title(m) for m in p.metrics),
+                p.source,
+            ]
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip() for r in rows)
 
 
 def describe_protocol(p: Protocol) -> str:
@@ -44,7 +54,11 @@ def describe_protocol(p: Protocol) -> str:
     lines.append("published (percent):")
     for model, title in PUBLISHED_MODELS.items():
         numbers = p.published.get(model, {})
-        shown = ", ".join(f"{metric_title(k)} {'—' if numbers.get(k) is None else format(numbers[k], '.2f')}" for k in keys if k in numbers)
+        shown = ", ".join(
+            f"{metric_title(k)} {'—' if numbers.get(k) is None else format(numbers[k], '.2f')}"
+            for k in keys
+            if k in numbers
+        )
         lines.append(f"  {title}: {shown or '—'}")
     if p.notes:
         lines.append(f"notes: {p.notes}")

@@ -18,10 +18,19 @@ TaskKind = Literal["classification", "regression"]
 #: Spellings the datasets use for the same emotion. A label that matches no class, alias or merge
 #: is tried in the other spellings of its group, so ``happy`` finds a protocol's ``happiness``
 #: and ``fear`` finds RAVDESS's ``fearful`` without every protocol listing every variant.
-SPELLINGS: tuple[frozenset[str], ...] = tuple(frozenset(group) for group in (
-    ("anger", "angry"), ("happiness", "happy"), ("sadness", "sad"), ("fear", "fearful"),
-    ("surprise", "surprised"), ("disgust", "disgusted"), ("worried", "worry"), ("contempt", "contemptuous"),
-))
+SPELLINGS: tuple[frozenset[str], ...] = tuple(
+    frozenset(group)
+    for group in (
+        ("anger", "angry"),
+        ("happiness", "happy"),
+        ("sadness", "sad"),
+        ("fear", "fearful"),
+        ("surprise", "surprised"),
+        ("disgust", "disgusted"),
+        ("worried", "worry"),
+        ("contempt", "contemptuous"),
+    )
+)
 
 PUBLISHED_MODELS: dict[str, str] = {
     "avf_mae_pp_b": "AVF-MAE++ (B)",
@@ -142,5 +151,7 @@ class Protocol:
         indices = [self.class_index(str(n)) for n in names]
         if indices == list(range(self.num_classes)):
             return None
-        return (f"the label map names its {len(names)} classes [{', '.join(map(str, names))}] but protocol "
-                f"{self.name} has [{', '.join(self.classes)}] in this order")
+        return (
+            f"the label map names its {len(names)} classes [{', '.join(map(str, names))}] but protocol "
+            f"{self.name} has [{', '.join(self.classes)}] in this order"
+        )

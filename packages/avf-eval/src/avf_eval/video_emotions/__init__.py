@@ -5,9 +5,26 @@ Needs the ``predict`` extra (avf-data, avf-models, avf-train, and through them t
 
 from avf_eval.video_emotions.checkpoint import CheckpointError, DeviceError, LoadedModel, check_device, load_model
 from avf_eval.video_emotions.curate import CuratedClip, CuratedVideo, curate_video
-from avf_eval.video_emotions.run import ClipPrediction, NoUsableClipsError, VideoPrediction, predict_video, render_prediction
+from avf_eval.video_emotions.run import (
+    ClipPrediction,
+    NoUsableClipsError,
+    VideoPrediction,
+    predict_video,
+    render_prediction,
+)
 
 __all__ = [
-    "CheckpointError", "ClipPrediction", "DeviceError", "check_device", "CuratedClip", "CuratedVideo", "LoadedModel", "NoUsableClipsError",
-    "VideoPrediction", "curate_video", "load_model", "predict_video", "render_prediction",
+    "CheckpointError",
+    "ClipPrediction",
+    "DeviceError",
+    "check_device",
+    "CuratedClip",
+    "CuratedVideo",
+    "LoadedModel",
+    "NoUsableClipsError",
+    "VideoPrediction",
+    "curate_video",
+    "load_model",
+    "predict_video",
+    "render_prediction",
 ]

@@ -68,10 +68,14 @@ def _names(predictor: Any, task: str, protocol: Protocol | None) -> tuple[tuple[
         if protocol.kind != task:
             raise CheckpointError(f"the checkpoint is a {task} model but protocol {protocol.name} is {protocol.kind}")
         if protocol.output_size != count:
-            raise CheckpointError(f"the model has {count} outputs but protocol {protocol.name} names {protocol.output_size}")
+            raise CheckpointError(
+                f"the model has {count} outputs but protocol {protocol.name} names {protocol.output_size}"
+            )
     candidates: list[tuple[Any, str]] = [predictor.names()]
     if protocol is not None:
-        candidates.append((protocol.dimensions if task == "regression" else protocol.classes, f"protocol {protocol.name}"))
+        candidates.append(
+            (protocol.dimensions if task == "regression" else protocol.classes, f"protocol {protocol.name}")
+        )
     for names, source in candidates:
         if names and len(names) == count:
             return tuple(str(n) for n in names), source
@@ -98,9 +102,15 @@ def check_device(device: str | torch.device) -> torch.device:
         raise DeviceError(f"--device {device!r} is not a torch device ({error}); use cpu or cuda") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            build = "built without CUDA" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build, no usable GPU"
-            raise DeviceError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}, {build}); "
-                              "use --device cpu")
+            build = (
+                "built without CUDA"
+                if torch.version.cuda is None
+                else f"CUDA {torch.version.cuda} build, no usable GPU"
+            )
+            raise DeviceError(
+                f"--device {device}: this machine has no CUDA device (torch {torch.__version__}, {build}); "
+                "use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
@@ -118,7 +128,9 @@ def load_model(path: str | Path, device: str | torch.device = "auto", protocol: 
     except (ValueError, FileNotFoundError) as error:  # StageError and ConfigError are ValueErrors
         raise CheckpointError(str(error)) from None
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:  # torch.load of a non-weights-only file
-        raise CheckpointError(f"{path}: not a weights-only torch checkpoint ({type(error).__name__}: {error})") from None
+        raise CheckpointError(
+            f"{path}: not a weights-only torch checkpoint ({type(error).__name__}: {error})"
+        ) from None
     task = "regression" if predictor.regression else "classification"
     names, source = _names(predictor, task, protocol)
     return LoadedModel(predictor, task, names, source)

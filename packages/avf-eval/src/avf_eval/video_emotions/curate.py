@@ -47,15 +47,22 @@ def prediction_config() -> Any:
     from avf_data.config import BuildConfig
 
     cfg = BuildConfig()
-    return dataclasses.replace(cfg, sync=dataclasses.replace(cfg.sync, mode="measure"),
-                               quality=dataclasses.replace(cfg.quality, mode="measure"))
+    return dataclasses.replace(
+        cfg,
+        sync=dataclasses.replace(cfg.sync, mode="measure"),
+        quality=dataclasses.replace(cfg.quality, mode="measure"),
+    )
 
 
 def _from_sample(sample: Any) -> CuratedClip:
     meta = getattr(sample, "meta", {}) or {}
     return CuratedClip(
-        key=str(sample.key), frames=sample.frames, audio=sample.audio, fps=float(sample.fps),
-        sample_rate=int(sample.sample_rate), start=float(meta.get("start", 0.0)),
+        key=str(sample.key),
+        frames=sample.frames,
+        audio=sample.audio,
+        fps=float(sample.fps),
+        sample_rate=int(sample.sample_rate),
+        start=float(meta.get("start", 0.0)),
         end=float(meta.get("end", len(sample.frames) / float(sample.fps))),
     )
 

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from avf_eval.aggregation import softmax
+from avf_eval.protocols.types import Protocol
 from avf_eval.video_emotions.checkpoint import LoadedModel, check_device, load_model
 from avf_eval.video_emotions.curate import CuratedClip, curate_video
-from avf_eval.protocols.types import Protocol
 
 
 class NoUsableClipsError(ValueError):
@@ -75,7 +75,7 @@ def _run_clip(loaded: LoadedModel, clip: CuratedClip, batch: int = 8) -> tuple[n
     video, audio = clip_views(clip, loaded)
     outputs = []
     for i in range(0, len(video), batch):
-        outputs.append(loaded.predictor(video[i:i + batch], audio[i:i + batch]).numpy().astype(np.float64))
+        outputs.append(loaded.predictor(video[i : i + batch], audio[i : i + batch]).numpy().astype(np.float64))
     raw = np.concatenate(outputs)
     merged = softmax(raw).mean(axis=0) if loaded.task == "classification" else raw.mean(axis=0)
     return merged, len(raw)
@@ -84,11 +84,17 @@ def _run_clip(loaded: LoadedModel, clip: CuratedClip, batch: int = 8) -> tuple[n
 def _reject_summary(rejects: list[dict[str, Any]]) -> str:
     if not rejects:
         return "no clip came out of curation"
-    return "; ".join(f"{r.get('stage')}: {r.get('reason')} ({r.get('start', 0):.2f}-{r.get('end', 0):.2f} s)" for r in rejects[:5])
+    return "; ".join(
+        f"{r.get('stage')}: {r.get('reason')} ({r.get('start', 0):.2f}-{r.get('end', 0):.2f} s)" for r in rejects[:5]
+    )
 
 
 def predict_video(
-    video: str | Path, checkpoint: str | Path, *, device: str = "auto", protocol: Protocol | None = None,
+    video: str | Path,
+    checkpoint: str | Path,
+    *,
+    device: str = "auto",
+    protocol: Protocol | None = None,
     curation_config: Any = None,
 ) -> VideoPrediction:
     """Curate ``video``, run ``checkpoint`` on every clip, return per-clip and whole-video scores."""
@@ -109,8 +115,15 @@ def predict_video(
     stacked = np.array([c.scores for c in clips])
     overall = (stacked * np.array(weights)[:, None]).sum(axis=0) / sum(weights)
     return VideoPrediction(
-        video=str(path), checkpoint=loaded.path, model_name=loaded.model_name, task=loaded.task,
-        names=list(loaded.names), names_source=loaded.names_source, clips=clips, scores=overall.tolist(), rejects=rejects,
+        video=str(path),
+        checkpoint=loaded.path,
+        model_name=loaded.model_name,
+        task=loaded.task,
+        names=list(loaded.names),
+        names_source=loaded.names_source,
+        clips=clips,
+        scores=overall.tolist(),
+        rejects=rejects,
     )
 
 
@@ -119,12 +132,14 @@ def render_prediction(result: VideoPrediction, fmt: str = "text") -> str:
     if fmt == "json":
         return json.dumps(asdict(result), indent=2)
     kind = "probability" if result.task == "classification" else "output"
-    lines = [f"{result.video}: {len(result.clips)} clip(s), model {result.model_name} ({result.checkpoint})",
-             f"names: {result.names_source}"]
+    lines = [
+        f"{result.video}: {len(result.clips)} clip(s), model {result.model_name} ({result.checkpoint})",
+        f"names: {result.names_source}",
+    ]
 
     def describe(scores: list[float]) -> str:
         if result.task != "classification":
-            return ", ".join(f"{n} {s:+.3f}" for n, s in zip(result.names, scores))
+            return ", ".join(f"{n} {s:+.3f}" for n, s in zip(result.names, scores, strict=False))
         order = np.argsort(scores)[::-1][:3]
         return ", ".join(f"{result.names[i]} {100 * scores[i]:.1f}%" for i in order)
 
