@@ -22,8 +22,10 @@ def _frames(path, count=3):
     return [frames[i] for i in picks], len(frames), has_audio
 
 
-@pytest.mark.parametrize("name,faces", [("single_face", 1), ("two_faces", 2), ("no_face", 0),
-                                        ("long_silence", 1), ("shifted_audio", 1), ("scene_cut", 1)])
+@pytest.mark.parametrize(
+    "name,faces",
+    [("single_face", 1), ("two_faces", 2), ("no_face", 0), ("long_silence", 1), ("shifted_audio", 1), ("scene_cut", 1)],
+)
 def test_dlib_sees_the_promised_faces(demo, name, faces):
     detector = dlib.get_frontal_face_detector()
     frames, count, has_audio = _frames(demo[name])

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import io, sys
     import av
     import numpy as np
@@ -39,7 +39,7 @@ SCRIPT = textwrap.dedent('''
         [f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])]
     assert load("fork") == [8] * 8
     print("ok")
-''')
+""")
 
 
 def test_loader_workers_fork_after_a_decode_in_the_parent():

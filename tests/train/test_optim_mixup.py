@@ -20,8 +20,8 @@ def test_optimizer_uses_the_official_groups_on_the_tiny_finetune_model():
     names = {id(p): n for n, p in model.named_parameters()}
     by_name = {names[id(p)]: g for g in optimizer.param_groups for p in g["params"]}
     top = 2 + 2 + 1  # depth 2, fusion depth 2 (official layer ids)
-    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.75 ** top)
-    assert by_name["encoder.patch_embed.proj.weight"]["lr"] == pytest.approx(1e-3 * 0.75 ** top)
+    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.75**top)
+    assert by_name["encoder.patch_embed.proj.weight"]["lr"] == pytest.approx(1e-3 * 0.75**top)
     assert by_name["encoder.blocks.1.mlp.fc1.weight"]["lr_scale"] == pytest.approx(0.75 ** (top - 2))
     assert by_name["head.weight"]["lr_scale"] == 1.0
     assert by_name["head.bias"]["weight_decay"] == 0.0 and by_name["head.weight"]["weight_decay"] == 0.05
@@ -33,8 +33,11 @@ def test_optimizer_uses_the_official_groups_on_the_tiny_finetune_model():
 
 def test_mixup_and_cutmix_targets_are_distributions():
     cfg = stage_defaults("finetune")
-    batch = {"video": torch.randn(4, 3, 2, 8, 8), "audio": torch.randn(4, 1, 16, 8),
-             "label": torch.tensor([0, 1, 2, 1])}
+    batch = {
+        "video": torch.randn(4, 3, 2, 8, 8),
+        "audio": torch.randn(4, 1, 16, 8),
+        "label": torch.tensor([0, 1, 2, 1]),
+    }
     for seed in range(6):  # covers both branches (switch prob 0.5)
         video, audio, target = mix_targets(batch, cfg, 3, np.random.default_rng(seed))
         assert video.shape == batch["video"].shape and audio.shape == batch["audio"].shape

@@ -15,23 +15,60 @@ import pytest
 from avf_train.config import config_path, load_yaml, stage_defaults
 from avf_train.optim import plan_schedule
 
-PRETRAIN = {"optim.weight_decay": 0.05, "optim.betas": (0.9, 0.95), "data.repeated_aug": 1, "data.num_frames": 16,
-            "data.sampling_rate": 4, "data.image_size": 160, "data.audio_frames": 256, "data.mel_bins": 128}
-SUPERVISED = {"optim.weight_decay": 0.05, "optim.betas": (0.9, 0.999), "optim.warmup_epochs": 5.0,
-              "optim.layer_decay": 0.75, "run.epochs": 100.0, "run.batch_size": 32, "data.repeated_aug": 2,
-              "model.drop_path": 0.1, "finetune.mixup": 0.8, "finetune.cutmix": 1.0,
-              "finetune.label_smoothing": 0.1, "data.test_segments": 2, "data.test_crops": 2,
-              "data.rand_augment": "rand-m7-n4-mstd0.5-inc1", "data.random_erase": 0.25}
+PRETRAIN = {
+    "optim.weight_decay": 0.05,
+    "optim.betas": (0.9, 0.95),
+    "data.repeated_aug": 1,
+    "data.num_frames": 16,
+    "data.sampling_rate": 4,
+    "data.image_size": 160,
+    "data.audio_frames": 256,
+    "data.mel_bins": 128,
+}
+SUPERVISED = {
+    "optim.weight_decay": 0.05,
+    "optim.betas": (0.9, 0.999),
+    "optim.warmup_epochs": 5.0,
+    "optim.layer_decay": 0.75,
+    "run.epochs": 100.0,
+    "run.batch_size": 32,
+    "data.repeated_aug": 2,
+    "model.drop_path": 0.1,
+    "finetune.mixup": 0.8,
+    "finetune.cutmix": 1.0,
+    "finetune.label_smoothing": 0.1,
+    "data.test_segments": 2,
+    "data.test_crops": 2,
+    "data.rand_augment": "rand-m7-n4-mstd0.5-inc1",
+    "data.random_erase": 0.25,
+}
 OFFICIAL: dict[str, dict[str, object]] = {
     # Tab. 5; scripts: B 164 per GPU, 20/200 epochs (script 904), no clip-grad for B and L
-    "pretrain_base": {**PRETRAIN, "optim.base_lr": 1.5e-4, "optim.warmup_epochs": 20.0, "run.epochs": 200.0,
-                      "run.batch_size": 164, "optim.clip_grad": 0.0},
+    "pretrain_base": {
+        **PRETRAIN,
+        "optim.base_lr": 1.5e-4,
+        "optim.warmup_epochs": 20.0,
+        "run.epochs": 200.0,
+        "run.batch_size": 164,
+        "optim.clip_grad": 0.0,
+    },
     # scripts: L 3e-4, 150 per GPU, 100 epochs; the Large script warms up 5 epochs
-    "pretrain_large": {**PRETRAIN, "optim.base_lr": 3e-4, "optim.warmup_epochs": 5.0, "run.epochs": 100.0,
-                       "run.batch_size": 150, "optim.clip_grad": 0.0},
+    "pretrain_large": {
+        **PRETRAIN,
+        "optim.base_lr": 3e-4,
+        "optim.warmup_epochs": 5.0,
+        "run.epochs": 100.0,
+        "run.batch_size": 150,
+        "optim.clip_grad": 0.0,
+    },
     # Tab. 5 clip-grad 0.7 (H); scripts: H 2e-4 (or 3e-4), 100 per GPU, 100 epochs
-    "pretrain_huge": {**PRETRAIN, "optim.base_lr": 2e-4, "run.epochs": 100.0, "run.batch_size": 100,
-                      "optim.clip_grad": 0.7},
+    "pretrain_huge": {
+        **PRETRAIN,
+        "optim.base_lr": 2e-4,
+        "run.epochs": 100.0,
+        "run.batch_size": 100,
+        "optim.clip_grad": 0.7,
+    },
     # Tab. 6 "Post" / "Targeted"; cutmix, RandAugment, reprob: the scripts' code defaults
     "postpretrain_cea": {**SUPERVISED, "optim.base_lr": 1e-3, "data.label_map": "cea13"},
     "finetune_cea": {**SUPERVISED, "optim.base_lr": 5e-4},

@@ -15,8 +15,20 @@ import torch
 
 from avf_train.cli import main
 
-FAST = ["--model", "tiny", "--batch-size", "2", "--num-workers", "0", "--precision", "fp32",
-        "--set", "run.log_every=1", "--set", "run.tensorboard=false"]
+FAST = [
+    "--model",
+    "tiny",
+    "--batch-size",
+    "2",
+    "--num-workers",
+    "0",
+    "--precision",
+    "fp32",
+    "--set",
+    "run.log_every=1",
+    "--set",
+    "run.tensorboard=false",
+]
 PRETRAIN = FAST + ["--epochs", "3", "--lr", "1e-3", "--set", "optim.warmup_steps=1"]
 
 
@@ -27,8 +39,25 @@ def _losses(run: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def pretrained(shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("pretrain") / "run"
-    assert main(["pretrain", "--data", shards["unlabelled"], "--out", str(run), "--max-steps", "6",
-                 "--set", "run.save_every=2", "--set", "run.keep_last=2", *PRETRAIN]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                shards["unlabelled"],
+                "--out",
+                str(run),
+                "--max-steps",
+                "6",
+                "--set",
+                "run.save_every=2",
+                "--set",
+                "run.keep_last=2",
+                *PRETRAIN,
+            ]
+        )
+        == 0
+    )
     return run
 
 
@@ -64,15 +93,51 @@ def test_resume_reproduces_the_uninterrupted_losses(pretrained, shards, tmp_path
 def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
     post = tmp_path / "post"
     # no --model: the architecture comes from the --init checkpoint
-    assert main(["postpretrain", "--init", str(pretrained / "checkpoint"), "--data", shards["labelled"],
-                 "--out", str(post), "--max-steps", "2", *FAST[2:]]) == 0
+    assert (
+        main(
+            [
+                "postpretrain",
+                "--init",
+                str(pretrained / "checkpoint"),
+                "--data",
+                shards["labelled"],
+                "--out",
+                str(post),
+                "--max-steps",
+                "2",
+                *FAST[2:],
+            ]
+        )
+        == 0
+    )
     ck = torch.load(post / "checkpoint", weights_only=True)
     assert ck["stage"] == "postpretrain" and ck["model"]["head.weight"].shape[0] == 13  # CEA-13 hybrid
 
     fine = tmp_path / "fine"
     val = str(Path(shards["labelled"]).parent / "labelled-000000.tar")
-    assert main(["finetune", "--init", str(post), "--data", shards["labelled"], "--val-data", val,
-                 "--task", "cea", "--num-classes", "3", "--out", str(fine), "--max-steps", "1", *FAST[2:]]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--init",
+                str(post),
+                "--data",
+                shards["labelled"],
+                "--val-data",
+                val,
+                "--task",
+                "cea",
+                "--num-classes",
+                "3",
+                "--out",
+                str(fine),
+                "--max-steps",
+                "1",
+                *FAST[2:],
+            ]
+        )
+        == 0
+    )
     assert "avfmae_pp_tiny" in (fine / "config.yaml").read_text()
     rows = [json.loads(line) for line in (fine / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 4 * 4  # 4 clips x (2 segments x 2 crops)
@@ -89,20 +154,74 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
     assert len(again) == len(rows) and again[0]["fold"] == "3" and again[0]["epoch"] == 1
     assert all(r["logits"] == pytest.approx(logits[r["key"], r["view"]], abs=1e-5) for r in again)
     # one view per clip, with the flag and with --set
-    assert main(["predict", "--checkpoint", str(fine), "--data", val, "--out", str(out), "--segments", "1",
-                 "--set", "data.test_crops=1"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(fine),
+                "--data",
+                val,
+                "--out",
+                str(out),
+                "--segments",
+                "1",
+                "--set",
+                "data.test_crops=1",
+            ]
+        )
+        == 0
+    )
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
     # the old spelling --ckpt still works
-    assert main(["predict", "--ckpt", str(fine), "--data", val, "--out", str(tmp_path / "old"), "--segments", "1",
-                 "--crops", "1"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--ckpt",
+                str(fine),
+                "--data",
+                val,
+                "--out",
+                str(tmp_path / "old"),
+                "--segments",
+                "1",
+                "--crops",
+                "1",
+            ]
+        )
+        == 0
+    )
 
 
 def test_dea_regression_finetune(pretrained, shards, tmp_path):
     run = tmp_path / "dea"
     val = str(Path(shards["labelled"]).parent / "labelled-000000.tar")
-    assert main(["finetune", "--init", str(pretrained), "--data", shards["labelled"], "--task", "dea",
-                 "--num-classes", "2", "--out", str(run), "--max-steps", "1", "--grad-accum", "2",
-                 "--val-data", val, *FAST]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--init",
+                str(pretrained),
+                "--data",
+                shards["labelled"],
+                "--task",
+                "dea",
+                "--num-classes",
+                "2",
+                "--out",
+                str(run),
+                "--max-steps",
+                "1",
+                "--grad-accum",
+                "2",
+                "--val-data",
+                val,
+                *FAST,
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(run / "checkpoint", weights_only=True)
     assert ckpt["model"]["head.weight"].shape[0] == 2
     assert ckpt["data"][0]["consumed"] == 2  # two micro-batches for the one optimizer step
@@ -125,13 +244,31 @@ def test_a_converted_official_checkpoint_starts_a_finetune(shards, tmp_path):
 
     torch.manual_seed(0)
     official = {ours_to_official_key(k): v for k, v in create_model("avfmae_pp_tiny").state_dict().items()}
-    torch.save({"model": official, "args": argparse.Namespace(return_intermediate_features=[0, 1])},
-               tmp_path / "official.pth")
+    torch.save(
+        {"model": official, "args": argparse.Namespace(return_intermediate_features=[0, 1])}, tmp_path / "official.pth"
+    )
     converted = tmp_path / "converted"
     assert avf_models(["convert", "--checkpoint", str(tmp_path / "official.pth"), "--out", str(converted)]) == 0
     run = tmp_path / "ft"
-    assert main(["finetune", "--init", str(converted), "--data", shards["labelled"], "--num-classes", "3",
-                 "--out", str(run), "--max-steps", "1", *FAST[2:]]) == 0  # no --model: the file names it
+    assert (
+        main(
+            [
+                "finetune",
+                "--init",
+                str(converted),
+                "--data",
+                shards["labelled"],
+                "--num-classes",
+                "3",
+                "--out",
+                str(run),
+                "--max-steps",
+                "1",
+                *FAST[2:],
+            ]
+        )
+        == 0
+    )  # no --model: the file names it
     assert torch.load(run / "checkpoint", weights_only=True)["model_name"] == "avfmae_pp_tiny"
 
 
@@ -143,13 +280,47 @@ def test_finetune_checkpoint_names_its_classes(pretrained, shards, tmp_path):
         shutil.copy(shard, imported / "shards" / shard.name)
     (imported / "classes.json").write_text(json.dumps({"classes": ["happy", "neutral", "sad"], "num_classes": 3}))
     run = tmp_path / "named"
-    assert main(["finetune", "--init", str(pretrained), "--data", str(imported / "shards" / "*.tar"),
-                 "--task", "cea", "--num-classes", "3", "--out", str(run), "--max-steps", "1", *FAST]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "--init",
+                str(pretrained),
+                "--data",
+                str(imported / "shards" / "*.tar"),
+                "--task",
+                "cea",
+                "--num-classes",
+                "3",
+                "--out",
+                str(run),
+                "--max-steps",
+                "1",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert torch.load(run / "checkpoint", weights_only=True)["class_names"] == ["happy", "neutral", "sad"]
     # post-pre-training on the CEA hybrid names the 13 aligned classes
     post = tmp_path / "post13"
-    assert main(["postpretrain", "--init", str(pretrained), "--data", shards["labelled"], "--out", str(post),
-                 "--max-steps", "1", *FAST]) == 0
+    assert (
+        main(
+            [
+                "postpretrain",
+                "--init",
+                str(pretrained),
+                "--data",
+                shards["labelled"],
+                "--out",
+                str(post),
+                "--max-steps",
+                "1",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert len(torch.load(post / "checkpoint", weights_only=True)["class_names"]) == 13
 
 
@@ -158,22 +329,51 @@ def test_clear_errors(pretrained, shards, tmp_path, capsys):
     assert main(["pretrain", "--data", str(tmp_path / "none/*.tar"), "--out", str(tmp_path / "a"), *FAST]) == 2
     assert "none/*.tar" in capsys.readouterr().err
     # shape mismatch between the data config and the model
-    assert main(["pretrain", "--data", shards["unlabelled"], "--out", str(tmp_path / "b"),
-                 "--set", "data.num_frames=8", *FAST]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                shards["unlabelled"],
+                "--out",
+                str(tmp_path / "b"),
+                "--set",
+                "data.num_frames=8",
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "shape mismatch" in capsys.readouterr().err
     # resuming a pre-training run as fine-tuning
     copy = tmp_path / "copy"
     shutil.copytree(pretrained, copy, symlinks=True)
-    assert main(["finetune", "--resume", "--out", str(copy), "--data", shards["labelled"], "--num-classes", "3",
-                 *FAST]) == 2
+    assert (
+        main(["finetune", "--resume", "--out", str(copy), "--data", shards["labelled"], "--num-classes", "3", *FAST])
+        == 2
+    )
     assert "'pretrain' checkpoint" in capsys.readouterr().err
     # predict needs a supervised checkpoint
-    assert main(["predict", "--checkpoint", str(pretrained), "--data", shards["labelled"], "--out",
-                 str(tmp_path / "p")]) == 2
+    assert (
+        main(["predict", "--checkpoint", str(pretrained), "--data", shards["labelled"], "--out", str(tmp_path / "p")])
+        == 2
+    )
     assert "predict needs" in capsys.readouterr().err
     # --out is a folder now: a file name is refused rather than turned into a folder
-    assert main(["predict", "--checkpoint", str(pretrained), "--data", shards["labelled"], "--out",
-                 str(tmp_path / "p.jsonl")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(pretrained),
+                "--data",
+                shards["labelled"],
+                "--out",
+                str(tmp_path / "p.jsonl"),
+            ]
+        )
+        == 2
+    )
     assert "--out is the folder" in capsys.readouterr().err
 
 
@@ -181,9 +381,28 @@ def test_clear_errors(pretrained, shards, tmp_path, capsys):
 def test_torchrun_two_processes_on_cpu(shards, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     run = tmp_path / "ddp"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "avf_train.cli", "pretrain",
-           "--data", shards["unlabelled"], "--out", str(run), "--max-steps", "2", "--device", "cpu",
-           "--model", "tiny", "--batch-size", "2", *PRETRAIN[4:]]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "avf_train.cli",
+        "pretrain",
+        "--data",
+        shards["unlabelled"],
+        "--out",
+        str(run),
+        "--max-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        *PRETRAIN[4:],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -40,12 +40,20 @@ def demo_shards(folder: Path, clips: int = 12, frames: int = 72) -> str:
     with ShardWriter(folder, prefix="bench", max_count=max(1, clips // 4)) as writer:
         for i in range(clips):
             start = (i * 7 * hop) % max(1, len(speech) - frames * hop)
-            audio = speech[start:start + frames * hop].astype(np.float32)
-            video = render_talking_face(speech_envelope(audio, num_frames=frames), size=(192, 192),
-                                        head_height=170, seed=i)
+            audio = speech[start : start + frames * hop].astype(np.float32)
+            video = render_talking_face(
+                speech_envelope(audio, num_frames=frames), size=(192, 192), head_height=170, seed=i
+            )
             video = np.stack([cv2.resize(f, (160, 160), interpolation=cv2.INTER_AREA) for f in video])
-            writer.write(ClipSample(key=f"bench{i:04d}", frames=video, audio=audio, label=i % 3,
-                                    meta={"label_name": ["Happy", "Sad", "Angry"][i % 3]}))
+            writer.write(
+                ClipSample(
+                    key=f"bench{i:04d}",
+                    frames=video,
+                    audio=audio,
+                    label=i % 3,
+                    meta={"label_name": ["Happy", "Sad", "Angry"][i % 3]},
+                )
+            )
     return str(folder)
 
 
@@ -71,8 +79,9 @@ def _transform_config(cfg, mode: str):
     return transform_config(cfg, mode)
 
 
-def bench_loader(shards: list[str], stage: str, batch: int, workers: int, steps: int,
-                 device_features: bool = False) -> tuple[float, float]:
+def bench_loader(
+    shards: list[str], stage: str, batch: int, workers: int, steps: int, device_features: bool = False
+) -> tuple[float, float]:
     """Loader-only (clips/s wall clock, clips per CPU-second of the loader's processes).
 
     CPU time is what a loader costs whatever else runs on the machine: the sum over this
@@ -84,8 +93,16 @@ def bench_loader(shards: list[str], stage: str, batch: int, workers: int, steps:
 
     cfg = stage_defaults(stage)
     mode = "pretrain" if stage == "pretrain" else "finetune"
-    stream = ClipStream(shards, _transform_config(cfg, mode), batch, train=True, num_workers=workers,
-                        shuffle_buffer=16, repeats=1, device_features=device_features)
+    stream = ClipStream(
+        shards,
+        _transform_config(cfg, mode),
+        batch,
+        train=True,
+        num_workers=workers,
+        shuffle_buffer=16,
+        repeats=1,
+        device_features=device_features,
+    )
     it = iter(make_loader(stream, workers))
     release(next(it))  # worker start-up is not throughput
     pids = [w.pid for w in getattr(it, "_workers", [])]
@@ -141,8 +158,15 @@ def bench_end_to_end(model, shards, stage, batch, workers, steps, precision, dev
     from avf_train.data import ClipStream, make_loader, model_inputs
 
     cfg = stage_defaults(stage)
-    stream = ClipStream(shards, _transform_config(cfg, "pretrain" if stage == "pretrain" else "finetune"), batch,
-                        train=True, num_workers=workers, shuffle_buffer=16, device_features=stage == "pretrain")
+    stream = ClipStream(
+        shards,
+        _transform_config(cfg, "pretrain" if stage == "pretrain" else "finetune"),
+        batch,
+        train=True,
+        num_workers=workers,
+        shuffle_buffer=16,
+        device_features=stage == "pretrain",
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     it = iter(make_loader(stream, workers))
     b = next(it)
@@ -166,8 +190,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--loader-only", action="store_true", help="skip the model measurements")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default=None,
-                        help="default: bf16 on CUDA, fp32 on CPU")
+    parser.add_argument(
+        "--precision", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on CUDA, fp32 on CPU"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
@@ -179,19 +204,32 @@ def main() -> None:
         shards = resolve_shards(args.shards or demo_shards(Path(tmp) / "shards"))
         rows: list[tuple[str, float, float | None]] = []
         for w in args.workers:
-            for raw in ((True, False) if args.stage == "pretrain" else (False,)):
+            for raw in (True, False) if args.stage == "pretrain" else (False,):
                 label = f"loader {'device' if raw else 'worker'} workers={w}"
                 rows.append((label, *bench_loader(shards, args.stage, args.batch_size, w, args.steps, raw)))
         if args.loader_only:
             return _print(rows, f"loader only, {args.stage} batch {args.batch_size}, {args.steps} timed steps")
         model = make_model(name, args.stage, device).train()
-        rows.append(("train step    synthetic", bench_step(model, args.stage, args.batch_size, args.steps,
-                                                           precision, device), None))
+        rows.append(
+            (
+                "train step    synthetic",
+                bench_step(model, args.stage, args.batch_size, args.steps, precision, device),
+                None,
+            )
+        )
         for w in args.workers:
-            rows.append((f"end-to-end    workers={w}", bench_end_to_end(model, shards, args.stage, args.batch_size, w,
-                                                                        args.steps, precision, device), None))
-    _print(rows, f"{name} {args.stage} batch {args.batch_size} on {device} ({precision}), {args.steps} timed steps, "
-                 f"{torch.get_num_threads()} intra-op threads")
+            rows.append(
+                (
+                    f"end-to-end    workers={w}",
+                    bench_end_to_end(model, shards, args.stage, args.batch_size, w, args.steps, precision, device),
+                    None,
+                )
+            )
+    _print(
+        rows,
+        f"{name} {args.stage} batch {args.batch_size} on {device} ({precision}), {args.steps} timed steps, "
+        f"{torch.get_num_threads()} intra-op threads",
+    )
 
 
 def _print(rows: list[tuple[str, float, float | None]], title: str) -> None:

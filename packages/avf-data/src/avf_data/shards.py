@@ -198,7 +198,7 @@ def _open_video(data: bytes) -> tuple[Any, Any]:
             raise ValueError("mp4 sample holds no video stream")
         stream = container.streams.video[0]
         stream.codec_context.thread_type = "NONE"  # one clip per core is the parallelism; no
-        stream.codec_context.thread_count = 1      # decoder threads to start, join or fork
+        stream.codec_context.thread_count = 1  # decoder threads to start, join or fork
     except BaseException:
         container.close()
         raise
@@ -281,7 +281,7 @@ class VideoReader:
                 first = next(iter(got.values()))
                 if out is not None and out.dtype == np.uint8 and out.shape[1:] == first.shape and len(out) >= len(idx):
                     result = out[: len(idx)]
-                    for row, i in zip(result, idx.tolist()):
+                    for row, i in zip(result, idx.tolist(), strict=False):
                         row[...] = got[i]
                     return result
                 return np.stack([got[i] for i in idx.tolist()])
@@ -298,9 +298,11 @@ class VideoReader:
             by_pts = {origin + i * step.numerator: i for i in wanted}
             position = by_pts.get
         else:
+
             def position(pts: int) -> int | None:
                 i = round((pts - origin) / float(step))
                 return i if i in wanted else None
+
         first = min(wanted)
         if first >= self.SEEK_MIN_FRAMES:
             container.seek(int(origin + first * step), stream=stream, backward=True, any_frame=False)
@@ -539,14 +541,19 @@ def shard_counts(shards: Sequence[str], *, threads: int = 16) -> list[int]:
     shards = list(shards)
     with ThreadPoolExecutor(max_workers=max(1, min(threads, len(shards)))) as pool:
         counts: list[int | None] = list(pool.map(_index_count, shards))
-    missing = [s for s, c in zip(shards, counts) if c is None]
+    missing = [s for s, c in zip(shards, counts, strict=False) if c is None]
     from_manifest = _manifest_counts(missing) if missing else {}
     remote = [s for s in missing if s not in from_manifest and shard_urls.kind(s) != "local"]
     if remote:
-        print(f"avf-data: warning: {len(remote)} remote shard(s) have no {INDEX_SUFFIX} index "
-              f"(first: {remote[0]}); counting their samples means reading them", file=sys.stderr)
-    return [c if c is not None else from_manifest.get(s) if s in from_manifest else _scan_count(s)
-            for s, c in zip(shards, counts)]
+        print(
+            f"avf-data: warning: {len(remote)} remote shard(s) have no {INDEX_SUFFIX} index "
+            f"(first: {remote[0]}); counting their samples means reading them",
+            file=sys.stderr,
+        )
+    return [
+        c if c is not None else from_manifest.get(s) if s in from_manifest else _scan_count(s)
+        for s, c in zip(shards, counts, strict=False)
+    ]
 
 
 def write_index(shard: str | os.PathLike, count: int, nbytes: int) -> Path:
@@ -557,8 +564,17 @@ def write_index(shard: str | os.PathLike, count: int, nbytes: int) -> Path:
         raise ValueError(f"shard name {os.fspath(shard)!r} does not end in .tar")
     target = Path(name)
     tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({"format": INDEX_FORMAT, "shard": target.name[:-len(INDEX_SUFFIX)] + ".tar",
-                               "samples": int(count), "bytes": int(nbytes)}), encoding="utf-8")
+    tmp.write_text(
+        json.dumps(
+            {
+                "format": INDEX_FORMAT,
+                "shard": target.name[: -len(INDEX_SUFFIX)] + ".tar",
+                "samples": int(count),
+                "bytes": int(nbytes),
+            }
+        ),
+        encoding="utf-8",
+    )
     os.replace(tmp, target)
     return target
 
@@ -581,8 +597,15 @@ class ShardWriter:
     at once; :meth:`abort` deletes them instead.
     """
 
-    def __init__(self, folder: str | os.PathLike, prefix: str = "shard", max_count: int = 1000,
-                 max_bytes: int = 1 << 30, first_index: int = 0, defer_rename: bool = False):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        prefix: str = "shard",
+        max_count: int = 1000,
+        max_bytes: int = 1 << 30,
+        first_index: int = 0,
+        defer_rename: bool = False,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.prefix, self.max_count, self.max_bytes = prefix, max_count, max_bytes

@@ -1,2 +1,3 @@
 """avf-train."""
+
 __version__ = "0.1.0"

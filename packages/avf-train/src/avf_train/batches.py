@@ -92,8 +92,9 @@ class BatchBuilder:
     batch carries its ``release``; without one every batch gets new buffers.
     """
 
-    def __init__(self, size: int, transform: ClipTransformConfig, dtype: torch.dtype,
-                 pool: BufferPool | None = None) -> None:
+    def __init__(
+        self, size: int, transform: ClipTransformConfig, dtype: torch.dtype, pool: BufferPool | None = None
+    ) -> None:
         self.size, self.dtype, self.pool, self.audio_frames = size, dtype, pool, transform.audio_frames
         t, s = transform.num_frames, transform.image_size
         # uint8 rows keep the frames' own layout (a memcpy per view); float rows are the model's
@@ -108,8 +109,11 @@ class BatchBuilder:
     def video_row(self) -> torch.Tensor:
         """Where the next view's video goes."""
         if self.buffers is None:
-            self.buffers = (self.pool.take(self.shape, self.dtype) if self.pool is not None
-                            else _Buffers(shared_empty(self.shape, self.dtype), Release()))
+            self.buffers = (
+                self.pool.take(self.shape, self.dtype)
+                if self.pool is not None
+                else _Buffers(shared_empty(self.shape, self.dtype), Release())
+            )
         return self.buffers.video[len(self.items)]
 
     def add(self, item: dict[str, Any]) -> None:
@@ -119,26 +123,30 @@ class BatchBuilder:
         assert self.buffers is not None
         items, buffers, n = self.items, self.buffers, len(self.items)
         self.items, self.buffers = [], None
-        batch = collate(items, worker=worker, pass_index=pass_index, batch_index=batch_index,
-                        video=buffers.video[:n])
+        batch = collate(items, worker=worker, pass_index=pass_index, batch_index=batch_index, video=buffers.video[:n])
         if "wave" in items[0]:
             lengths = [len(it["wave"]) for it in items]
             width = max(lengths)
             if buffers.wave is None or buffers.wave.shape[1] < width:
                 buffers.wave = shared_empty((self.size, width))
             wave = buffers.wave[:n, :width]
-            for row, it in zip(wave, items):
+            for row, it in zip(wave, items, strict=False):
                 row[: len(it["wave"])] = torch.from_numpy(it["wave"])
-                row[len(it["wave"]):] = 0.0
-            batch.update(wave=wave, wave_len=torch.tensor(lengths), audio_frames=self.audio_frames,
-                         gain=torch.tensor([it["gain"] for it in items], dtype=torch.float32))
+                row[len(it["wave"]) :] = 0.0
+            batch.update(
+                wave=wave,
+                wave_len=torch.tensor(lengths),
+                audio_frames=self.audio_frames,
+                gain=torch.tensor([it["gain"] for it in items], dtype=torch.float32),
+            )
         if self.pool is not None:
             batch["release"] = buffers.release
         return batch
 
 
-def collate(items: list[dict[str, Any]], worker: int, pass_index: int, batch_index: int,
-            video: torch.Tensor | None = None) -> dict[str, Any]:
+def collate(
+    items: list[dict[str, Any]], worker: int, pass_index: int, batch_index: int, video: torch.Tensor | None = None
+) -> dict[str, Any]:
     """Stack views into a batch (``video``: already stacked, e.g. by ``BatchBuilder``);
     ``targets`` (DEA) becomes a float tensor when every clip has it."""
     if video is None:
@@ -175,6 +183,7 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None
     gains and turned into fbanks in one batch (the numbers of ``transforms.make_view``). Other
     batches are only moved.
     """
+
     def move(t: torch.Tensor) -> torch.Tensor:
         return t.to(device, non_blocking=True) if device is not None else t
 

@@ -36,10 +36,18 @@ def rng_state() -> dict[str, Any]:
     version, internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": int(version), "internal": [int(v) for v in internal],
-                   "gauss": None if py_gauss is None else float(py_gauss)},
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": {
+            "version": int(version),
+            "internal": [int(v) for v in internal],
+            "gauss": None if py_gauss is None else float(py_gauss),
+        },
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -49,8 +57,15 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np_state = state["numpy"]
-    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["gauss"]))
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["gauss"],
+        )
+    )
     py = state["python"]
     random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
@@ -88,12 +103,16 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if "Weights only load failed" in str(exc):
-            raise StageError(f"cannot read checkpoint {file}: not a weights-only torch checkpoint (it pickles "
-                             "Python objects; re-save its tensors, e.g. with `avf-models convert`)") from None
+            raise StageError(
+                f"cannot read checkpoint {file}: not a weights-only torch checkpoint (it pickles "
+                "Python objects; re-save its tensors, e.g. with `avf-models convert`)"
+            ) from None
         raise StageError(f"cannot read checkpoint {file}: not a torch checkpoint or corrupt ({first})") from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StageError(f"cannot read checkpoint {file}: truncated or corrupt ({type(exc).__name__}: {first})") from None
+        raise StageError(
+            f"cannot read checkpoint {file}: truncated or corrupt ({type(exc).__name__}: {first})"
+        ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         # a bare state_dict (e.g. converted official weights): wrap it so callers see one shape
         return {"format": 0, "stage": "unknown", "model": ckpt, "path": str(file)}

@@ -25,9 +25,25 @@ from avf_data.settings import ConfigError, merge, parse_set, read_yaml, to_dict,
 if TYPE_CHECKING:
     from .transforms import ClipTransformConfig
 
-__all__ = ["ConfigError", "DataArgs", "FinetuneArgs", "ModelArgs", "OptimArgs", "RunArgs", "TrainConfig",
-           "config_path", "from_dict", "load_yaml", "parse_override", "resolve", "resolve_model_name", "save_yaml",
-           "stage_defaults", "to_dict", "transform_config"]
+__all__ = [
+    "ConfigError",
+    "DataArgs",
+    "FinetuneArgs",
+    "ModelArgs",
+    "OptimArgs",
+    "RunArgs",
+    "TrainConfig",
+    "config_path",
+    "from_dict",
+    "load_yaml",
+    "parse_override",
+    "resolve",
+    "resolve_model_name",
+    "save_yaml",
+    "stage_defaults",
+    "to_dict",
+    "transform_config",
+]
 
 Stage = Literal["pretrain", "postpretrain", "finetune"]
 STAGES: tuple[str, ...] = ("pretrain", "postpretrain", "finetune")
@@ -162,8 +178,13 @@ def stage_defaults(stage: Stage) -> TrainConfig:
         cfg.run.batch_size, cfg.run.epochs = 164, 200.0  # per GPU in the official scripts (8 GPUs)
         cfg.data.repeated_aug = 1
         return cfg
-    cfg.optim = OptimArgs(base_lr=1e-3 if stage == "postpretrain" else 5e-4, betas=(0.9, 0.999),
-                          warmup_epochs=5.0, layer_decay=0.75, min_lr=1e-6)
+    cfg.optim = OptimArgs(
+        base_lr=1e-3 if stage == "postpretrain" else 5e-4,
+        betas=(0.9, 0.999),
+        warmup_epochs=5.0,
+        layer_decay=0.75,
+        min_lr=1e-6,
+    )
     cfg.run.batch_size, cfg.run.epochs = 32, 100.0
     if stage == "postpretrain":
         cfg.data.label_map = "cea13"
@@ -217,8 +238,14 @@ def config_path(name: str) -> Path:
     raise ConfigError(f"--config {name!r} is neither a file nor a shipped config ({known})")
 
 
-def resolve(stage: str, *, config: str | None = None, resume_dir: str | Path | None = None,
-            flags: dict[str, Any] | None = None, sets: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+def resolve(
+    stage: str,
+    *,
+    config: str | None = None,
+    resume_dir: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+) -> TrainConfig:
     """One run's config: stage defaults <- ``RUN/config.yaml`` (resume) <- ``--config`` <- the
     per-field flags (dotted keys, ``None`` = not given) <- ``--set a.b=v`` (later wins).
 
@@ -255,6 +282,7 @@ def parse_override(assignment: str) -> dict[str, Any]:
     PyYAML follows YAML 1.1, where a float needs a dot (``1.0e-4``) and ``1e-4`` is text; learning
     rates are written ``1e-4`` on command lines, so such values are read as YAML 1.2 reads them.
     """
+
     def numbers(value: Any) -> Any:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             return float(value)
@@ -279,8 +307,10 @@ def parse_dotted(dotted: str, value: Any) -> dict[str, Any]:
 def validate(cfg: TrainConfig) -> None:
     """Combinations that no single field's type rules out."""
     if cfg.stage == "postpretrain" and cfg.finetune.task == "dea":
-        raise ConfigError("post-pre-training has labelled hybrids for cea and mer only, not dea (paper §4.2): "
-                          "fine-tune a DEA head from a pre-trained or post-pre-trained checkpoint instead")
+        raise ConfigError(
+            "post-pre-training has labelled hybrids for cea and mer only, not dea (paper §4.2): "
+            "fine-tune a DEA head from a pre-trained or post-pre-trained checkpoint instead"
+        )
 
 
 def task_label_map(task: str) -> str:
@@ -300,9 +330,18 @@ def transform_config(cfg: TrainConfig, mode: str) -> ClipTransformConfig:
     from .transforms import ClipTransformConfig
 
     d = cfg.data
-    return ClipTransformConfig(num_frames=d.num_frames, sampling_rate=d.sampling_rate, image_size=d.image_size,
-                               audio_frames=d.audio_frames, crop_scales=tuple(d.crop_scales),
-                               audio_gain_aug=d.audio_gain_aug, mode=mode, rand_augment=d.rand_augment,
-                               rrc_scale=tuple(d.random_resized_crop_scale), flip=d.flip,
-                               random_erase=d.random_erase, test_segments=d.test_segments,
-                               test_crops=d.test_crops)
+    return ClipTransformConfig(
+        num_frames=d.num_frames,
+        sampling_rate=d.sampling_rate,
+        image_size=d.image_size,
+        audio_frames=d.audio_frames,
+        crop_scales=tuple(d.crop_scales),
+        audio_gain_aug=d.audio_gain_aug,
+        mode=mode,
+        rand_augment=d.rand_augment,
+        rrc_scale=tuple(d.random_resized_crop_scale),
+        flip=d.flip,
+        random_erase=d.random_erase,
+        test_segments=d.test_segments,
+        test_crops=d.test_crops,
+    )

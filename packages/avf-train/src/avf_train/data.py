@@ -49,16 +49,31 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avf_data.shard_urls import split_list
-from avf_data.shards import (SAMPLE_RATE, VideoReader, decode_audio, expand_shards, iter_raw_samples, sample_meta,
-                             shard_counts)
+from avf_data.shards import (
+    SAMPLE_RATE,
+    VideoReader,
+    decode_audio,
+    expand_shards,
+    iter_raw_samples,
+    sample_meta,
+    shard_counts,
+)
 
 from .batches import BatchBuilder, BufferPool, collate, model_inputs, release
 from .errors import DataError
 from .labels import LabelMap
 from .transforms import ClipTransformConfig, audio_span, finish_view, view_frames, view_start
 
-__all__ = ["ClipStream", "StreamState", "collate", "count_samples", "make_loader", "model_inputs", "release",
-           "resolve_shards"]
+__all__ = [
+    "ClipStream",
+    "StreamState",
+    "collate",
+    "count_samples",
+    "make_loader",
+    "model_inputs",
+    "release",
+    "resolve_shards",
+]
 
 
 def resolve_shards(spec: str) -> list[str]:
@@ -89,15 +104,23 @@ class StreamState:
     batch_size: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"consumed": self.consumed, "num_workers": self.num_workers, "world_size": self.world_size,
-                "batch_size": self.batch_size,
-                "workers": {str(k): [int(p), int(b)] for k, (p, b) in self.workers.items()}}
+        return {
+            "consumed": self.consumed,
+            "num_workers": self.num_workers,
+            "world_size": self.world_size,
+            "batch_size": self.batch_size,
+            "workers": {str(k): [int(p), int(b)] for k, (p, b) in self.workers.items()},
+        }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "StreamState":
-        return cls(consumed=int(d["consumed"]), num_workers=int(d["num_workers"]),
-                   world_size=int(d["world_size"]), batch_size=int(d["batch_size"]),
-                   workers={int(k): (int(v[0]), int(v[1])) for k, v in d["workers"].items()})
+    def from_dict(cls, d: dict[str, Any]) -> StreamState:
+        return cls(
+            consumed=int(d["consumed"]),
+            num_workers=int(d["num_workers"]),
+            world_size=int(d["world_size"]),
+            batch_size=int(d["batch_size"]),
+            workers={int(k): (int(v[0]), int(v[1])) for k, v in d["workers"].items()},
+        )
 
     def advance(self, worker: int, pass_index: int, batch_index: int) -> None:
         self.consumed += 1
@@ -115,11 +138,26 @@ class ClipStream(IterableDataset):
     pass, every clip expanded into ``transform.num_views`` deterministic test views, last batch kept.
     """
 
-    def __init__(self, shards: list[str], transform: ClipTransformConfig, batch_size: int, *,
-                 train: bool, seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 shuffle_buffer: int = 256, repeats: int = 1, label_map: LabelMap | None = None,
-                 labelled: bool = False, state: StreamState | None = None,
-                 classes: tuple[str, ...] = (), num_classes: int = 0, device_features: bool = False) -> None:
+    def __init__(
+        self,
+        shards: list[str],
+        transform: ClipTransformConfig,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        shuffle_buffer: int = 256,
+        repeats: int = 1,
+        label_map: LabelMap | None = None,
+        labelled: bool = False,
+        state: StreamState | None = None,
+        classes: tuple[str, ...] = (),
+        num_classes: int = 0,
+        device_features: bool = False,
+    ) -> None:
         """``batch_size``: clips per batch when training (each as ``repeats`` views), views per
         batch at test time. ``classes``: the label map the clips must carry (when they carry
         one); ``num_classes`` > 0 bounds integer labels. ``device_features`` (pre-training
@@ -208,8 +246,10 @@ class ClipStream(IterableDataset):
         targets = meta.get("targets")
         carried = meta.get("classes")
         if self.label_map is None and self.classes and carried is not None and tuple(carried) != self.classes:
-            raise DataError(f"clip {key!r} is numbered by the label map {list(carried)}, this model by "
-                            f"{list(self.classes)}; import every fold with the same --protocol / --classes")
+            raise DataError(
+                f"clip {key!r} is numbered by the label map {list(carried)}, this model by "
+                f"{list(self.classes)}; import every fold with the same --protocol / --classes"
+            )
         if self.label_map is not None:
             try:
                 return self.label_map.index(meta), targets
@@ -218,15 +258,15 @@ class ClipStream(IterableDataset):
         label = meta.get("label")
         if label is None:
             if self.labelled and targets is None:
-                raise DataError(f"clip {key!r} has no label; labelled stages need labelled shards "
-                                "(avf-data import)")
+                raise DataError(f"clip {key!r} has no label; labelled stages need labelled shards (avf-data import)")
             return -1, targets
         if self.num_classes > 0 and not 0 <= int(label) < self.num_classes:
             raise DataError(f"clip {key!r} has label {label}, outside the label map's {self.num_classes} classes")
         return int(label), targets
 
-    def _views(self, raw: dict[str, Any], unit: int, pass_index: int, sample_index: int,
-               first_repeat: int, batch: BatchBuilder) -> Iterator[dict[str, Any]]:
+    def _views(
+        self, raw: dict[str, Any], unit: int, pass_index: int, sample_index: int, first_repeat: int, batch: BatchBuilder
+    ) -> Iterator[dict[str, Any]]:
         """The views of one raw sample, each video written into ``batch``'s next free row.
 
         Every view's window is drawn first (its generator's first draw), so only the frames and
@@ -257,14 +297,28 @@ class ClipStream(IterableDataset):
         except Exception as exc:  # one corrupt sample must not end a week-long run
             if not self.train:
                 raise
-            print(f"[avf-train] skipping undecodable sample {key!r} in {raw.get('__url__')}: {exc}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[avf-train] skipping undecodable sample {key!r} in {raw.get('__url__')}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         label, targets = self._label(meta, key)
         for r, rng, idx in plans:
             own = frames if np.array_equal(idx, used) else frames[np.searchsorted(used, idx)]
-            view = finish_view(own, int(idx[0]), fps, audio, sample_rate, cfg, rng, r,
-                               out=batch.video_row(), audio_offset=offset, fbank=not self.device_features)
+            view = finish_view(
+                own,
+                int(idx[0]),
+                fps,
+                audio,
+                sample_rate,
+                cfg,
+                rng,
+                r,
+                out=batch.video_row(),
+                audio_offset=offset,
+                fbank=not self.device_features,
+            )
             yield {**view, "label": label, "targets": targets, "key": key, "view": r}
 
     # ---- iteration -------------------------------------------------------------------------
@@ -283,9 +337,11 @@ class ClipStream(IterableDataset):
         while True:
             produced = yield from self._train_pass(unit, worker, pass_index, skip_batches)
             if produced == 0 and skip_batches == 0:
-                raise DataError(f"too few clips for the batch size: loader unit {unit} of {self._units()} (ranks x "
-                                f"workers) got no full batch of {self.batch_size} clips in pass {pass_index} over "
-                                f"{len(self.shards)} shard(s); lower --batch-size or --num-workers, or add clips")
+                raise DataError(
+                    f"too few clips for the batch size: loader unit {unit} of {self._units()} (ranks x "
+                    f"workers) got no full batch of {self.batch_size} clips in pass {pass_index} over "
+                    f"{len(self.shards)} shard(s); lower --batch-size or --num-workers, or add clips"
+                )
             pass_index, skip_batches = pass_index + 1, 0
 
     def _train_pass(self, unit: int, worker: int, pass_index: int, skip_batches: int):
@@ -364,8 +420,7 @@ class _WorkerInit:
                 os._exit(0)
             except OSError:
                 pidfd = None
-        threading.Thread(target=_watch_owner, args=(self.owner, pidfd), daemon=True,
-                         name="avf-watch-owner").start()
+        threading.Thread(target=_watch_owner, args=(self.owner, pidfd), daemon=True, name="avf-watch-owner").start()
 
 
 def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkserver") -> DataLoader:
@@ -380,7 +435,10 @@ def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkser
         ctx = torch.multiprocessing.get_context(mp_context)
         if mp_context == "forkserver":  # import the heavy modules once in the server, not per worker
             ctx.set_forkserver_preload(["torch", "numpy", "avf_models.features", "avf_train.data"])
-        kwargs.update(prefetch_factor=2, persistent_workers=False, multiprocessing_context=ctx,
-                      worker_init_fn=_WorkerInit(os.getpid()))
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                      **kwargs)
+        kwargs.update(
+            prefetch_factor=2,
+            persistent_workers=False,
+            multiprocessing_context=ctx,
+            worker_init_fn=_WorkerInit(os.getpid()),
+        )
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(), **kwargs)

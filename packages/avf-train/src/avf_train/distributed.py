@@ -40,8 +40,9 @@ def init(device: str = "auto") -> DistInfo:
     if use_cuda and not torch.cuda.is_available():
         from .errors import StageError
 
-        raise StageError(f"--device {device}: this machine has no CUDA device (torch {torch.__version__}); "
-                         "use --device cpu or auto")
+        raise StageError(
+            f"--device {device}: this machine has no CUDA device (torch {torch.__version__}); use --device cpu or auto"
+        )
     if use_cuda:
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
@@ -71,11 +72,12 @@ def mean_across(values: dict[str, float], info: DistInfo) -> dict[str, float]:
     if not info.distributed or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64,
-                     device=info.device if info.device.type == "cuda" else "cpu")
+    t = torch.tensor(
+        [values[k] for k in keys], dtype=torch.float64, device=info.device if info.device.type == "cuda" else "cpu"
+    )
     dist.all_reduce(t)
     t /= info.world_size
-    return dict(zip(keys, t.tolist()))
+    return dict(zip(keys, t.tolist(), strict=False))
 
 
 def wrap(model: nn.Module, info: DistInfo, fsdp: bool, find_unused: bool = False) -> nn.Module:
@@ -93,8 +95,9 @@ def wrap(model: nn.Module, info: DistInfo, fsdp: bool, find_unused: bool = False
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    return DDP(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-               find_unused_parameters=find_unused)
+    return DDP(
+        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None, find_unused_parameters=find_unused
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -4,7 +4,8 @@
 128 mel filters and the window on every call and runs some twenty small ops on one clip:
 about 1.5 ms of a loader's ~10 ms budget per clip. Here the filters and window are built once
 per process, frames past ``target_frames`` are not computed, and a batch of equal-length
-waveforms goes through each op together (one framing, one rFFT, one matmul). The arithmetic is Kaldi's, step for step (per-frame DC removal,
+waveforms goes through each op together (one framing, one rFFT, one matmul). The arithmetic is
+Kaldi's, step for step (per-frame DC removal,
 pre-emphasis 0.97 with the first sample replicated, Hann window, 512-point power spectrum,
 HTK mel filters from 20 Hz to Nyquist, floor at float32 epsilon, log), so the output matches
 ``log_mel_fbank`` to float rounding (checked by ``tests/train/test_loader_speed.py``).
@@ -36,8 +37,9 @@ def _constants() -> tuple[torch.Tensor, torch.Tensor]:
     return window, banks.t().contiguous()
 
 
-def log_mel_fbank_batch(waves: torch.Tensor, target_frames: int = TARGET_FRAMES,
-                        lengths: torch.Tensor | None = None) -> torch.Tensor:
+def log_mel_fbank_batch(
+    waves: torch.Tensor, target_frames: int = TARGET_FRAMES, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B, N) mono 16 kHz waveforms -> normalised (B, target_frames, 128) fbanks, on their device.
 
     Row i equals ``log_mel_fbank(waves[i, :lengths[i]], target_frames)`` (``lengths``: valid

@@ -23,8 +23,19 @@ from avf_data.settings import ConfigError
 
 # Paper Table 3: the emotion names each targeted dataset uses.
 TABLE3_DATASET_LABELS: dict[str, tuple[str, ...]] = {
-    "MAFW": ("Anger", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise", "Contempt",
-             "Anxiety", "Helplessness", "Disappointment"),
+    "MAFW": (
+        "Anger",
+        "Disgust",
+        "Fear",
+        "Happiness",
+        "Neutral",
+        "Sadness",
+        "Surprise",
+        "Contempt",
+        "Anxiety",
+        "Helplessness",
+        "Disappointment",
+    ),
     "DFEW": ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
     "MER-MULTI": ("Worried", "Happy", "Neutral", "Angry", "Surprise", "Sad"),
     "MER24-T&V": ("Worried", "Happy", "Neutral", "Angry", "Surprise", "Sad"),
@@ -34,31 +45,65 @@ TABLE3_DATASET_LABELS: dict[str, tuple[str, ...]] = {
 }
 
 # Paper Table 3, "Labeled Hybrid" row: the 13 CEA classes in this (fixed) index order.
-CEA13_CLASSES: tuple[str, ...] = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sadness", "Surprise",
-                                  "Worried", "Calm", "Contempt", "Anxiety", "Helplessness",
-                                  "Disappointment")
+CEA13_CLASSES: tuple[str, ...] = (
+    "Anger",
+    "Disgust",
+    "Fear",
+    "Happy",
+    "Neutral",
+    "Sadness",
+    "Surprise",
+    "Worried",
+    "Calm",
+    "Contempt",
+    "Anxiety",
+    "Helplessness",
+    "Disappointment",
+)
 
 # Every spelling in Table 3 (and the usual dataset spellings) -> hybrid class.
 CEA13_ALIASES: dict[str, str] = {
-    "anger": "Anger", "angry": "Anger", "ang": "Anger",
-    "disgust": "Disgust", "disgusted": "Disgust", "dis": "Disgust",
-    "fear": "Fear", "fearful": "Fear", "fea": "Fear",
-    "happy": "Happy", "happiness": "Happy", "hap": "Happy", "excitement": "Happy", "excited": "Happy",
+    "anger": "Anger",
+    "angry": "Anger",
+    "ang": "Anger",
+    "disgust": "Disgust",
+    "disgusted": "Disgust",
+    "dis": "Disgust",
+    "fear": "Fear",
+    "fearful": "Fear",
+    "fea": "Fear",
+    "happy": "Happy",
+    "happiness": "Happy",
+    "hap": "Happy",
+    "excitement": "Happy",
+    "excited": "Happy",
     "exc": "Happy",
-    "neutral": "Neutral", "neu": "Neutral",
-    "sad": "Sadness", "sadness": "Sadness",
-    "surprise": "Surprise", "surprised": "Surprise", "sur": "Surprise",
-    "worried": "Worried", "worry": "Worried",
-    "calm": "Calm", "clam": "Calm",
+    "neutral": "Neutral",
+    "neu": "Neutral",
+    "sad": "Sadness",
+    "sadness": "Sadness",
+    "surprise": "Surprise",
+    "surprised": "Surprise",
+    "sur": "Surprise",
+    "worried": "Worried",
+    "worry": "Worried",
+    "calm": "Calm",
+    "clam": "Calm",
     "contempt": "Contempt",
-    "anxiety": "Anxiety", "anxious": "Anxiety",
-    "helplessness": "Helplessness", "helpless": "Helplessness",
-    "disappointment": "Disappointment", "disappointed": "Disappointment",
+    "anxiety": "Anxiety",
+    "anxious": "Anxiety",
+    "helplessness": "Helplessness",
+    "helpless": "Helplessness",
+    "disappointment": "Disappointment",
+    "disappointed": "Disappointment",
 }
 
 MER3_CLASSES: tuple[str, ...] = ("Negative", "Positive", "Surprise")
 MER3_ALIASES: dict[str, str] = {
-    "negative": "Negative", "positive": "Positive", "surprise": "Surprise", "surprised": "Surprise",
+    "negative": "Negative",
+    "positive": "Positive",
+    "surprise": "Surprise",
+    "surprised": "Surprise",
 }
 
 
@@ -78,8 +123,9 @@ class LabelMap:
         """Class index for one clip's metadata; raises with the clip's label when it can't map."""
         raw = meta.get("label_name")
         if raw is None:
-            raise KeyError(f"label map {self.name!r} needs 'label_name' in the clip metadata; "
-                           f"got label={meta.get('label')!r}")
+            raise KeyError(
+                f"label map {self.name!r} needs 'label_name' in the clip metadata; got label={meta.get('label')!r}"
+            )
         key = str(raw).strip().lower()
         target = self.aliases.get(key)
         if target is None:

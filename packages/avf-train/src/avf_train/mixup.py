@@ -18,8 +18,9 @@ from .config import TrainConfig
 from .errors import StageError
 
 
-def mix_targets(batch: dict[str, Any], cfg: TrainConfig, num_classes: int, rng: np.random.Generator,
-                train: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mix_targets(
+    batch: dict[str, Any], cfg: TrainConfig, num_classes: int, rng: np.random.Generator, train: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(video, audio, target)`` of a batch: Mixup/CutMix pairs clip i with clip B-1-i.
 
     CutMix pastes one box into every frame and corrects lambda by the box's real area.
@@ -36,7 +37,9 @@ def mix_targets(batch: dict[str, Any], cfg: TrainConfig, num_classes: int, rng: 
         off = f.label_smoothing / num_classes
         labels = batch["label"]
         if labels.min() < 0 or labels.max() >= num_classes:
-            raise StageError(f"labels {labels.tolist()} outside [0, {num_classes}); check --num-classes and the label map")
+            raise StageError(
+                f"labels {labels.tolist()} outside [0, {num_classes}); check --num-classes and the label map"
+            )
         target = torch.full((len(labels), num_classes), off)
         target.scatter_(1, labels[:, None], 1.0 - f.label_smoothing + off)
     if not train or (f.mixup <= 0 and f.cutmix <= 0) or rng.random() >= f.mixup_prob or len(video) < 2:

@@ -87,8 +87,10 @@ def check_input_spec(model: nn.Module, cfg: TrainConfig) -> None:
     want = (spec.frames, spec.image_size, spec.audio_frames, spec.mel_bins)
     got = (cfg.data.num_frames, cfg.data.image_size, cfg.data.audio_frames, cfg.data.mel_bins)
     if want != got:
-        raise StageError(f"shape mismatch: model {cfg.model.name} expects frames/image/audio-frames/mel-bins "
-                         f"{want}, the data config gives {got}; fix data.* or the model overrides")
+        raise StageError(
+            f"shape mismatch: model {cfg.model.name} expects frames/image/audio-frames/mel-bins "
+            f"{want}, the data config gives {got}; fix data.* or the model overrides"
+        )
 
 
 # --------------------------------------------------------------------------- --init
@@ -117,8 +119,10 @@ def init_from(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) ->
     stage = ckpt.get("stage", "unknown")
     allowed = {"postpretrain": ("pretrain", "unknown"), "finetune": ("pretrain", "postpretrain", "unknown")}
     if stage not in allowed.get(cfg.stage, ()):
-        raise StageError(f"--init {ckpt['path']} is a {stage!r} checkpoint; {cfg.stage} starts from "
-                         f"{' or '.join(s for s in allowed.get(cfg.stage, ()) if s != 'unknown')} checkpoints")
+        raise StageError(
+            f"--init {ckpt['path']} is a {stage!r} checkpoint; {cfg.stage} starts from "
+            f"{' or '.join(s for s in allowed.get(cfg.stage, ()) if s != 'unknown')} checkpoints"
+        )
     note = check_init_classes(cfg, ckpt)
     if note:
         log(note)
@@ -126,8 +130,10 @@ def init_from(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) ->
         report = load_pretrained_into_finetune(model, ckpt["model"])
     except Exception as exc:  # shape mismatch etc.: say which file and model
         raise StageError(f"cannot load {ckpt['path']} into {cfg.model.name}: {exc}") from exc
-    log(f"init from {ckpt['path']} ({stage}): {len(report.loaded)} tensors loaded, "
-        f"{len(report.missing)} left at init, {len(report.ignored)} ignored")
+    log(
+        f"init from {ckpt['path']} ({stage}): {len(report.loaded)} tensors loaded, "
+        f"{len(report.missing)} left at init, {len(report.ignored)} ignored"
+    )
 
 
 # --------------------------------------------------------------------------- inference
@@ -150,8 +156,10 @@ def inference_config(ckpt: dict[str, Any]) -> TrainConfig:
             raise StageError(f"{ckpt['path']}: its stored config is not an avf-train config ({exc})") from None
     name = ckpt.get("model_name")
     if not name:
-        raise StageError(f"{ckpt['path']}: no 'config' and no 'model_name'; predict needs a dict with "
-                         "'model_name' and 'model' (state dict)")
+        raise StageError(
+            f"{ckpt['path']}: no 'config' and no 'model_name'; predict needs a dict with "
+            "'model_name' and 'model' (state dict)"
+        )
     overrides = dict(ckpt.get("model_overrides") or {})
     modality = overrides.pop("modality", None) or ckpt.get("modality") or "av"
     regression = "regression" in (ckpt.get("task"), overrides.pop("task", None))
@@ -161,9 +169,13 @@ def inference_config(ckpt: dict[str, Any]) -> TrainConfig:
         if head is None:
             raise StageError(f"{ckpt['path']}: cannot tell the number of outputs (no 'num_classes', no head.weight)")
         num_classes = int(head.shape[0])
-    return from_dict({"model": {"name": str(name), "modality": modality, "overrides": overrides},
-                      "finetune": {"task": "dea" if regression else "cea", "num_classes": num_classes}},
-                     stage="finetune")
+    return from_dict(
+        {
+            "model": {"name": str(name), "modality": modality, "overrides": overrides},
+            "finetune": {"task": "dea" if regression else "cea", "num_classes": num_classes},
+        },
+        stage="finetune",
+    )
 
 
 @dataclass(frozen=True)
@@ -223,8 +235,9 @@ class Predictor:
         return out.float().cpu()
 
 
-def load_predictor(path: str | os.PathLike, device: str | torch.device,
-                   data_overrides: dict[str, Any] | None = None) -> Predictor:
+def load_predictor(
+    path: str | os.PathLike, device: str | torch.device, data_overrides: dict[str, Any] | None = None
+) -> Predictor:
     """Rebuild a supervised model from a checkpoint file or run folder and load its weights.
 
     ``data_overrides`` (``data.*`` fields, e.g. ``{"test_segments": 1}``) change the test views.
@@ -233,12 +246,16 @@ def load_predictor(path: str | os.PathLike, device: str | torch.device,
     """
     ckpt = ckpt_io.load(path)
     if ckpt.get("format") == 0 and "model_name" not in ckpt:
-        raise StageError(f"{ckpt['path']} is a bare state dict; predict needs a dict with 'model_name' and "
-                         "'model' (state dict), such as an avf-train checkpoint")
+        raise StageError(
+            f"{ckpt['path']} is a bare state dict; predict needs a dict with 'model_name' and "
+            "'model' (state dict), such as an avf-train checkpoint"
+        )
     stage = ckpt.get("stage", None if isinstance(ckpt.get("config"), dict) else "finetune")
     if stage not in ("postpretrain", "finetune"):
-        raise StageError(f"{ckpt['path']} is a {stage!r} checkpoint; predict needs a post-pre-trained "
-                         "or fine-tuned one (pre-training checkpoints have no classifier head)")
+        raise StageError(
+            f"{ckpt['path']} is a {stage!r} checkpoint; predict needs a post-pre-trained "
+            "or fine-tuned one (pre-training checkpoints have no classifier head)"
+        )
     cfg = inference_config(ckpt)
     if data_overrides:
         update(cfg.data, data_overrides, prefix="data.")
@@ -247,8 +264,9 @@ def load_predictor(path: str | os.PathLike, device: str | torch.device,
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:  # missing/unexpected keys, shape mismatch: say which file and model
-        raise StageError(f"cannot load {ckpt['path']} into {resolve_model_name(cfg.model.name)}: "
-                         f"{' '.join(str(exc).split())}") from exc
+        raise StageError(
+            f"cannot load {ckpt['path']} into {resolve_model_name(cfg.model.name)}: {' '.join(str(exc).split())}"
+        ) from exc
     check_input_spec(model, cfg)
     device = torch.device(device)
     return Predictor(model.to(device).eval(), cfg, ckpt, device)

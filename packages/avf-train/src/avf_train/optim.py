@@ -28,8 +28,9 @@ def build_optimizer(model: nn.Module, args: OptimArgs, lr: float) -> torch.optim
     """
     from avf_models.optim import param_groups
 
-    groups = param_groups(model, weight_decay=args.weight_decay,
-                          layer_decay=args.layer_decay if args.layer_decay != 1.0 else None)
+    groups = param_groups(
+        model, weight_decay=args.weight_decay, layer_decay=args.layer_decay if args.layer_decay != 1.0 else None
+    )
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
         g.pop("names")
@@ -68,8 +69,13 @@ class CosineSchedule:
         return lr
 
     def state_dict(self) -> dict:
-        return {"peak": self.peak, "min_lr": self.min_lr, "warmup_lr": self.warmup_lr,
-                "warmup_steps": self.warmup_steps, "total_steps": self.total_steps}
+        return {
+            "peak": self.peak,
+            "min_lr": self.min_lr,
+            "warmup_lr": self.warmup_lr,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,11 @@ def plan_schedule(cfg: TrainConfig, epoch_size: int, world_size: int) -> Schedul
     o = cfg.optim
     warmup = o.warmup_steps if o.warmup_steps >= 0 else int(round(o.warmup_epochs * steps_per_epoch))
     peak = o.lr if o.lr > 0 else o.base_lr * scale
-    schedule = CosineSchedule(peak=peak, min_lr=min(o.min_lr * scale, peak), warmup_steps=warmup,
-                              total_steps=total_steps, warmup_lr=min(o.warmup_lr * scale, peak))
+    schedule = CosineSchedule(
+        peak=peak,
+        min_lr=min(o.min_lr * scale, peak),
+        warmup_steps=warmup,
+        total_steps=total_steps,
+        warmup_lr=min(o.warmup_lr * scale, peak),
+    )
     return SchedulePlan(global_batch, global_batch * repeats, steps_per_epoch, total_steps, schedule)

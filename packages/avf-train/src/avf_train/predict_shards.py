@@ -29,9 +29,17 @@ from .shardinfo import scan_shards
 PREDICTIONS = "predictions.jsonl"  # the file name inside --out (and inside a fine-tuning run folder)
 
 
-def predict_shards(checkpoint: str | os.PathLike, data: str, out_dir: str | os.PathLike, batch_size: int = 8,
-                   num_workers: int = 0, device: str = "auto", precision: str = "fp32",
-                   fold: str | int | None = None, data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def predict_shards(
+    checkpoint: str | os.PathLike,
+    data: str,
+    out_dir: str | os.PathLike,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    device: str = "auto",
+    precision: str = "fp32",
+    fold: str | int | None = None,
+    data_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Write ``out_dir/predictions.jsonl`` and return a summary with clip-level top-1 when labels exist.
 
     ``data_overrides`` change ``data.*`` settings of the checkpoint's config (``test_segments``,
@@ -58,8 +66,16 @@ def predict_shards(checkpoint: str | os.PathLike, data: str, out_dir: str | os.P
     return summarize(out, predictor.views.num_views, predictor.path) if info.is_main else {}
 
 
-def _write_rows(predictor: Predictor, data: str, out: Path, batch_size: int, num_workers: int, precision: str,
-                fold: str | int | None, info: D.DistInfo) -> None:
+def _write_rows(
+    predictor: Predictor,
+    data: str,
+    out: Path,
+    batch_size: int,
+    num_workers: int,
+    precision: str,
+    fold: str | int | None,
+    info: D.DistInfo,
+) -> None:
     """This rank's rows into ``out.part<rank>`` (or ``out.tmp``, renamed to ``out`` when complete)."""
     cfg, ckpt = predictor.config, predictor.checkpoint
     views = predictor.views
@@ -71,12 +87,24 @@ def _write_rows(predictor: Predictor, data: str, out: Path, batch_size: int, num
     if expected:  # the shards' label map must be the model's (checked before any decoding)
         space = scan_shards(paths, read_meta=True).label_space()
         if space is not None and tuple(space.classes) != expected:
-            raise DataError(f"{data} number classes as {list(space.classes)} ({space.source}) but "
-                            f"{predictor.path} was trained on {list(expected)}; import the test data with the "
-                            "training data's --protocol / --classes")
-    stream = ClipStream(paths, views, batch_size, train=False, seed=cfg.run.seed, rank=info.rank,
-                        world_size=info.world_size, num_workers=num_workers, label_map=label_map,
-                        classes=expected, num_classes=len(expected))
+            raise DataError(
+                f"{data} number classes as {list(space.classes)} ({space.source}) but "
+                f"{predictor.path} was trained on {list(expected)}; import the test data with the "
+                "training data's --protocol / --classes"
+            )
+    stream = ClipStream(
+        paths,
+        views,
+        batch_size,
+        train=False,
+        seed=cfg.run.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=num_workers,
+        label_map=label_map,
+        classes=expected,
+        num_classes=len(expected),
+    )
     epoch = int(math.ceil(float(ckpt.get("epoch", 0)) - 1e-9))  # epochs completed (partial counts as one)
     part = out.with_name(out.name + (f".part{info.rank}" if info.distributed else ".tmp"))
     batches = iter(make_loader(stream, num_workers))
@@ -93,9 +121,14 @@ def _write_rows(predictor: Predictor, data: str, out: Path, batch_size: int, num
             probs = None if regression else outputs.softmax(dim=-1)
             for i, key in enumerate(batch["key"]):
                 view = int(batch["view"][i])
-                row: dict[str, Any] = {"key": key, "label": int(batch["label"][i]), "view": view,
-                                       "segment": view // views.test_crops, "crop": view % views.test_crops,
-                                       "epoch": epoch}
+                row: dict[str, Any] = {
+                    "key": key,
+                    "label": int(batch["label"][i]),
+                    "view": view,
+                    "segment": view // views.test_crops,
+                    "crop": view % views.test_crops,
+                    "epoch": epoch,
+                }
                 if fold is not None:
                     row["fold"] = fold
                 if regression:
@@ -124,8 +157,13 @@ def summarize(path: Path, views_per_clip: int, checkpoint: str) -> dict[str, Any
         probs = torch.tensor(row["probs"]) if "probs" in row else None
         prev = clips.get(row["key"])
         clips[row["key"]] = (row["label"], probs if prev is None or prev[1] is None else prev[1] + probs)
-    summary: dict[str, Any] = {"rows": rows, "clips": len(clips), "views_per_clip": views_per_clip,
-                               "checkpoint": checkpoint, "out": str(path)}
+    summary: dict[str, Any] = {
+        "rows": rows,
+        "clips": len(clips),
+        "views_per_clip": views_per_clip,
+        "checkpoint": checkpoint,
+        "out": str(path),
+    }
     labelled = [(label, p) for label, p in clips.values() if isinstance(label, int) and label >= 0 and p is not None]
     if labelled:
         summary["top1"] = sum(int(p.argmax()) == label for label, p in labelled) / len(labelled)

@@ -47,7 +47,8 @@ def check_batch_fits(info: ShardInfo, batch_size: int, world_size: int, num_work
         f"too few clips for the batch size: {info.total} clips in {len(info.counts)} shard(s) "
         f"({info.where()}) are split over {world_size} rank(s) x {workers} loader worker(s) = {units} streams; "
         f"the smallest stream gets {least} clips per pass, fewer than --batch-size {batch_size} "
-        f"(clips per process). Use --batch-size {max(1, least)} or less, {hint}, or more clips")
+        f"(clips per process). Use --batch-size {max(1, least)} or less, {hint}, or more clips"
+    )
 
 
 def _labels_outside(info: ShardInfo, num_classes: int) -> list[int]:
@@ -58,16 +59,20 @@ def _check_in_range(info: ShardInfo, num_classes: int, what: str) -> None:
     bad = _labels_outside(info, num_classes)
     if bad:
         counts = ", ".join(f"label {b} in {info.labels[b]} clip(s)" for b in bad[:5])
-        raise DataError(f"{what} {info.where()} hold labels outside the label map of {num_classes} classes "
-                        f"(0..{num_classes - 1}): {counts}")
+        raise DataError(
+            f"{what} {info.where()} hold labels outside the label map of {num_classes} classes "
+            f"(0..{num_classes - 1}): {counts}"
+        )
 
 
 def _check_names_map(info: ShardInfo, spec: str, what: str) -> None:
     label_map = get_label_map(spec)
     assert label_map is not None
     if info.unnamed:
-        raise DataError(f"label map {label_map.name!r} maps clips by 'label_name', but {info.unnamed} clips of "
-                        f"{what} {info.where()} have only an integer label")
+        raise DataError(
+            f"label map {label_map.name!r} maps clips by 'label_name', but {info.unnamed} clips of "
+            f"{what} {info.where()} have only an integer label"
+        )
     unknown = []
     for name in info.label_names:
         try:
@@ -75,9 +80,11 @@ def _check_names_map(info: ShardInfo, spec: str, what: str) -> None:
         except KeyError:
             unknown.append(name)
     if unknown:
-        raise DataError(f"{what} {info.where()} hold labels outside the label map {label_map.name!r}: "
-                        f"{sorted(unknown)[:8]} ({sum(info.label_names[u] for u in unknown)} clips); its classes "
-                        f"are {list(label_map.classes)}")
+        raise DataError(
+            f"{what} {info.where()} hold labels outside the label map {label_map.name!r}: "
+            f"{sorted(unknown)[:8]} ({sum(info.label_names[u] for u in unknown)} clips); its classes "
+            f"are {list(label_map.classes)}"
+        )
 
 
 def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) -> LabelSpace | None:
@@ -90,9 +97,11 @@ def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) ->
         _resolve_targets(cfg, train, val)
         return None
     if train.unlabelled:
-        raise DataError(f"{len(train.unlabelled)} of {train.total} clips have no label (first: "
-                        f"{train.unlabelled[0]}); {cfg.stage} needs labelled shards: make them with "
-                        "`avf-data import labels.csv --protocol NAME`")
+        raise DataError(
+            f"{len(train.unlabelled)} of {train.total} clips have no label (first: "
+            f"{train.unlabelled[0]}); {cfg.stage} needs labelled shards: make them with "
+            "`avf-data import labels.csv --protocol NAME`"
+        )
     if cfg.data.label_map:
         label_map = get_label_map(cfg.data.label_map)
         assert label_map is not None
@@ -100,38 +109,51 @@ def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) ->
         if val is not None:
             _check_names_map(val, cfg.data.label_map, "--val-data")
         if f.num_classes and f.num_classes != label_map.num_classes:
-            raise StageError(f"--num-classes {f.num_classes} differs from label map {label_map.name!r} "
-                             f"({label_map.num_classes} classes); drop --num-classes")
+            raise StageError(
+                f"--num-classes {f.num_classes} differs from label map {label_map.name!r} "
+                f"({label_map.num_classes} classes); drop --num-classes"
+            )
         f.num_classes = label_map.num_classes
         cfg.data.classes = tuple(label_map.classes)
         return LabelSpace(tuple(label_map.classes), "", f"label map {label_map.name}")
     space = train.label_space()
     if cfg.data.classes:
         if space is not None and tuple(space.classes) != tuple(cfg.data.classes):
-            raise DataError(f"the shards ({space.source}) number classes as {list(space.classes)}, but this run "
-                            f"(data.classes) as {list(cfg.data.classes)}")
-        space = LabelSpace(tuple(cfg.data.classes), cfg.data.label_protocol or (space.protocol if space else ""),
-                           "data.classes")
+            raise DataError(
+                f"the shards ({space.source}) number classes as {list(space.classes)}, but this run "
+                f"(data.classes) as {list(cfg.data.classes)}"
+            )
+        space = LabelSpace(
+            tuple(cfg.data.classes), cfg.data.label_protocol or (space.protocol if space else ""), "data.classes"
+        )
     if val is not None:
         val_space = val.label_space()
         if val_space is not None and space is not None and val_space.classes != space.classes:
-            raise DataError(f"the training shards number classes as {list(space.classes)} ({space.source}) but "
-                            f"--val-data as {list(val_space.classes)} ({val_space.source}); import every fold "
-                            "with the same --protocol (or --classes FILE)")
+            raise DataError(
+                f"the training shards number classes as {list(space.classes)} ({space.source}) but "
+                f"--val-data as {list(val_space.classes)} ({val_space.source}); import every fold "
+                "with the same --protocol (or --classes FILE)"
+            )
         if val_space is not None and space is None:
-            raise DataError(f"--val-data carries the label map {list(val_space.classes)} but the training shards "
-                            "carry none; import both with the same --protocol")
+            raise DataError(
+                f"--val-data carries the label map {list(val_space.classes)} but the training shards "
+                "carry none; import both with the same --protocol"
+            )
     if space is not None:
         if f.num_classes and f.num_classes != len(space.classes):
-            raise StageError(f"--num-classes {f.num_classes} differs from the shards' label map "
-                             f"({len(space.classes)} classes: {', '.join(space.classes)}; {space.source}); "
-                             "drop --num-classes to use the map")
+            raise StageError(
+                f"--num-classes {f.num_classes} differs from the shards' label map "
+                f"({len(space.classes)} classes: {', '.join(space.classes)}; {space.source}); "
+                "drop --num-classes to use the map"
+            )
         f.num_classes = len(space.classes)
         cfg.data.classes = tuple(space.classes)
         cfg.data.label_protocol = space.protocol
     elif f.num_classes <= 0:
-        raise StageError("set --num-classes (finetune.num_classes): the shards carry no label map to infer it "
-                         "from (make them with `avf-data import --protocol NAME`)")
+        raise StageError(
+            "set --num-classes (finetune.num_classes): the shards carry no label map to infer it "
+            "from (make them with `avf-data import --protocol NAME`)"
+        )
     _check_in_range(train, f.num_classes, "the shards")
     if val is not None:
         _check_in_range(val, f.num_classes, "--val-data")
@@ -141,8 +163,10 @@ def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) ->
 def _resolve_targets(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) -> None:
     """DEA: every training clip needs a ``targets`` list, all of one length = the outputs."""
     if train.no_targets:
-        raise DataError(f"task dea needs 'targets' in every clip: {train.no_targets} of {train.total} clips in "
-                        f"{train.where()} have none (import them with target_* columns)")
+        raise DataError(
+            f"task dea needs 'targets' in every clip: {train.no_targets} of {train.total} clips in "
+            f"{train.where()} have none (import them with target_* columns)"
+        )
     if len(train.target_sizes) > 1:
         raise DataError(f"the clips' targets differ in length: {dict(train.target_sizes)}")
     (size,) = train.target_sizes
@@ -170,11 +194,15 @@ def check_init_classes(cfg: TrainConfig, ckpt: dict[str, Any]) -> str | None:
         return None  # a head of another size is dropped: nothing carries over
     if names and cfg.data.classes:
         if [str(n).lower() for n in names] != [c.lower() for c in cfg.data.classes]:
-            raise StageError(f"--init {ckpt.get('path')} names its {rows} outputs {list(names)}, this run's label "
-                             f"map is {list(cfg.data.classes)}: its head would be loaded with the classes in the "
-                             "wrong places; fine-tune from a checkpoint with the same map or another size of head")
+            raise StageError(
+                f"--init {ckpt.get('path')} names its {rows} outputs {list(names)}, this run's label "
+                f"map is {list(cfg.data.classes)}: its head would be loaded with the classes in the "
+                "wrong places; fine-tune from a checkpoint with the same map or another size of head"
+            )
         return None
     if head is not None:
-        return (f"warning: --init {ckpt.get('path')} has a {rows}-class head that is loaded, but "
-                f"{'it' if not names else 'this run'} names no classes, so their order cannot be checked")
+        return (
+            f"warning: --init {ckpt.get('path')} has a {rows}-class head that is loaded, but "
+            f"{'it' if not names else 'this run'} names no classes, so their order cannot be checked"
+        )
     return None

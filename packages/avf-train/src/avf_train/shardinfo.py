@@ -63,13 +63,16 @@ class ShardInfo:
         """
         if len(self.label_maps) > 1:
             parts = "; ".join(f"{list(m)} ({n} clips)" for m, n in self.label_maps.most_common())
-            raise DataError(f"{self.where()} mix label maps: {parts}; import every part with the same "
-                            "--protocol / --classes")
+            raise DataError(
+                f"{self.where()} mix label maps: {parts}; import every part with the same --protocol / --classes"
+            )
         if self.label_maps:
-            (classes, carried), = self.label_maps.items()
+            ((classes, carried),) = self.label_maps.items()
             if carried < self.total:
-                raise DataError(f"{self.where()}: {carried} clips carry the label map {list(classes)}, "
-                                f"{self.total - carried} carry none; re-import them together")
+                raise DataError(
+                    f"{self.where()}: {carried} clips carry the label map {list(classes)}, "
+                    f"{self.total - carried} carry none; re-import them together"
+                )
             protocol = self.protocols.most_common(1)[0][0] if len(self.protocols) == 1 else ""
             return LabelSpace(classes, protocol, "the clips' metadata")
         found: dict[tuple[str, ...], str] = {}
@@ -84,10 +87,12 @@ class ShardInfo:
                         protocol = str(data.get("protocol") or "")
                     break
         if len(found) > 1:
-            raise DataError("the shards' classes.json files disagree: "
-                            + "; ".join(f"{path}: {list(m)}" for m, path in found.items()))
+            raise DataError(
+                "the shards' classes.json files disagree: "
+                + "; ".join(f"{path}: {list(m)}" for m, path in found.items())
+            )
         if found:
-            (classes, path), = found.items()
+            ((classes, path),) = found.items()
             return LabelSpace(classes, protocol, path)
         return None
 

@@ -44,13 +44,24 @@ def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: S
     mode = "pretrain" if cfg.stage == "pretrain" else "finetune"
     repeats = 1 if cfg.stage == "pretrain" else cfg.data.repeated_aug
     classify = cfg.stage != "pretrain" and cfg.finetune.task != "dea"
-    return ClipStream(shards, transform_config(cfg, mode), cfg.run.batch_size, train=True, seed=cfg.run.seed,
-                      rank=info.rank, world_size=info.world_size, num_workers=cfg.data.num_workers,
-                      shuffle_buffer=cfg.data.shuffle_buffer, repeats=repeats,
-                      label_map=get_label_map(cfg.data.label_map), labelled=cfg.stage != "pretrain",
-                      state=state, classes=tuple(cfg.data.classes) if classify else (),
-                      num_classes=cfg.finetune.num_classes if classify else 0,
-                      device_features=cfg.stage == "pretrain")
+    return ClipStream(
+        shards,
+        transform_config(cfg, mode),
+        cfg.run.batch_size,
+        train=True,
+        seed=cfg.run.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        num_workers=cfg.data.num_workers,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        repeats=repeats,
+        label_map=get_label_map(cfg.data.label_map),
+        labelled=cfg.stage != "pretrain",
+        state=state,
+        classes=tuple(cfg.data.classes) if classify else (),
+        num_classes=cfg.finetune.num_classes if classify else 0,
+        device_features=cfg.stage == "pretrain",
+    )
 
 
 # --------------------------------------------------------------------------- the loop
@@ -73,8 +84,11 @@ def _autocast(info: D.DistInfo, precision: str):
 
 def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> tuple[dict, dict]:
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                             get_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
@@ -83,8 +97,11 @@ def _state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool)
 
 def _load_state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict, fsdp: bool) -> None:
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
         set_model_state_dict(model, ckpt["model"], options=opts)
@@ -110,8 +127,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     if resume:
         resume_ckpt = ckpt_io.load(run_dir, map_location="cpu")
         if resume_ckpt.get("stage") != cfg.stage:
-            raise StageError(f"{resume_ckpt['path']} is a {resume_ckpt.get('stage')!r} checkpoint; "
-                             f"cannot resume it as {cfg.stage}")
+            raise StageError(
+                f"{resume_ckpt['path']} is a {resume_ckpt.get('stage')!r} checkpoint; cannot resume it as {cfg.stage}"
+            )
     elif info.is_main and (run_dir / "checkpoint").exists():
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
 
@@ -131,8 +149,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     torch.manual_seed(cfg.run.seed)  # same init on every rank (FSDP2 does not broadcast it)
     model = build_model(cfg)
     repeats = 1 if cfg.stage == "pretrain" else max(1, cfg.data.repeated_aug)
-    if cfg.run.batch_size * repeats < 2 and any(isinstance(m, nn.modules.batchnorm._BatchNorm)
-                                                for m in model.modules()):
+    if cfg.run.batch_size * repeats < 2 and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    ):
         raise StageError(f"{cfg.model.name} has BatchNorm (IAV-CL's ER layer): use run.batch_size >= 2 per process")
     # per-rank streams from here on: masks, drop path and anything else random differ across ranks
     torch.manual_seed(cfg.run.seed + info.rank)
@@ -160,8 +179,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     use_scaler = cfg.run.precision == "fp16"
     scaler = torch.amp.GradScaler(info.device.type, enabled=use_scaler)
 
-    step, data_state = 0, StreamState(num_workers=max(1, cfg.data.num_workers), world_size=world,
-                                      batch_size=cfg.run.batch_size)
+    step, data_state = (
+        0,
+        StreamState(num_workers=max(1, cfg.data.num_workers), world_size=world, batch_size=cfg.run.batch_size),
+    )
     if resume_ckpt is not None:
         _load_state_dicts(model, optimizer, resume_ckpt, cfg.run.fsdp)
         if use_scaler and resume_ckpt.get("scaler"):
@@ -174,11 +195,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             log(f"warning: checkpoint has RNG states for {len(rngs)} ranks, running on {world}; reseeding")
         saved = StreamState.from_dict(datas[info.rank]) if len(datas) == world else None
         if saved is not None and (saved.num_workers, saved.world_size, saved.batch_size) == (
-                data_state.num_workers, world, cfg.run.batch_size):
+            data_state.num_workers,
+            world,
+            cfg.run.batch_size,
+        ):
             data_state = saved
         else:
-            log("warning: loader layout changed since the checkpoint (ranks/workers/batch); the data stream "
-                "restarts from its first pass, so the run is no longer bit-identical to an uninterrupted one")
+            log(
+                "warning: loader layout changed since the checkpoint (ranks/workers/batch); the data stream "
+                "restarts from its first pass, so the run is no longer bit-identical to an uninterrupted one"
+            )
         log(f"resumed {resume_ckpt['path']} at step {step}")
 
     if info.is_main:
@@ -193,10 +219,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     batches = iter(loader)
     num_classes = 0 if cfg.stage == "pretrain" else num_classes_for(cfg)
     views = f" x {repeats} augmented copies = {plan.views_per_step} views" if repeats > 1 else ""
-    log(f"{len(shards)} shard(s), {epoch_size} clips/epoch, {steps_per_epoch} steps/epoch, {total_steps} steps "
+    log(
+        f"{len(shards)} shard(s), {epoch_size} clips/epoch, {steps_per_epoch} steps/epoch, {total_steps} steps "
         f"total (running to {stop_at}), global batch {global_batch} clips{views}, peak lr {peak:.3g} "
         f"(min {schedule.min_lr:.3g}, warmup from {schedule.warmup_lr:.3g} over {warmup} steps), "
-        f"device {info.device}, world {world}")
+        f"device {info.device}, world {world}"
+    )
 
     model.train()
     last_loss, saved_path = float("nan"), None
@@ -255,37 +283,65 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             now = time.perf_counter()
             rate = clips_since / max(now - t_last, 1e-9)
             eta = (now - t_start) / max(step - start_step, 1) * (stop_at - step)
-            record = {"step": step, "epoch": step / steps_per_epoch, "lr": lr, **vals, "grad_norm": grad_norm,
-                      "clips_per_s": rate, "eta_s": eta}
+            record = {
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "lr": lr,
+                **vals,
+                "grad_norm": grad_norm,
+                "clips_per_s": rate,
+                "eta_s": eta,
+            }
             if use_scaler:
                 record["loss_scale"] = float(scaler.get_scale())
             metrics.write(record)
-            log(f"step {step}/{stop_at} ep {step / steps_per_epoch:.2f} loss {vals['loss']:.4f} lr {lr:.3g} "
-                f"gnorm {grad_norm:.3g} {rate:.1f} clips/s ETA {format_duration(eta)}")
+            log(
+                f"step {step}/{stop_at} ep {step / steps_per_epoch:.2f} loss {vals['loss']:.4f} lr {lr:.3g} "
+                f"gnorm {grad_norm:.3g} {rate:.1f} clips/s ETA {format_duration(eta)}"
+            )
             t_last, clips_since = now, 0
 
         if step % cfg.run.save_every == 0 or step == stop_at:
-            saved_path = save_checkpoint(run_dir, cfg, model, optimizer, scaler, schedule, step, steps_per_epoch,
-                                         data_state, info)
+            saved_path = save_checkpoint(
+                run_dir, cfg, model, optimizer, scaler, schedule, step, steps_per_epoch, data_state, info
+            )
     metrics.close()
     del batches
     D.shutdown()
     return TrainResult(run_dir=run_dir, step=step, last_loss=last_loss, checkpoint=saved_path)
 
 
-def save_checkpoint(run_dir: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, schedule: CosineSchedule, step: int, steps_per_epoch: int,
-                    data_state: StreamState, info: D.DistInfo) -> Path | None:
+def save_checkpoint(
+    run_dir: Path,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    schedule: CosineSchedule,
+    step: int,
+    steps_per_epoch: int,
+    data_state: StreamState,
+    info: D.DistInfo,
+) -> Path | None:
     """Collective (every rank gathers RNG and loader states); rank 0 writes the file."""
     model_sd, optim_sd = _state_dicts(model, optimizer, cfg.run.fsdp)
     rngs = D.gather_objects(ckpt_io.rng_state(), info)
     datas = D.gather_objects(data_state.to_dict(), info)
     path = None
     if info.is_main:
-        payload = {"stage": cfg.stage, "model_name": resolve_model_name(cfg.model.name), "model": model_sd,
-                   "optimizer": optim_sd, "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
-                   "step": step, "epoch": step / steps_per_epoch, "rng": rngs, "data": datas,
-                   "config": to_dict(cfg)}
+        payload = {
+            "stage": cfg.stage,
+            "model_name": resolve_model_name(cfg.model.name),
+            "model": model_sd,
+            "optimizer": optim_sd,
+            "scheduler": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "epoch": step / steps_per_epoch,
+            "rng": rngs,
+            "data": datas,
+            "config": to_dict(cfg),
+        }
         names = class_names_for(cfg)
         if names is not None:
             payload["class_names"] = names

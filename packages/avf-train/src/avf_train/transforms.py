@@ -83,11 +83,12 @@ def audio_span(sample_rate: int, fps: float, first_frame: int, span: int) -> tup
     return int(round(first_frame / fps * sample_rate)), int(round((first_frame + span + 1) / fps * sample_rate))
 
 
-def audio_window(audio: np.ndarray, sample_rate: int, fps: float, first_frame: int, span: int,
-                 offset: int = 0) -> np.ndarray:
+def audio_window(
+    audio: np.ndarray, sample_rate: int, fps: float, first_frame: int, span: int, offset: int = 0
+) -> np.ndarray:
     """``audio_span`` of ``audio``, whose first sample is sample ``offset`` of the clip."""
     start, stop = audio_span(sample_rate, fps, first_frame, span)
-    return audio[max(0, start - offset):max(0, stop - offset)]
+    return audio[max(0, start - offset) : max(0, stop - offset)]
 
 
 # --------------------------------------------------------------------------- spatial ops
@@ -104,8 +105,9 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
 
-def multi_scale_crop_box(h: int, w: int, size: int, scales: tuple[float, ...], rng: np.random.Generator,
-                         max_distort: int = 1) -> tuple[int, int, int, int]:
+def multi_scale_crop_box(
+    h: int, w: int, size: int, scales: tuple[float, ...], rng: np.random.Generator, max_distort: int = 1
+) -> tuple[int, int, int, int]:
     """TSN's GroupMultiScaleCrop with ``more_fix_crop``: one (w, h) scale pair and one of 13 fixed
     offsets for the whole clip, as ``(x, y, width, height)`` (two draws from ``rng``)."""
     base = min(h, w)
@@ -114,32 +116,45 @@ def multi_scale_crop_box(h: int, w: int, size: int, scales: tuple[float, ...], r
     pairs = [(cw, ch) for i, ch in enumerate(sizes) for j, cw in enumerate(sizes) if abs(i - j) <= max_distort]
     cw, ch = pairs[int(rng.integers(len(pairs)))]
     ws, hs = (w - cw) // 4, (h - ch) // 4
-    offsets = [(0, 0), (4 * ws, 0), (0, 4 * hs), (4 * ws, 4 * hs), (2 * ws, 2 * hs), (0, 2 * hs),
-               (4 * ws, 2 * hs), (2 * ws, 4 * hs), (2 * ws, 0), (ws, hs), (3 * ws, hs), (ws, 3 * hs),
-               (3 * ws, 3 * hs)]
+    offsets = [
+        (0, 0),
+        (4 * ws, 0),
+        (0, 4 * hs),
+        (4 * ws, 4 * hs),
+        (2 * ws, 2 * hs),
+        (0, 2 * hs),
+        (4 * ws, 2 * hs),
+        (2 * ws, 4 * hs),
+        (2 * ws, 0),
+        (ws, hs),
+        (3 * ws, hs),
+        (ws, 3 * hs),
+        (3 * ws, 3 * hs),
+    ]
     ox, oy = offsets[int(rng.integers(len(offsets)))]
     return ox, oy, cw, ch
 
 
-def multi_scale_crop(x: torch.Tensor, size: int, scales: tuple[float, ...], rng: np.random.Generator,
-                     max_distort: int = 1) -> torch.Tensor:
+def multi_scale_crop(
+    x: torch.Tensor, size: int, scales: tuple[float, ...], rng: np.random.Generator, max_distort: int = 1
+) -> torch.Tensor:
     """``multi_scale_crop_box`` on float frames (..., H, W), resized to ``size``x``size``."""
     ox, oy, cw, ch = multi_scale_crop_box(x.shape[-2], x.shape[-1], size, scales, rng, max_distort)
-    return resize(x[..., oy:oy + ch, ox:ox + cw], (size, size))
+    return resize(x[..., oy : oy + ch, ox : ox + cw], (size, size))
 
 
 def crop_resize_u8(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -> torch.Tensor:
     """Crop ``box`` (x, y, w, h) from uint8 frames (T, H, W, 3) and resize it to (T, 3, size, size)
     uint8 with the float path's filter (bilinear, antialiased when shrinking)."""
     ox, oy, cw, ch = box
-    x = torch.from_numpy(frames[:, oy:oy + ch, ox:ox + cw]).permute(0, 3, 1, 2)
+    x = torch.from_numpy(frames[:, oy : oy + ch, ox : ox + cw]).permute(0, 3, 1, 2)
     if (ch, cw) == (size, size):
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 _U8_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD]).view(3, 1, 1, 1)
-_U8_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).view(3, 1, 1, 1)
+_U8_SHIFT = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=False)]).view(3, 1, 1, 1)
 
 
 def normalize_u8(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -160,8 +175,13 @@ def normalize_u8_batch(video: torch.Tensor) -> torch.Tensor:
     return out.mul_(_U8_SCALE.to(video.device)).add_(_U8_SHIFT.to(video.device))
 
 
-def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], rng: np.random.Generator,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor,
+    size: int,
+    scale: tuple[float, float],
+    rng: np.random.Generator,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> torch.Tensor:
     """Inception-style crop (same box for all frames), the fine-tuning ``spatial_sampling``."""
     h, w = x.shape[-2:]
     area = h * w
@@ -171,10 +191,10 @@ def random_resized_crop(x: torch.Tensor, size: int, scale: tuple[float, float], 
         cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
         if 0 < cw <= w and 0 < ch <= h:
             oy, ox = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            return resize(x[..., oy:oy + ch, ox:ox + cw], (size, size))
+            return resize(x[..., oy : oy + ch, ox : ox + cw], (size, size))
     side = min(h, w)  # fall back to a centre crop
     oy, ox = (h - side) // 2, (w - side) // 2
-    return resize(x[..., oy:oy + side, ox:ox + side], (size, size))
+    return resize(x[..., oy : oy + side, ox : ox + side], (size, size))
 
 
 def short_side_crop(x: torch.Tensor, size: int, position: int, positions: int) -> torch.Tensor:
@@ -188,7 +208,7 @@ def short_side_crop(x: torch.Tensor, size: int, position: int, positions: int) -
     x = resize(x, (nh, nw))
     slack = max(nh, nw) - size
     offset = 0 if positions <= 1 else int(round(slack * position / (positions - 1)))
-    return x[..., offset:offset + size, :] if nh > nw else x[..., :, offset:offset + size]
+    return x[..., offset : offset + size, :] if nh > nw else x[..., :, offset : offset + size]
 
 
 # --------------------------------------------------------------------------- RandAugment
@@ -253,9 +273,22 @@ def _op(name: str, x: torch.Tensor, level: float, sign: float) -> torch.Tensor:
     raise ValueError(f"unknown RandAugment op {name!r}")
 
 
-RAND_AUGMENT_OPS: tuple[str, ...] = ("AutoContrast", "Invert", "Rotate", "Posterize", "Solarize",
-                                     "SolarizeAdd", "Color", "Contrast", "Brightness", "Sharpness",
-                                     "ShearX", "ShearY", "TranslateX", "TranslateY")
+RAND_AUGMENT_OPS: tuple[str, ...] = (
+    "AutoContrast",
+    "Invert",
+    "Rotate",
+    "Posterize",
+    "Solarize",
+    "SolarizeAdd",
+    "Color",
+    "Contrast",
+    "Brightness",
+    "Sharpness",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+)
 
 
 def parse_rand_augment(spec: str) -> tuple[int, float, float]:
@@ -287,8 +320,12 @@ def rand_augment(x: torch.Tensor, spec: str, rng: np.random.Generator) -> torch.
     return x
 
 
-def random_erase(x: torch.Tensor, rng: np.random.Generator, area: tuple[float, float] = (0.02, 1 / 3),
-                 log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3))) -> torch.Tensor:
+def random_erase(
+    x: torch.Tensor,
+    rng: np.random.Generator,
+    area: tuple[float, float] = (0.02, 1 / 3),
+    log_ratio: tuple[float, float] = (math.log(0.3), math.log(1 / 0.3)),
+) -> torch.Tensor:
     """timm RandomErasing, mode 'pixel', one box shared by all frames of a normalised clip (C,T,H,W)."""
     _, _, h, w = x.shape
     for _ in range(10):
@@ -299,7 +336,7 @@ def random_erase(x: torch.Tensor, rng: np.random.Generator, area: tuple[float, f
             top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
             noise = rng.standard_normal((x.shape[0], x.shape[1], eh, ew)).astype(np.float32)
             x = x.clone()
-            x[:, :, top:top + eh, left:left + ew] = torch.from_numpy(noise)
+            x[:, :, top : top + eh, left : left + ew] = torch.from_numpy(noise)
             return x
     return x
 
@@ -339,8 +376,15 @@ def view_frames(num_source: int, cfg: ClipTransformConfig, start: int) -> np.nda
     return sample_frame_indices(num_source, cfg.num_frames, cfg.sampling_rate, start)
 
 
-def make_view(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int, cfg: ClipTransformConfig,
-              rng: np.random.Generator | None, view: int = 0) -> dict[str, Any]:
+def make_view(
+    frames: np.ndarray,
+    fps: float,
+    audio: np.ndarray,
+    sample_rate: int,
+    cfg: ClipTransformConfig,
+    rng: np.random.Generator | None,
+    view: int = 0,
+) -> dict[str, Any]:
     """One model input {video (3,T,S,S), audio (1,A,128)} from a decoded clip (all its frames).
 
     ``rng`` drives every random choice in training modes; ``mode == 'test'`` is deterministic and
@@ -350,9 +394,19 @@ def make_view(frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: in
     return finish_view(frames[idx], int(idx[0]), fps, audio, sample_rate, cfg, rng, view)
 
 
-def finish_view(frames: np.ndarray, first_frame: int, fps: float, audio: np.ndarray, sample_rate: int,
-                cfg: ClipTransformConfig, rng: np.random.Generator | None, view: int = 0,
-                out: torch.Tensor | None = None, audio_offset: int = 0, fbank: bool = True) -> dict[str, Any]:
+def finish_view(
+    frames: np.ndarray,
+    first_frame: int,
+    fps: float,
+    audio: np.ndarray,
+    sample_rate: int,
+    cfg: ClipTransformConfig,
+    rng: np.random.Generator | None,
+    view: int = 0,
+    out: torch.Tensor | None = None,
+    audio_offset: int = 0,
+    fbank: bool = True,
+) -> dict[str, Any]:
     """The view from its own frames (T, H, W, 3) uint8, ``first_frame`` being the source index of
     the first; ``rng`` continues after ``view_start``'s draw. ``audio`` starts at sample
     ``audio_offset`` of the clip.
