@@ -97,6 +97,9 @@ def _check_consistent(out: Path, before_seconds: dict[str, float], before_keys: 
     assert set(keys) | {r["key"] for r in sync_rejected} == before_keys, "a clip was lost"
     assert not set(keys) & {r["key"] for r in sync_rejected}
     assert _seconds_by_source(out) == before_seconds
+    for shard in (out / "shards").glob("*.tar"):  # the loaders count samples from the index
+        index = json.loads(shard.with_name(shard.name[: -len(".tar")] + ".idx.json").read_text())
+        assert index["samples"] == len(list(iter_raw_samples([str(shard)]))), shard.name
     return manifest, sync_rejected
 
 

@@ -56,6 +56,7 @@ import numpy as np
 
 from .outdir import BuildLock
 from .rows import ManifestRow
+from .shards import write_index
 
 SYNC_LOG = "sync.jsonl"
 LOG_VERSION = 1
@@ -504,6 +505,7 @@ def run_sync_pass(
             }
             _append_line(log_path, line)  # commit point
             os.replace(tmp, shard)
+            write_index(shard, line["kept"], line["bytes"])  # the loaders count samples from it
             _fsync_dir(shard.parent)
             logged[rel] = line
             rep.shards_scored += 1
@@ -691,10 +693,12 @@ def _ensure_applied(shard: Path, tmp: Path, line: dict[str, Any]) -> None:
     """After a crash between the log line and the rename: finish the rename, or re-apply."""
     if shard.stat().st_size == line["bytes"] and _sha1_file(shard) == line["sha1"]:
         tmp.unlink(missing_ok=True)
+        write_index(shard, line["kept"], line["bytes"])
         return
     if not (tmp.exists() and tmp.stat().st_size == line["bytes"] and _sha1_file(tmp) == line["sha1"]):
         write_filtered_shard(shard, tmp, line["clips"])
     os.replace(tmp, shard)
+    write_index(shard, line["kept"], line["bytes"])
     _fsync_dir(shard.parent)
 
 
