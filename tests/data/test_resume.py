@@ -135,7 +135,21 @@ def test_worker_crash_is_retried_then_rejected(demo_build, tmp_path):
     out = tmp_path / "out"
     cfg_file = tmp_path / "tasks.yaml"
     cfg_file.write_text("output: {inputs_per_task: 2}\n")  # tasks: [no_face, two_faces] [single_face]
-    env = dict(os.environ, AVF_DATA_TEST_CRASH_ON="no_face.mp4")
+    # Every process of the build (driver, fork server, workers) imports this sitecustomize, which
+    # makes the worker die like a segfault on one input; production code has no hook for it.
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(
+        "import os\n"
+        "import avf_data.pipeline as p\n"
+        "_real = p._run_stages\n"
+        "def _crashing(path, *a, **k):\n"
+        "    if os.path.basename(path) == 'no_face.mp4':\n"
+        "        os._exit(70)\n"
+        "    return _real(path, *a, **k)\n"
+        "p._run_stages = _crashing\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])))
     r = subprocess.run(
         [
             sys.executable,

@@ -62,20 +62,13 @@ def _init_worker(
     get_context(_WORKER_CFG, weights)  # build the sync scorer once per process
 
 
-def _crash_hook(path: str) -> None:
-    """Test hook: simulate a native crash on the input named by AVF_DATA_TEST_CRASH_ON."""
-    crash_on = os.environ.get("AVF_DATA_TEST_CRASH_ON")
-    if crash_on and os.path.basename(path) == crash_on:
-        os._exit(70)
-
-
 def _run_task(task: Task) -> dict[str, Any]:
     from .pipeline import process_task
 
     tid, items = task
     out_dir, weights = _WORKER_ARGS
     assert _WORKER_CFG is not None
-    return process_task(items, out_dir, _WORKER_CFG, weights, tid=tid, before_input=_crash_hook)
+    return process_task(items, out_dir, _WORKER_CFG, weights, tid=tid)
 
 
 WORKER_MEMORY_BYTES = 1_500_000_000  # peak RSS budget of one curation worker (tools/bench/real.py)

@@ -4,7 +4,8 @@ Everything here takes an explicit ``numpy.random.Generator`` so that a clip's au
 pure function of (seed, pass, stream position). That is what makes ``--resume`` reproduce an
 uninterrupted run exactly, whatever the number of loader workers did in between.
 
-Video follows the official loaders (ARCH_SPEC §2, PREPROCESS_NOTES §2): 16 frames with stride 4,
+Video follows the official loaders (VideoMAE-style ``kinetics_av.py`` / ``datasets_av.py`` of the
+AVF-MAE release, which read already face-cropped mp4s with decord): 16 frames with stride 4,
 ``GroupMultiScaleCrop(160, [1, .875, .75, .66])`` for pre-training; RandAugment, random resized
 crop, flip and random erasing for the labelled stages; ImageNet normalisation. Audio is the
 waveform under the sampled frames (65 frame periods, 2.6 s at 25 fps), a random gain (the only
@@ -71,7 +72,7 @@ def random_start(num_source: int, span: int, rng: np.random.Generator) -> int:
     return int(rng.integers(0, num_source - span + 1)) if num_source > span else 0
 
 
-def test_start(num_source: int, span: int, segment: int, segments: int) -> int:
+def eval_view_start(num_source: int, span: int, segment: int, segments: int) -> int:
     """Evenly spaced windows over the clip, as the official test loader (``tick`` spacing)."""
     if num_source <= span or segments <= 1:
         return max(0, (num_source - span) // 2) if segments <= 1 else 0
@@ -366,7 +367,7 @@ def view_start(num_source: int, cfg: ClipTransformConfig, rng: np.random.Generat
     segment ``view // test_crops`` of evenly spaced windows."""
     span = cfg.num_frames * cfg.sampling_rate
     if cfg.mode == "test":
-        return test_start(num_source, span, view // cfg.test_crops, cfg.test_segments)
+        return eval_view_start(num_source, span, view // cfg.test_crops, cfg.test_segments)
     assert rng is not None
     return random_start(num_source, span, rng)
 
