@@ -71,3 +71,29 @@ def astronaut_canvas(size=(640, 360), head=220, centre=None, faces=1) -> np.ndar
         offset = (f - (faces - 1) / 2) * w * 0.42
         _draw_head(canvas, centre[0] + offset, centre[1], head, 0.0)
     return canvas
+
+
+@pytest.fixture(scope="session")
+def mux_audio():
+    """``mux_audio(container, stream, audio, sample_rate)``: encode float audio in [-1, 1]
+    (``(n,)`` mono or ``(channels, n)``) into ``stream`` and flush it (test files that need a
+    container layout ``avf_data.demo.write_av`` does not make: VFR, rotation, stereo, PCM)."""
+    return encode_audio
+
+
+def encode_audio(container, stream, audio: np.ndarray, sample_rate: int) -> None:
+    import av
+
+    a = np.atleast_2d(np.asarray(audio, np.float32))
+    pcm = stream.codec_context.name.startswith("pcm_s16")
+    layout = "mono" if a.shape[0] == 1 else "stereo"
+    for i in range(0, a.shape[1], 1024):
+        piece = a[:, i : i + 1024]
+        if pcm:
+            piece = (np.clip(piece, -1, 1) * 32767).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(piece), format="s16" if pcm else "fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        for p in stream.encode(frame):
+            container.mux(p)
+    for p in stream.encode():
+        container.mux(p)

@@ -48,7 +48,7 @@ def test_fifo_is_rejected_without_hanging(tmp_path, canvas):
     assert len(rows) == 1 and rows[0]["code"] == "decode.not_a_file"  # listed twice, kept once
 
 
-def test_truncated_file_is_fully_accounted(tmp_path, canvas):
+def test_truncated_file_is_fully_accounted(tmp_path, canvas, mux_audio):
     """Index at the front (faststart), most of the data cut off: the container's 5 s are the
     input's length and the undecodable tail is a decode.truncated row."""
     import av
@@ -68,14 +68,7 @@ def test_truncated_file_is_fully_accounted(tmp_path, canvas):
                 c.mux(p)
         for p in vs.encode():
             c.mux(p)
-        a = (0.2 * np.sin(np.arange(5 * 16000) / 16000 * 2 * np.pi * 200)).astype(np.float32).reshape(1, -1)
-        for i in range(0, a.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i : i + 1024]), format="fltp", layout="mono")
-            af.sample_rate = 16000
-            for p in a_s.encode(af):
-                c.mux(p)
-        for p in a_s.encode():
-            c.mux(p)
+        mux_audio(c, a_s, 0.2 * np.sin(np.arange(5 * 16000) / 16000 * 2 * np.pi * 200), 16000)
     data = path.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 4])
@@ -214,7 +207,7 @@ def test_disk_full_is_one_line(tmp_path, demo_inputs, capsys, monkeypatch):
     assert main(["build", str(clip), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]) == 0
 
 
-def test_rotated_phone_clip_is_kept_upright(tmp_path, demo_media):
+def test_rotated_phone_clip_is_kept_upright(tmp_path, demo_media, mux_audio):
     """A talking face stored sideways with a 90-degree display matrix (as phones record
     portrait video) is curated like the upright original: the face filter finds it."""
     import av
@@ -238,14 +231,7 @@ def test_rotated_phone_clip_is_kept_upright(tmp_path, demo_media):
                 c.mux(p)
         for p in vs.encode():
             c.mux(p)
-        pcm = (np.clip(audio, -1, 1) * 32767).astype(np.int16).reshape(1, -1)
-        for i in range(0, pcm.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, i : i + 1024]), format="s16", layout="mono")
-            af.sample_rate = 16000
-            for p in a_s.encode(af):
-                c.mux(p)
-        for p in a_s.encode():
-            c.mux(p)
+        mux_audio(c, a_s, audio, 16000)
     clips, rejects = curate_video(path, BuildConfig())
     assert clips, rejects
     assert clips[0].meta["source_size"] == [frames.shape[2], frames.shape[1]]

@@ -49,26 +49,19 @@ def test_bad_inputs_have_clear_reasons(tmp_path, canvas):
         load_media(ok, MediaConfig(max_pixels=100 * 100))
 
 
-def test_audio_only_file_has_no_video_stream(tmp_path):
+def test_audio_only_file_has_no_video_stream(tmp_path, mux_audio):
     import av
 
     path = tmp_path / "audio.m4a"
     with av.open(str(path), "w", format="mp4") as c:
         s = c.add_stream("aac", rate=16000)
         s.layout = "mono"
-        a = _tone(1.0).reshape(1, -1)
-        for i in range(0, a.shape[1], 1024):
-            fr = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i : i + 1024]), format="fltp", layout="mono")
-            fr.sample_rate = 16000
-            for p in s.encode(fr):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+        mux_audio(c, s, _tone(1.0), 16000)
     with pytest.raises(MediaError, match="no video stream"):
         load_media(path)
 
 
-def _write_vfr(path, frames_and_ms, audio, sr=16000):
+def _write_vfr(path, frames_and_ms, audio, mux_audio, sr=16000):
     """An mkv whose frames last the given milliseconds (jittered: variable frame rate)."""
     from fractions import Fraction
 
@@ -93,19 +86,11 @@ def _write_vfr(path, frames_and_ms, audio, sr=16000):
                 c.mux(p)
         for p in vs.encode():
             c.mux(p)
-        a = audio.reshape(1, -1)
-        for i in range(0, a.shape[1], 1024):
-            pcm = (np.clip(a[:, i : i + 1024], -1, 1) * 32767).astype(np.int16)
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm), format="s16", layout="mono")
-            af.sample_rate = sr
-            for p in a_s.encode(af):
-                c.mux(p)
-        for p in a_s.encode():
-            c.mux(p)
+        mux_audio(c, a_s, audio, sr)
     return path
 
 
-def test_variable_frame_rate_becomes_25fps_with_aligned_audio(tmp_path, canvas):
+def test_variable_frame_rate_becomes_25fps_with_aligned_audio(tmp_path, canvas, mux_audio):
     """Phone-style VFR (frame durations jittered 15-65 ms): resampled to 25 fps by nearest
     timestamp, flagged as VFR, and a flash in the picture lines up with a click in the audio
     to within one frame."""
@@ -123,7 +108,7 @@ def test_variable_frame_rate_becomes_25fps_with_aligned_audio(tmp_path, canvas):
     sr = 16000
     audio = 0.01 * rng.standard_normal(int(t / 1000 * sr) + sr).astype(np.float32)
     audio[int(flash_ms / 1000 * sr)] = 0.9  # the click, at the first lit frame
-    m = load_media(_write_vfr(tmp_path / "vfr.mkv", frames, audio, sr))
+    m = load_media(_write_vfr(tmp_path / "vfr.mkv", frames, audio, mux_audio, sr))
     assert m.fps == 25 and m.source_vfr
     assert abs(m.num_frames - t / 40) <= 2
     flash = int(np.argmax(m.frames.reshape(m.num_frames, -1).mean(axis=1)))
@@ -137,7 +122,7 @@ def test_constant_rate_is_not_flagged_vfr(tmp_path, canvas):
     assert not load_media(path).source_vfr
 
 
-def test_stereo_is_downmixed_as_the_mean_of_the_channels(tmp_path, canvas):
+def test_stereo_is_downmixed_as_the_mean_of_the_channels(tmp_path, canvas, mux_audio):
     """(L + R) / 2, as ffmpeg -ac 1 (FFmpeg's own default downmix is (L + R) / sqrt(2))."""
     import av
 
@@ -154,20 +139,13 @@ def test_stereo_is_downmixed_as_the_mean_of_the_channels(tmp_path, canvas):
         for p in vs.encode():
             c.mux(p)
         left = _tone(1.2) * 0 + 0.4 * np.sin(2 * np.pi * 300 * np.arange(int(1.2 * 16000)) / 16000)
-        st = np.stack([left, left]).astype(np.float32)
-        for i in range(0, st.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(st[:, i : i + 1024]), format="fltp", layout="stereo")
-            af.sample_rate = 16000
-            for p in a_s.encode(af):
-                c.mux(p)
-        for p in a_s.encode():
-            c.mux(p)
+        mux_audio(c, a_s, np.stack([left, left]), 16000)
     m = load_media(path)
     rms = float(np.sqrt(np.mean(m.audio[4000:12000] ** 2)))
     assert abs(rms - 0.4 / np.sqrt(2)) < 0.02  # same level as each channel, not sqrt(2) louder
 
 
-def test_display_rotation_is_applied(tmp_path, canvas):
+def test_display_rotation_is_applied(tmp_path, canvas, mux_audio):
     """A phone clip stored sideways with a 90-degree display matrix is decoded upright."""
     import av
 
@@ -186,14 +164,7 @@ def test_display_rotation_is_applied(tmp_path, canvas):
                 c.mux(p)
         for p in vs.encode():
             c.mux(p)
-        a = _tone(1.0).reshape(1, -1)
-        for i in range(0, a.shape[1], 1024):
-            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a[:, i : i + 1024]), format="fltp", layout="mono")
-            af.sample_rate = 16000
-            for p in a_s.encode(af):
-                c.mux(p)
-        for p in a_s.encode():
-            c.mux(p)
+        mux_audio(c, a_s, _tone(1.0), 16000)
     m = load_media(path)
     assert m.frames.shape[1:] == (160, 96, 3) and m.source_size == (96, 160)
     top, bottom = m.frames[0, :8].mean(axis=(0, 1)), m.frames[0, -8:].mean(axis=(0, 1))

@@ -56,7 +56,7 @@ import numpy as np
 
 from .outdir import BuildLock
 from .rows import ManifestRow
-from .shards import write_index
+from .shards import _fsync_dir, write_index
 
 SYNC_LOG = "sync.jsonl"
 LOG_VERSION = 1
@@ -227,19 +227,6 @@ def write_filtered_shard(src: Path, dst: Path, decisions: dict[str, dict[str, An
 
 
 # --------------------------------------------------------------------------- log
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def read_sync_log(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:

@@ -31,15 +31,21 @@ def _clean(values: list[float]) -> list[float | None]:
     return [None if not np.isfinite(v) else round(float(v), 4) for v in values]
 
 
-class SceneStage:
-    """Stage 1: PySceneDetect cuts; segments too short, or whose audio ends early, out."""
+class ConfiguredStage:
+    """A stage whose mode and thresholds are one config section (``cfg.mode``)."""
 
-    name = "scene"
+    name = ""
     runs_when_off = False
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         self.mode = cfg.mode
+
+
+class SceneStage(ConfiguredStage):
+    """Stage 1: PySceneDetect cuts; segments too short, or whose audio ends early, out."""
+
+    name = "scene"
 
     def run(self, span: Span, ctx: ChunkContext) -> list[Part]:
         from .scene import detect_cuts, split_scenes
@@ -69,15 +75,10 @@ class SceneStage:
         return sorted(parts, key=lambda p: p.start)
 
 
-class FaceStage:
+class FaceStage(ConfiguredStage):
     """Stage 2: dlib HOG on a few frames: no face, several, tiny, cut or distorted faces out."""
 
     name = "face"
-    runs_when_off = False
-
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
-        self.mode = cfg.mode
 
     def run(self, span: Span, ctx: ChunkContext) -> list[Part]:
         from .face_filter import check_faces
@@ -102,15 +103,10 @@ class _Nearest:
         return self.chunk.nearest_analysis(k)
 
 
-class SilenceStage:
+class SilenceStage(ConfiguredStage):
     """Stage 3: librosa split; clips hold continuous speech between min and max length."""
 
     name = "silence"
-    runs_when_off = False
-
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
-        self.mode = cfg.mode
 
     def run(self, span: Span, ctx: ChunkContext) -> list[Part]:
         from .silence import split_speech
@@ -137,15 +133,11 @@ class SilenceStage:
         return parts
 
 
-class CropStage:
+class CropStage(ConfiguredStage):
     """Stage 4: RetinaFace track, Savitzky-Golay centre, one window per clip, cut at out_size."""
 
     name = "crop"
     runs_when_off = True  # later stages and the shard need a crop: off = centre square
-
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
-        self.mode = cfg.mode
 
     def run(self, span: Span, ctx: ChunkContext) -> list[Part]:
         from .crop import plan_track
@@ -265,15 +257,10 @@ class SyncStage:
         return [Part(span.start, span.end, code, reason, meta=meta, row={"sync": sj})]
 
 
-class QualityStage:
+class QualityStage(ConfiguredStage):
     """Stage 5b: blur, frozen and flat video out."""
 
     name = "quality"
-    runs_when_off = False
-
-    def __init__(self, cfg) -> None:
-        self.cfg = cfg
-        self.mode = cfg.mode
 
     def run(self, span: Span, ctx: ChunkContext) -> list[Part]:
         from .quality import measure_quality, quality_reject_reason
