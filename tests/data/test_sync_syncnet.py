@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from syncnet_fixtures import random_official_state_dict
 
 from avf_data.stages import syncnet as sn
 from avf_data.stages.sync import (
@@ -46,25 +47,6 @@ OFFICIAL_SPOT_CHECKS = {
     "netcnnlip.18.weight": (512, 256, 1, 6, 6),
     "netcnnlip.19.bias": (512,),
 }
-
-
-def random_official_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """What the official file holds: name -> tensor, no num_batches_tracked buffers."""
-    g = torch.Generator().manual_seed(seed)
-    sd = {}
-    for k, shape in sn.OFFICIAL_STATE_DICT_SHAPES.items():
-        if k.endswith("running_var"):
-            sd[k] = torch.rand(shape, generator=g) + 0.5
-        elif k.endswith("running_mean") or k.endswith("bias"):
-            sd[k] = torch.randn(shape, generator=g) * 0.1
-        else:
-            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
-            sd[k] = (
-                torch.randn(shape, generator=g) / np.sqrt(fan_in)
-                if len(shape) > 1
-                else 1 + 0.1 * torch.randn(shape, generator=g)
-            )
-    return sd
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .media import MediaReader, SourceInfo, frame_rgb
+from .media import FramesWithAudio, MediaReader, SourceInfo, frame_rgb
 
 
 @dataclass
@@ -216,7 +216,7 @@ class FaceRegions:
 
 
 @dataclass
-class Chunk:
+class Chunk(FramesWithAudio):
     """A stretch of an input ready for the stages (frame indices are chunk-relative)."""
 
     start_frame: int  # index of frame 0 in the whole input
@@ -235,15 +235,6 @@ class Chunk:
     @property
     def num_frames(self) -> int:
         return int(len(self.small))
-
-    @property
-    def seconds(self) -> float:
-        return self.num_frames / self.fps
-
-    def audio_slice(self, start_frame: int, end_frame: int) -> np.ndarray:
-        """Audio samples matching frames ``[start_frame, end_frame)``."""
-        spf = self.sample_rate / self.fps
-        return self.audio[int(round(start_frame * spf)) : int(round(end_frame * spf))]
 
     def nearest_analysis(self, k: int) -> np.ndarray:
         """The analysis frame nearest to frame ``k`` (dlib samples, thumbnails)."""

@@ -412,8 +412,27 @@ def rotate_upright(img: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(img, rotation // 90))
 
 
+class FramesWithAudio:
+    """Frames at ``fps`` with the audio of exactly those frames at ``sample_rate``: what a
+    whole decoded input (:class:`Media`) and a stretch of one (``chunks.Chunk``) share."""
+
+    fps: float
+    sample_rate: int
+    audio: np.ndarray
+    num_frames: int  # each kind defines it as a property over its own frame array
+
+    @property
+    def seconds(self) -> float:
+        return self.num_frames / self.fps
+
+    def audio_slice(self, start_frame: int, end_frame: int) -> np.ndarray:
+        """Audio samples matching frames ``[start_frame, end_frame)``."""
+        spf = self.sample_rate / self.fps
+        return self.audio[int(round(start_frame * spf)) : int(round(end_frame * spf))]
+
+
 @dataclass
-class Media:
+class Media(FramesWithAudio):
     """A whole decoded input (tests and tools): constant-rate frames and aligned mono audio."""
 
     frames: np.ndarray  # (T, H, W, 3) uint8 RGB at ``fps``
@@ -428,15 +447,6 @@ class Media:
     @property
     def num_frames(self) -> int:
         return int(len(self.frames))
-
-    @property
-    def seconds(self) -> float:
-        return self.num_frames / self.fps
-
-    def audio_slice(self, start_frame: int, end_frame: int) -> np.ndarray:
-        """Audio samples matching frames ``[start_frame, end_frame)``."""
-        spf = self.sample_rate / self.fps
-        return self.audio[int(round(start_frame * spf)) : int(round(end_frame * spf))]
 
 
 def load_media(path: str | os.PathLike, cfg: MediaConfig | None = None) -> Media:

@@ -121,7 +121,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
 
 
 def save(run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep_last: int = 3) -> Path:
-    """Write ``checkpoints/step-XXXXXXXX.pt`` atomically, repoint ``RUN/checkpoint``, prune old ones."""
+    """Write ``checkpoints/step-NNNNNNNN.pt`` atomically, repoint ``RUN/checkpoint``, prune old ones."""
     run_dir = Path(run_dir)
     folder = run_dir / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
