@@ -45,3 +45,16 @@ def test_ray_engine_matches_local(demo_build, tmp_path):
     )
     assert stats["run"]["tasks"] == demo_build["stats"]["run"]["tasks"] == 2
     assert len({r["shard"] for r in man}) < len({r["source"] for r in man})  # inputs share shards
+
+
+def test_default_workers_fit_cores_and_available_memory(monkeypatch):
+    """One worker per core, fewer when MemAvailable (page cache included) cannot hold 1.5 GB each."""
+    from avf_data import engines
+
+    cores = len(__import__("os").sched_getaffinity(0))
+    monkeypatch.setattr(engines, "available_memory", lambda: 64_000_000_000)
+    assert engines.default_workers() == cores
+    monkeypatch.setattr(engines, "available_memory", lambda: 2_600_000_000)
+    assert engines.default_workers() == 1
+    monkeypatch.undo()
+    assert engines.available_memory() > 0  # the real one reads /proc/meminfo

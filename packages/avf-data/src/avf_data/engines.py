@@ -81,11 +81,26 @@ def default_workers() -> int:
         cores = max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover
         cores = max(1, os.cpu_count() or 1)
-    try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
+    avail = available_memory()
+    if avail is None:  # pragma: no cover - not Linux
         return cores
     return max(1, min(cores, int((avail - 1_000_000_000) // WORKER_MEMORY_BYTES)))
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel can hand out now: ``MemAvailable`` (free memory plus the page cache it
+    can drop), not just the free pages, which a machine that has read a lot keeps low."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return None
 
 
 def single_tasks(task: Task) -> list[Task]:
