@@ -36,7 +36,7 @@ def test_yaml_roundtrip_and_dotted_overrides(tmp_path):
     sets = [
         "optim.lr=1e-4",
         "optim.betas=[0.8, 0.9]",
-        "data.crop_scales=[1, 0.5]",
+        "data.clip.crop_scales=[1, 0.5]",
         "run.tensorboard=false",
         "model.overrides={depth: 4}",
     ]
@@ -44,7 +44,7 @@ def test_yaml_roundtrip_and_dotted_overrides(tmp_path):
     save_yaml(cfg, tmp_path / "c.yaml")
     back = load_yaml(tmp_path / "c.yaml")
     assert to_dict(back) == to_dict(cfg)
-    assert back.optim.lr == 1e-4 and back.optim.betas == (0.8, 0.9) and back.data.crop_scales == (1.0, 0.5)
+    assert back.optim.lr == 1e-4 and back.optim.betas == (0.8, 0.9) and back.data.clip.crop_scales == (1.0, 0.5)
     assert back.run.tensorboard is False and back.model.overrides == {"depth": 4}
     with pytest.raises(ConfigError, match="'optim.lrr'"):
         resolve("finetune", sets=["optim.lrr=1"])
@@ -52,7 +52,7 @@ def test_yaml_roundtrip_and_dotted_overrides(tmp_path):
         resolve("finetune", sets=["run.precision=fp8"])
 
 
-@pytest.mark.parametrize("assignment", ["run.tensorboard=1", "data.flip=0", "run.fsdp=maybe"])
+@pytest.mark.parametrize("assignment", ["run.tensorboard=1", "data.clip.flip=0", "run.fsdp=maybe"])
 def test_booleans_must_be_yaml_booleans(assignment):
     """avf-data's rule: a number or a word is no switch (avf-train used to read "1" as true)."""
     with pytest.raises(ConfigError, match="expects true or false"):

@@ -11,21 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
+from run_args import ONE_CPU, TINY_MODEL
 
 from avf_train.cli import main
 
-FAST = [
-    "--model",
-    "tiny",
-    "--num-workers",
-    "0",
-    "--precision",
-    "fp32",
-    "--max-steps",
-    "1",
-    "--set",
-    "run.tensorboard=false",
-]
+FAST = [*TINY_MODEL, *ONE_CPU, "--max-steps", "1"]
 
 
 def _refused(capsys, args: list[str]) -> str:
@@ -36,6 +26,11 @@ def _refused(capsys, args: list[str]) -> str:
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("avf-train: error: "), lines
     return lines[0]
+
+
+def _refused_run(capsys, command: str, data: str, out: Path, *extra: str) -> str:
+    """``_refused`` for a tiny training run: ``command --data DATA --out OUT`` + FAST + ``extra``."""
+    return _refused(capsys, [command, "--data", data, "--out", str(out), *FAST, *extra])
 
 
 def _exit_code(args: list[str]) -> int:
@@ -78,20 +73,8 @@ def test_user_errors_are_one_line_and_exit_2(args, words, tmp_path, monkeypatch,
 
 def test_too_few_clips_for_the_batch_is_found_before_the_workers_start(shards, tmp_path, capsys):
     # 8 clips in 2 shards of 4; 2 workers read one shard each: 4 clips per stream per pass
-    line = _refused(
-        capsys,
-        [
-            "pretrain",
-            "--data",
-            shards["unlabelled"],
-            "--out",
-            str(tmp_path / "a"),
-            "--batch-size",
-            "8",
-            *FAST,
-            "--num-workers",
-            "2",
-        ],
+    line = _refused_run(
+        capsys, "pretrain", shards["unlabelled"], tmp_path / "a", "--batch-size", "8", "--num-workers", "2"
     )
     assert "8 clips in 2 shard(s)" in line and "1 rank(s) x 2 loader worker(s)" in line
     assert "smallest stream gets 4 clips" in line and "--batch-size 4 or less" in line
@@ -108,59 +91,23 @@ def test_batch_fit_rule_is_the_loaders_worst_pass():
 
 
 def test_unlabelled_shards_for_a_labelled_stage(shards, tmp_path, capsys):
-    line = _refused(
-        capsys,
-        [
-            "finetune",
-            "--data",
-            shards["unlabelled"],
-            "--num-classes",
-            "3",
-            "--out",
-            str(tmp_path / "a"),
-            "--batch-size",
-            "2",
-            *FAST,
-        ],
+    line = _refused_run(
+        capsys, "finetune", shards["unlabelled"], tmp_path / "a", "--num-classes", "3", "--batch-size", "2"
     )
     assert "8 of 8 clips have no label" in line and "avf-data import" in line
 
 
 def test_labels_outside_the_label_map(shards, tmp_path, capsys):
     # the labelled fixture holds labels 0, 1 and 2
-    line = _refused(
-        capsys,
-        [
-            "finetune",
-            "--data",
-            shards["labelled"],
-            "--num-classes",
-            "2",
-            "--out",
-            str(tmp_path / "a"),
-            "--batch-size",
-            "2",
-            *FAST,
-        ],
+    line = _refused_run(
+        capsys, "finetune", shards["labelled"], tmp_path / "a", "--num-classes", "2", "--batch-size", "2"
     )
     assert "outside the label map of 2 classes" in line and "label 2 in" in line
     # a named label map that lacks some of the clips' names
     two = tmp_path / "two.yaml"
     two.write_text("classes: [Happy, Sadness]\naliases: {happiness: Happy}\n")
-    line = _refused(
-        capsys,
-        [
-            "finetune",
-            "--data",
-            shards["labelled"],
-            "--set",
-            f"data.label_map={two}",
-            "--out",
-            str(tmp_path / "b"),
-            "--batch-size",
-            "2",
-            *FAST,
-        ],
+    line = _refused_run(
+        capsys, "finetune", shards["labelled"], tmp_path / "b", "--set", f"data.label_map={two}", "--batch-size", "2"
     )
     assert "outside the label map 'two'" in line and "'Angry'" in line
 
@@ -169,22 +116,17 @@ def test_labels_outside_the_label_map(shards, tmp_path, capsys):
 def test_corrupt_init_and_ckpt(shards, tmp_path, capsys, content):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
-    line = _refused(
+    line = _refused_run(
         capsys,
-        [
-            "finetune",
-            "--init",
-            str(bad),
-            "--data",
-            shards["labelled"],
-            "--num-classes",
-            "3",
-            "--out",
-            str(tmp_path / "a"),
-            "--batch-size",
-            "2",
-            *FAST,
-        ],
+        "finetune",
+        shards["labelled"],
+        tmp_path / "a",
+        "--init",
+        str(bad),
+        "--num-classes",
+        "3",
+        "--batch-size",
+        "2",
     )
     assert f"cannot read checkpoint {bad}" in line
     line = _refused(
@@ -198,20 +140,8 @@ def test_device_cuda_without_cuda_is_one_line(shards, tmp_path, capsys):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = _refused(
-        capsys,
-        [
-            "pretrain",
-            "--data",
-            shards["unlabelled"],
-            "--out",
-            str(tmp_path / "a"),
-            "--batch-size",
-            "2",
-            "--device",
-            "cuda",
-            *FAST,
-        ],
+    line = _refused_run(
+        capsys, "pretrain", shards["unlabelled"], tmp_path / "a", "--batch-size", "2", "--device", "cuda"
     )
     assert "no CUDA device" in line
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_args import SMALL, TINY_MODEL
 
 from avf_data.cli import main as avf_data
 from avf_data.shards import iter_clips
@@ -34,22 +35,7 @@ TRAIN_ROWS = [
     ("v0", "sad"),
 ]  # v6: dropped by the protocol; the second v0: a duplicate
 TEST_ROWS = [("v7", "neu"), ("v8", "sad"), ("v9", "Sadness")]
-FAST = [
-    "--model",
-    "tiny",
-    "--batch-size",
-    "2",
-    "--num-workers",
-    "0",
-    "--precision",
-    "fp32",
-    "--max-steps",
-    "1",
-    "--set",
-    "run.tensorboard=false",
-    "--set",
-    "run.log_every=1",
-]
+FAST = [*TINY_MODEL, *SMALL, "--max-steps", "1"]
 
 
 def _write_videos(folder: Path, count: int) -> None:

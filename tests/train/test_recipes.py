@@ -19,10 +19,10 @@ PRETRAIN = {
     "optim.weight_decay": 0.05,
     "optim.betas": (0.9, 0.95),
     "data.repeated_aug": 1,
-    "data.num_frames": 16,
-    "data.sampling_rate": 4,
-    "data.image_size": 160,
-    "data.audio_frames": 256,
+    "data.clip.num_frames": 16,
+    "data.clip.sampling_rate": 4,
+    "data.clip.image_size": 160,
+    "data.clip.audio_frames": 256,
     "data.mel_bins": 128,
 }
 SUPERVISED = {
@@ -37,10 +37,10 @@ SUPERVISED = {
     "finetune.mixup": 0.8,
     "finetune.cutmix": 1.0,
     "finetune.label_smoothing": 0.1,
-    "data.test_segments": 2,
-    "data.test_crops": 2,
-    "data.rand_augment": "rand-m7-n4-mstd0.5-inc1",
-    "data.random_erase": 0.25,
+    "data.clip.test_segments": 2,
+    "data.clip.test_crops": 2,
+    "data.clip.rand_augment": "rand-m7-n4-mstd0.5-inc1",
+    "data.clip.random_erase": 0.25,
 }
 OFFICIAL: dict[str, dict[str, object]] = {
     # Tab. 5; scripts: B 164 per GPU, 20/200 epochs (script 904), no clip-grad for B and L

@@ -12,24 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_args import SMALL, TINY_MODEL
 
 from avf_train.cli import main
 
-FAST = [
-    "--model",
-    "tiny",
-    "--batch-size",
-    "2",
-    "--num-workers",
-    "0",
-    "--precision",
-    "fp32",
-    "--set",
-    "run.log_every=1",
-    "--set",
-    "run.tensorboard=false",
-]
+FAST = [*TINY_MODEL, *SMALL]
 PRETRAIN = FAST + ["--epochs", "3", "--lr", "1e-3", "--set", "optim.warmup_steps=1"]
+CEA3_ONE_STEP = ["--task", "cea", "--num-classes", "3", "--max-steps", "1"]  # the labelled fixture's 3 classes
+
+
+def _train(command: str, data: str, out: Path, *extra: str, flags: list[str] = FAST) -> int:
+    """``avf-train COMMAND --data DATA --out OUT EXTRA FLAGS`` in this process; its exit code."""
+    return main([command, "--data", data, "--out", str(out), *extra, *flags])
 
 
 def _losses(run: Path) -> list[float]:
@@ -94,19 +88,15 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
     post = tmp_path / "post"
     # no --model: the architecture comes from the --init checkpoint
     assert (
-        main(
-            [
-                "postpretrain",
-                "--init",
-                str(pretrained / "checkpoint"),
-                "--data",
-                shards["labelled"],
-                "--out",
-                str(post),
-                "--max-steps",
-                "2",
-                *FAST[2:],
-            ]
+        _train(
+            "postpretrain",
+            shards["labelled"],
+            post,
+            "--init",
+            str(pretrained / "checkpoint"),
+            "--max-steps",
+            "2",
+            flags=SMALL,
         )
         == 0
     )
@@ -116,25 +106,16 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
     fine = tmp_path / "fine"
     val = str(Path(shards["labelled"]).parent / "labelled-000000.tar")
     assert (
-        main(
-            [
-                "finetune",
-                "--init",
-                str(post),
-                "--data",
-                shards["labelled"],
-                "--val-data",
-                val,
-                "--task",
-                "cea",
-                "--num-classes",
-                "3",
-                "--out",
-                str(fine),
-                "--max-steps",
-                "1",
-                *FAST[2:],
-            ]
+        _train(
+            "finetune",
+            shards["labelled"],
+            fine,
+            "--init",
+            str(post),
+            "--val-data",
+            val,
+            *CEA3_ONE_STEP,
+            flags=SMALL,
         )
         == 0
     )
@@ -167,7 +148,7 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
                 "--segments",
                 "1",
                 "--set",
-                "data.test_crops=1",
+                "data.clip.test_crops=1",
             ]
         )
         == 0
@@ -198,27 +179,22 @@ def test_dea_regression_finetune(pretrained, shards, tmp_path):
     run = tmp_path / "dea"
     val = str(Path(shards["labelled"]).parent / "labelled-000000.tar")
     assert (
-        main(
-            [
-                "finetune",
-                "--init",
-                str(pretrained),
-                "--data",
-                shards["labelled"],
-                "--task",
-                "dea",
-                "--num-classes",
-                "2",
-                "--out",
-                str(run),
-                "--max-steps",
-                "1",
-                "--grad-accum",
-                "2",
-                "--val-data",
-                val,
-                *FAST,
-            ]
+        _train(
+            "finetune",
+            shards["labelled"],
+            run,
+            "--init",
+            str(pretrained),
+            "--task",
+            "dea",
+            "--num-classes",
+            "2",
+            "--max-steps",
+            "1",
+            "--grad-accum",
+            "2",
+            "--val-data",
+            val,
         )
         == 0
     )
@@ -251,21 +227,17 @@ def test_a_converted_official_checkpoint_starts_a_finetune(shards, tmp_path):
     assert avf_models(["convert", "--checkpoint", str(tmp_path / "official.pth"), "--out", str(converted)]) == 0
     run = tmp_path / "ft"
     assert (
-        main(
-            [
-                "finetune",
-                "--init",
-                str(converted),
-                "--data",
-                shards["labelled"],
-                "--num-classes",
-                "3",
-                "--out",
-                str(run),
-                "--max-steps",
-                "1",
-                *FAST[2:],
-            ]
+        _train(
+            "finetune",
+            shards["labelled"],
+            run,
+            "--init",
+            str(converted),
+            "--num-classes",
+            "3",
+            "--max-steps",
+            "1",
+            flags=SMALL,
         )
         == 0
     )  # no --model: the file names it
@@ -281,46 +253,20 @@ def test_finetune_checkpoint_names_its_classes(pretrained, shards, tmp_path):
     (imported / "classes.json").write_text(json.dumps({"classes": ["happy", "neutral", "sad"], "num_classes": 3}))
     run = tmp_path / "named"
     assert (
-        main(
-            [
-                "finetune",
-                "--init",
-                str(pretrained),
-                "--data",
-                str(imported / "shards" / "*.tar"),
-                "--task",
-                "cea",
-                "--num-classes",
-                "3",
-                "--out",
-                str(run),
-                "--max-steps",
-                "1",
-                *FAST,
-            ]
+        _train(
+            "finetune",
+            str(imported / "shards" / "*.tar"),
+            run,
+            "--init",
+            str(pretrained),
+            *CEA3_ONE_STEP,
         )
         == 0
     )
     assert torch.load(run / "checkpoint", weights_only=True)["class_names"] == ["happy", "neutral", "sad"]
     # post-pre-training on the CEA hybrid names the 13 aligned classes
     post = tmp_path / "post13"
-    assert (
-        main(
-            [
-                "postpretrain",
-                "--init",
-                str(pretrained),
-                "--data",
-                shards["labelled"],
-                "--out",
-                str(post),
-                "--max-steps",
-                "1",
-                *FAST,
-            ]
-        )
-        == 0
-    )
+    assert _train("postpretrain", shards["labelled"], post, "--init", str(pretrained), "--max-steps", "1") == 0
     assert len(torch.load(post / "checkpoint", weights_only=True)["class_names"]) == 13
 
 
@@ -329,21 +275,7 @@ def test_clear_errors(pretrained, shards, tmp_path, capsys):
     assert main(["pretrain", "--data", str(tmp_path / "none/*.tar"), "--out", str(tmp_path / "a"), *FAST]) == 2
     assert "none/*.tar" in capsys.readouterr().err
     # shape mismatch between the data config and the model
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                shards["unlabelled"],
-                "--out",
-                str(tmp_path / "b"),
-                "--set",
-                "data.num_frames=8",
-                *FAST,
-            ]
-        )
-        == 2
-    )
+    assert _train("pretrain", shards["unlabelled"], tmp_path / "b", "--set", "data.clip.num_frames=8") == 2
     assert "shape mismatch" in capsys.readouterr().err
     # resuming a pre-training run as fine-tuning
     copy = tmp_path / "copy"
@@ -397,11 +329,7 @@ def test_torchrun_two_processes_on_cpu(shards, tmp_path):
         "2",
         "--device",
         "cpu",
-        "--model",
-        "tiny",
-        "--batch-size",
-        "2",
-        *PRETRAIN[4:],
+        *PRETRAIN,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)

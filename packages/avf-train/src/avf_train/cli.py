@@ -35,7 +35,7 @@ from typing import Any, NoReturn
 
 from avf_data.settings import ConfigError, merge
 
-from .config import MODEL_SIZES, parse_override, resolve, task_label_map
+from .config import MODEL_SIZES, migrate, parse_override, resolve, task_label_map
 from .errors import StageError, one_line
 
 USER_ERRORS = (ConfigError, StageError, FileNotFoundError, FileExistsError)
@@ -145,10 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="data.FIELD=VALUE",
-        help="override a data.* field of the checkpoint's config, e.g. --set data.test_segments=1",
+        help="override a data.* field of the checkpoint's config, e.g. --set data.clip.test_segments=1",
     )
-    p.add_argument("--segments", type=int, help="temporal test views per clip (data.test_segments)")
-    p.add_argument("--crops", type=int, help="spatial test views per segment (data.test_crops)")
+    p.add_argument("--segments", type=int, help="temporal test views per clip (data.clip.test_segments)")
+    p.add_argument("--crops", type=int, help="spatial test views per segment (data.clip.test_crops)")
     p.add_argument("--batch-size", type=int, default=8, help="views per forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="loader worker processes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
@@ -218,11 +218,10 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.out.endswith(".jsonl"):
         raise ConfigError(f"--out {args.out!r} looks like a file; --out is the folder that gets {PREDICTIONS}")
-    overrides: dict[str, Any] = {
-        "data": {k: v for k, v in (("test_segments", args.segments), ("test_crops", args.crops)) if v is not None}
-    }
+    views = {k: v for k, v in (("test_segments", args.segments), ("test_crops", args.crops)) if v is not None}
+    overrides: dict[str, Any] = {"data": {"clip": views}}
     for assignment in args.set:
-        overrides = merge(overrides, parse_override(assignment))
+        overrides = merge(overrides, migrate(parse_override(assignment)))
     if set(overrides) != {"data"}:
         raise ConfigError(
             f"predict takes --set data.FIELD=VALUE only (the model comes from the checkpoint), "

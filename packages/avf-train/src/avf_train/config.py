@@ -13,6 +13,7 @@ be YAML booleans, ``--set`` values are parsed as YAML) and every problem is a :c
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .transforms import ClipTransformConfig
 
 __all__ = [
+    "ClipArgs",
     "ConfigError",
     "DataArgs",
     "FinetuneArgs",
@@ -36,6 +38,7 @@ __all__ = [
     "config_path",
     "from_dict",
     "load_yaml",
+    "migrate",
     "parse_override",
     "resolve",
     "resolve_model_name",
@@ -64,23 +67,38 @@ class ModelArgs:
 
 
 @dataclass
+class ClipArgs:
+    """How one clip becomes a model input: the ``data.clip`` section of an avf-train config.
+
+    These defaults are the one place the paper's per-clip settings (Tab. 5 frames, stride, input
+    sizes and augmentation; Tab. 6 test views) are written in code; the shipped recipes in
+    ``avf_train/configs`` name the source of each value. Fine-tuning augmentation
+    (``rand_augment`` to ``random_erase``) is ignored in pre-training and at test time.
+    """
+
+    num_frames: int = 16
+    sampling_rate: int = 4  # frame stride: 16 x 4 = 64 source frames (2.56 s at 25 fps)
+    image_size: int = 160
+    audio_frames: int = 256
+    crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # MultiScaleCrop (pre-training)
+    audio_gain_aug: bool = True  # AudioMAE "roll+mag": effectively a gain of Beta(10,10)+0.5
+    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # official timm spec (magnitude 7, 4 ops); "" disables
+    random_resized_crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip: bool = True
+    random_erase: float = 0.25
+    # test-time views (Tab. 6): segments along time x crops along the long side
+    test_segments: int = 2
+    test_crops: int = 2
+
+
+@dataclass
 class DataArgs:
     """Where clips come from and how they are turned into model inputs (the official loaders' settings)."""
 
     shards: str = ""  # glob, folder or single .tar; comma-separated for several
     val_shards: str = ""  # optional held-out shards for evaluation/predict after training
-    num_frames: int = 16
-    sampling_rate: int = 4  # frame stride: 16 x 4 = 64 source frames (2.56 s at 25 fps)
-    image_size: int = 160
-    audio_frames: int = 256
-    mel_bins: int = 128
-    crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # MultiScaleCrop (pre-training)
-    audio_gain_aug: bool = True  # AudioMAE "roll+mag": effectively a gain of Beta(10,10)+0.5
-    # fine-tuning augmentation (ignored in pre-training)
-    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"  # official timm spec (magnitude 7, 4 ops); "" disables
-    random_resized_crop_scale: tuple[float, float] = (0.08, 1.0)
-    flip: bool = True
-    random_erase: float = 0.25
+    mel_bins: int = 128  # checked against the model's input spec; the fbank always has 128 bins
+    clip: ClipArgs = field(default_factory=ClipArgs)  # frames, sizes, augmentation, test views
     # each clip yields this many differently-augmented copies in the same batch (Table 6; official
     # --num_sample): a batch of run.batch_size clips holds batch_size x repeated_aug views
     repeated_aug: int = 2
@@ -95,9 +113,6 @@ class DataArgs:
     shuffle_buffer: int = 256
     num_workers: int = 4
     epoch_size: int = 0  # clips per nominal epoch; 0 = count the samples in the shards
-    # test-time views (Table 6): segments along time x crops along the long side
-    test_segments: int = 2
-    test_crops: int = 2
 
 
 @dataclass
@@ -171,24 +186,45 @@ class TrainConfig:
     run: RunArgs = field(default_factory=RunArgs)
 
 
+# The shipped recipe each stage starts from: its values (Tab. 5 for pre-training, Tab. 6 "Post" and
+# "Targeted" for the labelled stages), each with its source, are written only there.
+STAGE_RECIPES: dict[str, str] = {
+    "pretrain": "pretrain_base",
+    "postpretrain": "postpretrain_cea",
+    "finetune": "finetune_cea",
+}
+
+
 def stage_defaults(stage: Stage) -> TrainConfig:
-    """The paper's Base settings for ``stage`` (Table 5, Table 6 "Post" / "Targeted" columns)."""
-    cfg = TrainConfig(stage=stage)
-    if stage == "pretrain":
-        cfg.run.batch_size, cfg.run.epochs = 164, 200.0  # per GPU in the official scripts (8 GPUs)
-        cfg.data.repeated_aug = 1
-        return cfg
-    cfg.optim = OptimArgs(
-        base_lr=1e-3 if stage == "postpretrain" else 5e-4,
-        betas=(0.9, 0.999),
-        warmup_epochs=5.0,
-        layer_decay=0.75,
-        min_lr=1e-6,
-    )
-    cfg.run.batch_size, cfg.run.epochs = 32, 100.0
-    if stage == "postpretrain":
-        cfg.data.label_map = "cea13"
-    return cfg
+    """The paper's Base settings for ``stage``: the dataclass defaults under the stage's recipe."""
+    recipe = read_yaml(SHIPPED / f"{STAGE_RECIPES[stage]}.yaml")
+    recipe.pop("stage", None)
+    return update(TrainConfig(stage=stage), migrate(recipe))
+
+
+# data.* keys of configs written before the per-clip settings moved into data.clip (each keeps its
+# name there). Checkpoints and run folders store their config, so old ones keep loading.
+MOVED_TO_CLIP: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ClipArgs))
+
+
+def migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with old flat ``data.<field>`` keys moved to ``data.clip.<field>``.
+
+    A key given both ways in the same dict is a :class:`ConfigError`; anything else is unchanged.
+    """
+    data = values.get("data") if isinstance(values, dict) else None
+    if not isinstance(data, dict) or not any(key in data for key in MOVED_TO_CLIP):
+        return values
+    data = dict(data)
+    clip = dict(data.get("clip") or {})
+    for key in MOVED_TO_CLIP:
+        if key not in data:
+            continue
+        if key in clip:
+            raise ConfigError(f"config key 'data.{key}' is given twice: as data.{key} and as data.clip.{key}")
+        clip[key] = data.pop(key)
+    data["clip"] = clip
+    return {**values, "data": data}
 
 
 # --------------------------------------------------------------------------- reading and writing
@@ -208,7 +244,7 @@ def from_dict(values: dict[str, Any], stage: str | None = None) -> TrainConfig:
     chosen = stage or named or "pretrain"
     if chosen not in STAGES:
         raise ConfigError(f"config key 'stage' must be one of {', '.join(STAGES)}, got {chosen!r}")
-    cfg = update(stage_defaults(chosen), {k: v for k, v in values.items() if k != "stage"})
+    cfg = update(stage_defaults(chosen), migrate({k: v for k, v in values.items() if k != "stage"}))
     cfg.stage = chosen
     return cfg
 
@@ -255,19 +291,19 @@ def resolve(
     values: dict[str, Any] = {}
     saved = Path(resume_dir) / "config.yaml" if resume_dir else None
     if saved is not None and saved.is_file():
-        values = merge(values, read_yaml(saved))
+        values = merge(values, migrate(read_yaml(saved)))
     if config:
         given = read_yaml(config_path(config))
         named = given.get("stage")
         if named is not None and named != stage:
             raise ConfigError(f"--config {config} is for stage {named!r}, not {stage!r}")
-        values = merge(values, given)
+        values = merge(values, migrate(given))
     values.pop("stage", None)
     for dotted, value in (flags or {}).items():
         if value is not None:
-            values = merge(values, parse_dotted(dotted, value))
+            values = merge(values, migrate(parse_dotted(dotted, value)))
     for assignment in sets:
-        values = merge(values, parse_override(assignment))
+        values = merge(values, migrate(parse_override(assignment)))
     cfg = from_dict(values, stage)
     validate(cfg)
     return cfg
@@ -326,22 +362,7 @@ def resolve_model_name(name: str) -> str:
 
 
 def transform_config(cfg: TrainConfig, mode: str) -> ClipTransformConfig:
-    """The loader's per-clip settings (``data.*``) for ``mode``: pretrain, finetune or test."""
+    """The loader's per-clip settings (``data.clip``) for ``mode``: pretrain, finetune or test."""
     from .transforms import ClipTransformConfig
 
-    d = cfg.data
-    return ClipTransformConfig(
-        num_frames=d.num_frames,
-        sampling_rate=d.sampling_rate,
-        image_size=d.image_size,
-        audio_frames=d.audio_frames,
-        crop_scales=tuple(d.crop_scales),
-        audio_gain_aug=d.audio_gain_aug,
-        mode=mode,
-        rand_augment=d.rand_augment,
-        rrc_scale=tuple(d.random_resized_crop_scale),
-        flip=d.flip,
-        random_erase=d.random_erase,
-        test_segments=d.test_segments,
-        test_crops=d.test_crops,
-    )
+    return ClipTransformConfig.for_mode(cfg.data.clip, mode)

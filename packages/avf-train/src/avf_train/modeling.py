@@ -19,7 +19,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from .config import ConfigError, TrainConfig, from_dict, resolve_model_name, transform_config, update
+from .config import ConfigError, TrainConfig, from_dict, migrate, resolve_model_name, transform_config, update
 from .errors import StageError
 from .labels import get_label_map
 from .preflight import check_init_classes
@@ -85,7 +85,8 @@ def check_input_spec(model: nn.Module, cfg: TrainConfig) -> None:
     if spec is None:
         return
     want = (spec.frames, spec.image_size, spec.audio_frames, spec.mel_bins)
-    got = (cfg.data.num_frames, cfg.data.image_size, cfg.data.audio_frames, cfg.data.mel_bins)
+    clip = cfg.data.clip
+    got = (clip.num_frames, clip.image_size, clip.audio_frames, cfg.data.mel_bins)
     if want != got:
         raise StageError(
             f"shape mismatch: model {cfg.model.name} expects frames/image/audio-frames/mel-bins "
@@ -182,7 +183,7 @@ def inference_config(ckpt: dict[str, Any]) -> TrainConfig:
 class Predictor:
     """A supervised model in eval mode with what it was trained on: the one inference path.
 
-    ``views`` are the test views (``data.test_segments`` x ``data.test_crops``) its clips are cut
+    ``views`` are the test views (``data.clip.test_segments`` x ``data.clip.test_crops``) its clips are cut
     into; calling it runs the forward on a batch of views and returns float outputs on the CPU.
     """
 
@@ -240,7 +241,7 @@ def load_predictor(
 ) -> Predictor:
     """Rebuild a supervised model from a checkpoint file or run folder and load its weights.
 
-    ``data_overrides`` (``data.*`` fields, e.g. ``{"test_segments": 1}``) change the test views.
+    ``data_overrides`` (``data.*`` fields, e.g. ``{"clip": {"test_segments": 1}}``) change the test views.
     Pre-training checkpoints and bare state dicts are refused with a :class:`StageError` that says
     why; so is a data config that would feed the model the wrong shapes.
     """
@@ -258,7 +259,7 @@ def load_predictor(
         )
     cfg = inference_config(ckpt)
     if data_overrides:
-        update(cfg.data, data_overrides, prefix="data.")
+        update(cfg.data, migrate({"data": data_overrides})["data"], prefix="data.")
     cfg.model.drop_path = 0.0
     model = build_model(cfg)
     try:

@@ -42,8 +42,8 @@ def predict_shards(
 ) -> dict[str, Any]:
     """Write ``out_dir/predictions.jsonl`` and return a summary with clip-level top-1 when labels exist.
 
-    ``data_overrides`` change ``data.*`` settings of the checkpoint's config (``test_segments``,
-    ``test_crops``, ...). Under torchrun every rank predicts its share of the clips into
+    ``data_overrides`` change ``data.*`` settings of the checkpoint's config (e.g.
+    ``{"clip": {"test_segments": 1}}``). Under torchrun every rank predicts its share of the clips into
     ``predictions.jsonl.part<rank>`` and rank 0 concatenates the parts (rank order).
     """
     info = D.init(device)

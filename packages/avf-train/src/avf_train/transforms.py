@@ -24,7 +24,7 @@ the pre-training video took per clip.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -33,26 +33,25 @@ import torch.nn.functional as F
 
 from avf_models.features import IMAGENET_MEAN, IMAGENET_STD, normalize_video
 
+from .config import ClipArgs
 from .fbank import log_mel_fbank_batch
 
 
-@dataclass(frozen=True)
-class ClipTransformConfig:
-    """The subset of ``DataArgs`` the transforms need (kept separate so workers pickle little)."""
+@dataclass
+class ClipTransformConfig(ClipArgs):
+    """``ClipArgs`` plus the view ``mode`` the stage needs: what the loader workers receive."""
 
-    num_frames: int = 16
-    sampling_rate: int = 4
-    image_size: int = 160
-    audio_frames: int = 256
-    crop_scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)
-    audio_gain_aug: bool = True
     mode: str = "pretrain"  # pretrain | finetune | test
-    rand_augment: str = "rand-m7-n4-mstd0.5-inc1"
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
-    flip: bool = True
-    random_erase: float = 0.25
-    test_segments: int = 2
-    test_crops: int = 2
+
+    @classmethod
+    def for_mode(cls, clip: ClipArgs, mode: str) -> ClipTransformConfig:
+        """The settings of ``clip`` (a config's ``data.clip``) for ``mode``."""
+        if mode not in ("pretrain", "finetune", "test"):
+            raise ValueError(f"view mode must be pretrain, finetune or test, got {mode!r}")
+        values = {f.name: getattr(clip, f.name) for f in fields(ClipArgs)}
+        values["crop_scales"] = tuple(values["crop_scales"])
+        values["random_resized_crop_scale"] = tuple(values["random_resized_crop_scale"])
+        return cls(mode=mode, **values)
 
     @property
     def num_views(self) -> int:
@@ -437,7 +436,7 @@ def finish_view(
             x = resize(x, (cfg.image_size, cfg.image_size))
             if cfg.rand_augment:
                 x = rand_augment(x, cfg.rand_augment, rng)
-            x = random_resized_crop(x, cfg.image_size, cfg.rrc_scale, rng)
+            x = random_resized_crop(x, cfg.image_size, cfg.random_resized_crop_scale, rng)
             if cfg.flip and rng.random() < 0.5:
                 x = x.flip(-1)
         else:
