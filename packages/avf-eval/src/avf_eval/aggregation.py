@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from avf_eval.metrics.classification import confusion_matrix
-from avf_eval.metrics.registry import compute_metric, metric_keys
-from avf_eval.prediction_reader import PredictionFormatError, PredictionTable
-from avf_eval.protocols.types import Protocol
+from .metrics.classification import confusion_matrix
+from .metrics.registry import compute_metric, metric_keys
+from .prediction_reader import PredictionFormatError, PredictionTable
+from .protocols.types import Protocol
 
 EpochSelection = Literal["last", "legacy-best-epoch-on-test"]
 

@@ -158,10 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from avf_eval.aggregation import score_protocol
-    from avf_eval.prediction_reader import load_predictions
-    from avf_eval.protocols import get_protocol
-    from avf_eval.table import render_json, render_markdown, render_text
+    from .aggregation import score_protocol
+    from .prediction_reader import load_predictions
+    from .protocols import get_protocol
+    from .table import render_json, render_markdown, render_text
 
     protocol = get_protocol(args.protocol)
     table = load_predictions(args.predictions, protocol)
@@ -177,10 +177,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from avf_eval.aggregation import score_protocol
-    from avf_eval.prediction_reader import load_predictions
-    from avf_eval.protocols import get_protocol
-    from avf_eval.report import write_report
+    from .aggregation import score_protocol
+    from .prediction_reader import load_predictions
+    from .protocols import get_protocol
+    from .report import write_report
 
     protocol = get_protocol(args.protocol)
     table = load_predictions(args.predictions, protocol)
@@ -192,8 +192,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_protocols(args: argparse.Namespace) -> int:
-    from avf_eval.protocols import get_protocol, load_registry
-    from avf_eval.protocols.describe import describe_protocol, protocol_summary_table
+    from .protocols import get_protocol, load_registry
+    from .protocols.describe import describe_protocol, protocol_summary_table
 
     if args.name:
         print(describe_protocol(get_protocol(args.name)))
@@ -207,8 +207,8 @@ def _cmd_splits(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from avf_eval.protocols import get_protocol
-    from avf_eval.splits import absolute_paths, label_ids, make_folds, write_folds
+    from .protocols import get_protocol
+    from .splits import absolute_paths, label_ids, make_folds, write_folds
 
     protocol = get_protocol(args.protocol)
     metadata = pd.read_csv(args.metadata, dtype=str, keep_default_na=False)
@@ -226,12 +226,12 @@ def _cmd_splits(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     try:
-        from avf_eval.video_emotions import predict_video, render_prediction
+        from .video_emotions import predict_video, render_prediction
     except ImportError as error:
         raise UsageError(
             f"avf-eval predict needs the `predict` extra (avf-data, avf-models, avf-train): {error}"
         ) from None
-    from avf_eval.protocols import get_protocol
+    from .protocols import get_protocol
 
     protocol = get_protocol(args.protocol) if args.protocol else None
     result = predict_video(args.video, args.checkpoint, device=args.device, protocol=protocol)

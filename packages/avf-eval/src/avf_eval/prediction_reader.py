@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from avf_eval.protocols.types import Protocol
+from .protocols.types import Protocol
 
 
 class PredictionFormatError(ValueError):

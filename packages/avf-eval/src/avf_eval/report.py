@@ -14,12 +14,12 @@ from typing import Literal
 
 import numpy as np
 
-from avf_eval.aggregation import ScoreResult, merge_views, select_epochs
-from avf_eval.metrics.classification import per_class_recall
-from avf_eval.plots import plot_confusion, plot_regression
-from avf_eval.prediction_reader import PredictionTable
-from avf_eval.protocols.types import PUBLISHED_MODELS
-from avf_eval.table import comparison_rows, fold_rows, markdown_table
+from .aggregation import ScoreResult, merge_views, select_epochs
+from .metrics.classification import per_class_recall
+from .plots import plot_confusion, plot_regression
+from .prediction_reader import PredictionTable
+from .protocols.types import PUBLISHED_MODELS
+from .table import comparison_rows, fold_rows, markdown_table
 
 ReportFormat = Literal["md", "html", "both"]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avf_eval.protocols.types import Protocol
+from .protocols.types import Protocol
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import json
 import math
 from typing import Any
 
-from avf_eval.aggregation import ScoreResult
-from avf_eval.metrics.registry import metric_keys, metric_title
-from avf_eval.protocols.types import PUBLISHED_MODELS
+from .aggregation import ScoreResult
+from .metrics.registry import metric_keys, metric_title
+from .protocols.types import PUBLISHED_MODELS
 
 
 def _pct(value: float | None) -> str:

@@ -9,7 +9,7 @@ Classification scores are fractions in [0, 1]; the CLI multiplies by 100 to matc
 paper's tables.
 """
 
-from avf_eval.metrics.classification import (
+from .classification import (
     confusion_matrix,
     macro_f1,
     per_class_recall,
@@ -17,9 +17,9 @@ from avf_eval.metrics.classification import (
     wa_f1,
     war,
 )
-from avf_eval.metrics.micro import uf1
-from avf_eval.metrics.registry import METRICS, MetricSpec, compute_metric
-from avf_eval.metrics.regression import ccc, pcc, pcc_per_dimension
+from .micro import uf1
+from .registry import METRICS, MetricSpec, compute_metric
+from .regression import ccc, pcc, pcc_per_dimension
 
 __all__ = [
     "METRICS",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from numpy.typing import ArrayLike
 
-from avf_eval.metrics.classification import macro_f1
+from .classification import macro_f1
 
 
 def uf1(y_true: ArrayLike, y_pred: ArrayLike, num_classes: int | None = None) -> float:

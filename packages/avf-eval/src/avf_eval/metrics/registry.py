@@ -14,9 +14,9 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from avf_eval.metrics.classification import macro_f1, uar, wa_f1, war
-from avf_eval.metrics.micro import uf1
-from avf_eval.metrics.regression import ccc, pcc
+from .classification import macro_f1, uar, wa_f1, war
+from .micro import uf1
+from .regression import ccc, pcc
 
 
 @dataclass(frozen=True)

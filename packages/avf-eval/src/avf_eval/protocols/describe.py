@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from avf_eval.metrics.registry import metric_keys, metric_title
-from avf_eval.protocols.types import PUBLISHED_MODELS, Protocol
+from ..metrics.registry import metric_keys, metric_title
+from .types import PUBLISHED_MODELS, Protocol
 
 
 def _folds(p: Protocol) -> str:

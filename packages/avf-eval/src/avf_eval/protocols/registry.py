@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from avf_eval.metrics.registry import METRICS, metric_keys
-from avf_eval.protocols.types import PUBLISHED_MODELS, FoldScheme, Protocol
+from ..metrics.registry import METRICS, metric_keys
+from .types import PUBLISHED_MODELS, FoldScheme, Protocol
 
 
 def _build(name: str, raw: dict[str, Any]) -> Protocol:

@@ -3,9 +3,9 @@
 Needs the ``predict`` extra (avf-data, avf-models, avf-train, and through them torch).
 """
 
-from avf_eval.video_emotions.checkpoint import CheckpointError, DeviceError, LoadedModel, check_device, load_model
-from avf_eval.video_emotions.curate import CuratedClip, CuratedVideo, curate_video
-from avf_eval.video_emotions.run import (
+from .checkpoint import CheckpointError, DeviceError, LoadedModel, check_device, load_model
+from .curate import CuratedClip, CuratedVideo, curate_video
+from .run import (
     ClipPrediction,
     NoUsableClipsError,
     VideoPrediction,

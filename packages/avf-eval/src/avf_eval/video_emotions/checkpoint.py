@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from avf_eval.protocols.types import Protocol
+from ..protocols.types import Protocol
 
 
 class CheckpointError(ValueError):

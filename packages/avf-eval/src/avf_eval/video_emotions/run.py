@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from avf_eval.aggregation import softmax
-from avf_eval.protocols.types import Protocol
-from avf_eval.video_emotions.checkpoint import LoadedModel, check_device, load_model
-from avf_eval.video_emotions.curate import CuratedClip, curate_video
+from ..aggregation import softmax
+from ..protocols.types import Protocol
+from .checkpoint import LoadedModel, check_device, load_model
+from .curate import CuratedClip, curate_video
 
 
 class NoUsableClipsError(ValueError):
