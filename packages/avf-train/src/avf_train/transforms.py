@@ -48,10 +48,7 @@ class ClipTransformConfig(ClipArgs):
         """The settings of ``clip`` (a config's ``data.clip``) for ``mode``."""
         if mode not in ("pretrain", "finetune", "test"):
             raise ValueError(f"view mode must be pretrain, finetune or test, got {mode!r}")
-        values = {f.name: getattr(clip, f.name) for f in fields(ClipArgs)}
-        values["crop_scales"] = tuple(values["crop_scales"])
-        values["random_resized_crop_scale"] = tuple(values["random_resized_crop_scale"])
-        return cls(mode=mode, **values)
+        return cls(mode=mode, **{f.name: getattr(clip, f.name) for f in fields(ClipArgs)})
 
     @property
     def num_views(self) -> int:
