@@ -139,6 +139,8 @@ class BatchBuilder:
                 audio_frames=self.audio_frames,
                 gain=torch.tensor([it["gain"] for it in items], dtype=torch.float32),
             )
+        if "box" in items[0]:
+            batch["box"] = torch.tensor([it["box"] for it in items], dtype=torch.int64)
         if self.pool is not None:
             batch["release"] = buffers.release
         return batch
@@ -179,9 +181,9 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None
     """(video, audio) as the model takes them, on ``device``; then ``release(batch)``.
 
     A ``device_features`` batch is finished here, after the copy (a quarter of the bytes): its
-    uint8 video (B, T, S, S, 3) normalised into (B, 3, T, S, S), its waveforms scaled by their
-    gains and turned into fbanks in one batch (the numbers of ``transforms.make_view``). Other
-    batches are only moved.
+    uint8 video (B, T, S, S, 3) cropped by its ``box`` rows, resized and normalised into
+    (B, 3, T, S, S), its waveforms scaled by their gains and turned into fbanks in one batch (the
+    numbers of ``transforms.make_view``). Other batches are only moved.
     """
 
     def move(t: torch.Tensor) -> torch.Tensor:
@@ -189,7 +191,7 @@ def model_inputs(batch: dict[str, Any], device: torch.device | str | None = None
 
     video = move(batch["video"])
     if video.dtype == torch.uint8:  # a float tensor of our own, made before the release
-        video = normalize_u8_batch(video)
+        video = normalize_u8_batch(video, batch.get("box"))
     if "wave" in batch:
         wave, lengths, gain = (move(batch[k]) for k in ("wave", "wave_len", "gain"))
         audio = log_mel_fbank_batch(wave * gain[:, None], int(batch["audio_frames"]), lengths).unsqueeze(1)

@@ -27,11 +27,13 @@ its video is decoded (the window is each view's first random draw), so only the 
 views use are decoded and converted (``avf_data.shards.VideoReader``); a batch's videos are
 written straight into one shared-memory tensor, which the DataLoader hands to the trainer
 without copying it again (``avf_train.batches``). With ``device_features`` (pre-training) a
-batch carries the cropped video as uint8 and each view's waveform and gain, ``model_inputs``
-normalises the video and computes the fbanks where the model runs (batched; on the GPU when
-training there), and releases the batch's buffers for the worker to reuse: fresh shared memory
-costs a page fault per 4 KiB, ~9 ms of CPU per float clip (4.9 MB) on a VM, and the fbank was
-~1.5 ms per clip. Shards can be local or remote (``avf_data.shard_urls``); their sizes
+batch carries the video as uint8 (decoded straight into the batch when the shard's frames are
+already S x S, as avf-data writes them) with each view's crop box, waveform and gain;
+``model_inputs`` crops, resizes and normalises the video and computes the fbanks where the model
+runs (batched; on the GPU when training there), and releases the batch's buffers for the worker
+to reuse. Why: on real clips the crop and resize were ~1 ms of a worker's ~11 ms, the fbank
+~1.5 ms, and fresh shared memory costs a page fault per 4 KiB, ~9 ms of CPU per float clip
+(4.9 MB) on a VM. Shards can be local or remote (``avf_data.shard_urls``); their sizes
 come from the index next to each shard, not from reading them.
 """
 
@@ -194,6 +196,22 @@ class ClipStream(IterableDataset):
             self._frames = buf = np.empty((count, *shape), np.uint8)
         return buf
 
+    def _frame_target(
+        self, plans: list[tuple[Any, ...]], used: np.ndarray, video: VideoReader, batch: BatchBuilder
+    ) -> np.ndarray | None:
+        """Where a clip's decoded frames go: straight into the batch's next row when that row
+        is exactly the one view's video (uint8 pre-training views of S x S shards, whose crop
+        is left to the device), else the reused frame buffer."""
+        s = self.transform.image_size
+        if (
+            self.device_features
+            and len(plans) == 1
+            and len(used) == self.transform.num_frames
+            and video.frame_shape == (s, s, 3)
+        ):
+            return batch.video_row().numpy()
+        return self._frame_buffer(len(used), video)
+
     def _pool(self) -> BufferPool | None:
         """This worker's reusable batch buffers (``device_features`` batches, which the trainer
         releases through ``model_inputs``); built lazily, so each worker has its own."""
@@ -288,7 +306,7 @@ class ClipStream(IterableDataset):
                     for v in range(cfg.num_views):
                         plans.append((v, None, view_frames(n, cfg, view_start(n, cfg, None, v))))
                 used = np.unique(np.concatenate([idx for _, _, idx in plans]))
-                frames = video.frames(used, out=self._frame_buffer(len(used), video))
+                frames = video.frames(used, out=self._frame_target(plans, used, video, batch))
             spans = [audio_span(SAMPLE_RATE, fps, int(idx[0]), span) for _, _, idx in plans]
             offset = min(a for a, _ in spans)
             audio, sample_rate = decode_audio(raw[audio_ext], offset, max(b for _, b in spans))

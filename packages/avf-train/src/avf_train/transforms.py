@@ -164,11 +164,29 @@ def normalize_u8(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     return out.mul_(_U8_SCALE).add_(_U8_SHIFT)
 
 
-def normalize_u8_batch(video: torch.Tensor) -> torch.Tensor:
-    """A batch of uint8 frames (B, T, H, W, 3), on any device -> normalised float (B, 3, T, H, W)."""
+def normalize_u8_batch(video: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+    """A batch of uint8 frames (B, T, H, W, 3), on any device -> normalised float (B, 3, T, H, W).
+
+    ``boxes`` (B, 4) are crop boxes ``(x, y, width, height)`` still to apply: each clip's box is
+    cut out and resized back to H x W, in float, as ``multi_scale_crop`` does (pre-training views
+    whose crop is left to the device). Clips with the same box size are resized together, so a
+    batch costs one resize per distinct size (at most ten for the paper's four scales).
+    """
     b, t, h, w, c = video.shape
     out = torch.empty((b, c, t, h, w), dtype=torch.float32, device=video.device)
     out.copy_(video.permute(0, 4, 1, 2, 3))
+    if boxes is not None:
+        corners: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # box size -> (row, x, y)
+        for row, (ox, oy, cw, ch) in enumerate(boxes.tolist()):
+            if (cw, ch) != (w, h):
+                corners.setdefault((cw, ch), []).append((row, ox, oy))
+        for (cw, ch), group in corners.items():
+            rows = [row for row, _, _ in group]
+            # (G, 3, T, ch, cw): the group's crops, copied out before their rows are overwritten
+            crops = torch.stack([out[row, :, :, oy : oy + ch, ox : ox + cw] for row, ox, oy in group])
+            flat = crops.transpose(1, 2).reshape(len(rows) * t, c, ch, cw)
+            resized = F.interpolate(flat, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            out[rows] = resized.clamp_(0, 255).reshape(len(rows), t, c, h, w).transpose(1, 2)
     return out.mul_(_U8_SCALE.to(video.device)).add_(_U8_SHIFT.to(video.device))
 
 
@@ -408,12 +426,13 @@ def finish_view(
     the first; ``rng`` continues after ``view_start``'s draw. ``audio`` starts at sample
     ``audio_offset`` of the clip.
 
-    ``out`` receives the video. A uint8 ``out`` (pre-training only) receives the cropped frames
-    as they are, (T, S, S, 3), and ``fbank=False`` returns the view's waveform and gain
-    (``wave``, ``gain``) instead of its fbank: the consumer finishes both
-    (``avf_train.data.model_inputs``, on the GPU when training there). That is a quarter of the
-    video bytes through shared memory and the host-to-device copy, and neither the float pass
-    nor the fbank on the loader's CPU.
+    ``out`` receives the video. A uint8 ``out`` (pre-training only) receives the frames as they
+    are, (T, S, S, 3), and the view's crop box comes back as ``box`` (``(0, 0, S, S)`` when the
+    frames were not S x S and were cropped here); ``fbank=False`` returns the view's waveform and
+    gain (``wave``, ``gain``) instead of its fbank. The consumer finishes all three
+    (``avf_train.batches.model_inputs``, on the GPU when training there). That is a quarter of
+    the video bytes through shared memory and the host-to-device copy, and neither the crop and
+    resize, nor the float pass, nor the fbank on the loader's CPU.
     """
     if sample_rate != 16_000:
         raise ValueError(f"audio must be 16 kHz (shard format), got {sample_rate}")
@@ -421,11 +440,20 @@ def finish_view(
     raw = out is not None and out.dtype == torch.uint8
     if raw and cfg.mode != "pretrain":
         raise ValueError(f"uint8 video output is for pre-training views, not {cfg.mode!r}")
+    box = None
     if cfg.mode == "pretrain":
         assert rng is not None
-        box = multi_scale_crop_box(frames.shape[1], frames.shape[2], cfg.image_size, cfg.crop_scales, rng)
-        x = crop_resize_u8(frames, box, cfg.image_size)  # (T, 3, S, S) uint8
-        video = out.copy_(x.permute(0, 2, 3, 1)) if raw else normalize_u8(x, out)  # raw: a plain copy
+        size = cfg.image_size
+        box = multi_scale_crop_box(frames.shape[1], frames.shape[2], size, cfg.crop_scales, rng)
+        if raw and frames.shape[1:3] == (size, size):
+            # the consumer crops and resizes (normalize_u8_batch, on the device): the frames go as they are
+            if not np.may_share_memory(frames, out.numpy()):  # the loader may have decoded them in place
+                out.copy_(torch.from_numpy(frames))
+            video = out
+        else:
+            x = crop_resize_u8(frames, box, size)  # (T, 3, S, S) uint8
+            video = out.copy_(x.permute(0, 2, 3, 1)) if raw else normalize_u8(x, out)  # raw: a plain copy
+            box = (0, 0, size, size)  # nothing left to crop
     else:
         x = to_float(frames)  # (T, 3, H, W)
         if cfg.mode == "finetune":
@@ -445,6 +473,8 @@ def finish_view(
             video = out.copy_(video)
     segment = audio_window(audio, sample_rate, fps, first_frame, span, audio_offset)
     rng = rng if cfg.mode != "test" else None
+    crop = {"box": box} if raw else {}
     if not fbank:
-        return {"video": video, "wave": np.ascontiguousarray(segment, dtype=np.float32), "gain": audio_gain(cfg, rng)}
-    return {"video": video, "audio": audio_features(segment, cfg, rng)}
+        wave = np.ascontiguousarray(segment, dtype=np.float32)
+        return {"video": video, "wave": wave, "gain": audio_gain(cfg, rng), **crop}
+    return {"video": video, "audio": audio_features(segment, cfg, rng), **crop}
