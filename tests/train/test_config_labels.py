@@ -30,6 +30,11 @@ def test_stage_defaults_follow_tables_5_and_6():
     assert fine.optim.betas == (0.9, 0.999) and fine.optim.layer_decay == 0.75
     assert fine.finetune.mixup == 0.8 and fine.finetune.label_smoothing == 0.1 and fine.data.repeated_aug == 2
     assert post.data.label_map == "cea13"
+    # the values stage_defaults takes from the shipped recipes (Tab. 5 and the official B script)
+    assert (pre.run.batch_size, pre.run.epochs, pre.optim.warmup_epochs, pre.data.repeated_aug) == (164, 200, 20, 1)
+    for cfg in (post, fine):
+        assert (cfg.run.batch_size, cfg.run.epochs, cfg.optim.warmup_epochs, cfg.optim.min_lr) == (32, 100, 5, 1e-6)
+        assert cfg.model.drop_path == 0.1 and cfg.data.clip.test_segments == cfg.data.clip.test_crops == 2
 
 
 def test_yaml_roundtrip_and_dotted_overrides(tmp_path):

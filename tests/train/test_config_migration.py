@@ -13,13 +13,10 @@ import yaml
 
 from avf_data.settings import ConfigError
 from avf_train.config import (
-    STAGE_RECIPES,
-    config_path,
     from_dict,
     load_yaml,
     migrate,
     resolve,
-    stage_defaults,
     to_dict,
     transform_config,
 )
@@ -105,9 +102,3 @@ def test_an_old_checkpoint_predicts_with_its_own_views(tmp_path) -> None:
     predictor = load_predictor(path, "cpu", {"test_segments": 2})  # the old override spelling too
     assert (predictor.views.test_segments, predictor.views.test_crops) == (2, 3)
     assert predictor.views.image_size == spec.image_size and predictor.views.sampling_rate == 2
-
-
-@pytest.mark.parametrize("stage", sorted(STAGE_RECIPES))
-def test_stage_defaults_are_the_shipped_recipe(stage: str) -> None:
-    """The Tab. 5/6 values are written once, in the recipe YAMLs; the stage defaults read them."""
-    assert to_dict(stage_defaults(stage)) == to_dict(load_yaml(config_path(STAGE_RECIPES[stage])))
