@@ -106,7 +106,7 @@ def test_pretraining_views_match_the_reference_loader(shards, device_features):
         _, pass_index, batch_index = batch["pos"]
         keys, labels = list(batch["key"]), batch["label"].tolist()
         if device_features:  # 160 px shards: the frames travel whole, their crop box beside them
-            cropped += sum(box[2:] != [160, 160] for box in batch["box"].tolist())
+            cropped += sum(box[2:] != (160, 160) for box in batch["box"])
         video, audio = model_inputs(batch)
         assert video.shape == (batch_size, 3, 16, 160, 160) and video.dtype == torch.float32
         assert audio.shape == (batch_size, 1, 256, 128) and audio.dtype == torch.float32
@@ -147,4 +147,4 @@ def test_released_buffers_are_reused_and_held_ones_are_kept(shards):
     release(first)
     assert fourth["video"].dtype == torch.uint8 and fourth["video"].shape == (2, 4, 32, 32, 3)
     # 160 px frames for a 32 px model: cropped and resized in the worker, nothing left to crop
-    assert fourth["box"].tolist() == [[0, 0, 32, 32]] * 2
+    assert fourth["box"] == [(0, 0, 32, 32)] * 2

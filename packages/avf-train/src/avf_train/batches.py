@@ -139,8 +139,8 @@ class BatchBuilder:
                 audio_frames=self.audio_frames,
                 gain=torch.tensor([it["gain"] for it in items], dtype=torch.float32),
             )
-        if "box" in items[0]:
-            batch["box"] = torch.tensor([it["box"] for it in items], dtype=torch.int64)
+        if "box" in items[0]:  # a list, not a tensor: a small tensor would cost a shared-memory segment
+            batch["box"] = [tuple(it["box"]) for it in items]
         if self.pool is not None:
             batch["release"] = buffers.release
         return batch

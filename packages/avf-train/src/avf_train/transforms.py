@@ -164,10 +164,10 @@ def normalize_u8(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     return out.mul_(_U8_SCALE).add_(_U8_SHIFT)
 
 
-def normalize_u8_batch(video: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+def normalize_u8_batch(video: torch.Tensor, boxes: list[tuple[int, int, int, int]] | None = None) -> torch.Tensor:
     """A batch of uint8 frames (B, T, H, W, 3), on any device -> normalised float (B, 3, T, H, W).
 
-    ``boxes`` (B, 4) are crop boxes ``(x, y, width, height)`` still to apply: each clip's box is
+    ``boxes`` (one per clip) are crop boxes ``(x, y, width, height)`` still to apply: each clip's box is
     cut out and resized back to H x W, in float, as ``multi_scale_crop`` does (pre-training views
     whose crop is left to the device). Clips with the same box size are resized together, so a
     batch costs one resize per distinct size (at most ten for the paper's four scales).
@@ -177,7 +177,7 @@ def normalize_u8_batch(video: torch.Tensor, boxes: torch.Tensor | None = None) -
     out.copy_(video.permute(0, 4, 1, 2, 3))
     if boxes is not None:
         corners: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # box size -> (row, x, y)
-        for row, (ox, oy, cw, ch) in enumerate(boxes.tolist()):
+        for row, (ox, oy, cw, ch) in enumerate(boxes):
             if (cw, ch) != (w, h):
                 corners.setdefault((cw, ch), []).append((row, ox, oy))
         for (cw, ch), group in corners.items():
