@@ -33,25 +33,8 @@ def _losses(run: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def pretrained(shards, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("pretrain") / "run"
-    assert (
-        main(
-            [
-                "pretrain",
-                "--data",
-                shards["unlabelled"],
-                "--out",
-                str(run),
-                "--max-steps",
-                "6",
-                "--set",
-                "run.save_every=2",
-                "--set",
-                "run.keep_last=2",
-                *PRETRAIN,
-            ]
-        )
-        == 0
-    )
+    steps = ["--max-steps", "6", "--set", "run.save_every=2", "--set", "run.keep_last=2"]
+    assert _train("pretrain", shards["unlabelled"], run, *steps, flags=PRETRAIN) == 0
     return run
 
 
