@@ -58,23 +58,36 @@ def test_foreign_files_in_out_survive(tmp_path, capsys, demo_inputs):
 
 def test_cleanup_only_touches_pipeline_names(tmp_path):
     """Inside an avf-data folder, a rerun removes its own leftovers, not other files."""
-    from avf_data.build import _clean_tmp, remove_orphans
-    from avf_data.outdir import claim
+    from avf_data.store.build_store import BuildStore
+    from avf_data.store.folder import claim
 
-    out = claim(tmp_path / "o")
-    ours_tmp = out / "shards" / "0123456789abcdef-000000.tar.tmp"
-    ours_orphan = out / "shards" / "0123456789abcdef-000001.tar"
-    ours_index = out / "shards" / "0123456789abcdef-000001.idx.json"
+    folder = claim(tmp_path / "o")
+    out = folder.root
+    ours = [
+        out / "segments" / "0123456789abcdef.tar",  # a segment no log line commits
+        out / "shards" / "shard-000000.tar.part",  # a shard being filled that no pack line backs
+        out / "shards" / "shard-000000.tar",  # a shard no seal line names
+        out / "shards" / "shard-000000.idx.json",
+    ]
     theirs = [
         out / "shards" / "my-precious-000000.tar",
         out / "shards" / "notes.txt.tmp",
         out / "shards" / "my-precious-000000.idx.json",
+        out / "segments" / "notes.tar",
+        out / "thumbs" / "holiday.jpg",
     ]
-    for p in [ours_tmp, ours_orphan, ours_index, *theirs]:
+    for p in [*ours, *theirs]:
         p.write_bytes(b"x")
-    assert _clean_tmp(out) == 1 and remove_orphans(out, set()) == ["shards/0123456789abcdef-000001.tar"]
-    assert all(p.exists() for p in theirs)
-    assert not ours_tmp.exists() and not ours_orphan.exists() and not ours_index.exists()
+    recovery = BuildStore(folder, 1000).open()
+    assert sorted(recovery.segments_removed + recovery.shard_files_removed) == sorted(
+        [
+            "0123456789abcdef.tar",
+            "shards/shard-000000.tar.part",
+            "shards/shard-000000.tar",
+            "shards/shard-000000.idx.json",
+        ]
+    )
+    assert all(p.exists() for p in theirs) and not any(p.exists() for p in ours)
 
 
 @pytest.mark.parametrize("out", ["", "file"])
@@ -92,16 +105,16 @@ def test_bad_out_is_a_usage_error(tmp_path, capsys, demo_inputs, out):
 
 def test_second_build_into_the_same_folder_is_refused(tmp_path, demo_inputs):
     """One build per output folder: the lock is held for the whole run and dropped at exit."""
-    from avf_data.outdir import BuildLock, OutputFolderError, claim
+    from avf_data.store.folder import FolderLock, OutputFolderError, claim
 
-    out = claim(tmp_path / "o")
+    out = claim(tmp_path / "o").root
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             (
-                "import sys, time; from pathlib import Path; from avf_data.outdir import BuildLock\n"
-                "with BuildLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)"
+                "import sys, time; from pathlib import Path; from avf_data.store.folder import FolderLock\n"
+                "with FolderLock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(30)"
             ),
             str(out),
         ],
@@ -131,9 +144,9 @@ def test_second_build_into_the_same_folder_is_refused(tmp_path, demo_inputs):
     finally:
         holder.kill()
         holder.wait()
-    with BuildLock(out):  # a killed holder leaves a stale file, not a stale lock
+    with FolderLock(out):  # a killed holder leaves a stale file, not a stale lock
         with pytest.raises(OutputFolderError):
-            with BuildLock(out):
+            with FolderLock(out):
                 pass
 
 

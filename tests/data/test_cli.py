@@ -40,7 +40,7 @@ def test_build_demo_cli(demo_inputs, tmp_path, monkeypatch, capsys):
 
 
 def test_resolve_inputs(tmp_path):
-    from avf_data.build import resolve_inputs
+    from avf_data.inputs import resolve_inputs
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     for rel in ("a/x.mp4", "a/b/y.MOV", "a/readme.md", "a/.hidden.mp4", "z.mkv"):

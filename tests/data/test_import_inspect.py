@@ -71,17 +71,27 @@ def test_import_no_curate(demo_build, tmp_path):
     assert set(clips) == {0, 2} and clips[2].frames.shape[1:] == (160, 160, 3)
 
 
-def test_inspect(demo_build, labelled, capsys):
+def test_inspect_reads_indexes_not_tar_members(demo_build, labelled, capsys, monkeypatch):
+    from avf_data import inspect_cmd
     from avf_data.cli import main
-    from avf_data.inspect_cmd import summarize
 
-    info = summarize(demo_build["out"])
-    assert info["samples"] == 6 and info["duplicate_keys"] == 0
-    assert info["stats"]["sync_scorer"] == "fallback_motion_envelope"
+    def no_reading(*args, **kwargs):
+        raise AssertionError("inspect opened a shard")
+
+    with monkeypatch.context() as m:  # by default: the indexes, stats.json, classes.json only
+        m.setattr(inspect_cmd, "iter_raw_samples", no_reading)
+        m.setattr(__import__("tarfile"), "open", no_reading)
+        info = inspect_cmd.summarize(demo_build["out"])
+        assert info["samples"] == 6 and info["extensions"] == {"json": 6, "mp4": 6, "wav": 6}
+        assert info["seconds"] == pytest.approx(demo_build["stats"]["seconds_accepted"], abs=0.01)
+        assert info["stats"]["sync_scorer"] == "fallback_motion_envelope" and not info["problems"]
+        assert "example" not in info
+        assert main(["inspect", str(labelled)]) == 0
+        text = capsys.readouterr().out
+        assert "2 samples" in text and "classes" in text and "samples per class index" in text
+    info = inspect_cmd.summarize(demo_build["out"], verify=True)  # --verify reads every sample
+    assert info["duplicate_keys"] == 0 and info["verified"]["samples"] == 6 and not info["problems"]
     assert info["example"]["frames"][1:] == [160, 160, 3]
-    assert main(["inspect", str(labelled)]) == 0
-    text = capsys.readouterr().out
-    assert "2 samples" in text and "classes" in text
 
 
 def test_config_yaml(tmp_path):

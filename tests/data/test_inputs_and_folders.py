@@ -72,7 +72,7 @@ def test_truncated_file_is_fully_accounted(tmp_path, canvas, mux_audio):
     data = path.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: len(data) // 4])
-    r = process_input(str(cut), None, __import__("avf_data.config", fromlist=["x"]).BuildConfig())
+    r = process_input(str(cut), __import__("avf_data.config", fromlist=["x"]).BuildConfig())
     assert r["seconds"] == pytest.approx(5.0, abs=0.05)
     rows = sorted(r["manifest"] + r["rejects"], key=lambda x: x["start"])
     assert rows[0]["start"] == 0.0 and rows[-1]["end"] == pytest.approx(r["seconds"])
@@ -82,7 +82,7 @@ def test_truncated_file_is_fully_accounted(tmp_path, canvas, mux_audio):
 
 
 def test_symlink_is_deduplicated(tmp_path, canvas):
-    from avf_data.build import resolve_inputs
+    from avf_data.inputs import resolve_inputs
 
     real = _clip(tmp_path, canvas)
     os.symlink(real, tmp_path / "link.mp4")
@@ -104,7 +104,7 @@ def test_empty_and_unreadable_folders_are_reported(tmp_path, canvas, capsys):
 
 
 def test_unreadable_subfolder_is_noted(tmp_path, canvas):
-    from avf_data.build import resolve_inputs
+    from avf_data.inputs import resolve_inputs
 
     if os.geteuid() == 0:
         pytest.skip("root reads every folder")
@@ -190,20 +190,20 @@ def test_disk_full_is_one_line(tmp_path, demo_inputs, capsys, monkeypatch):
     """ENOSPC while writing shards stops the run with one line; a rerun resumes."""
     import errno
 
-    from avf_data import shards
+    from avf_data import tars
     from avf_data.cli import main
 
-    real_write = shards.ShardWriter.write
+    real_write = tars.SampleTarWriter.write
 
     def full(self, sample):
-        raise OSError(errno.ENOSPC, "No space left on device", str(self.folder))
+        raise OSError(errno.ENOSPC, "No space left on device", getattr(self.fh, "name", "?"))
 
-    monkeypatch.setattr(shards.ShardWriter, "write", full)
+    monkeypatch.setattr(tars.SampleTarWriter, "write", full)
     clip = demo_inputs["single_face"]
     assert main(["build", str(clip), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "No space left on device" in err[-1] and "run the same command again" in err[-1]
-    monkeypatch.setattr(shards.ShardWriter, "write", real_write)
+    monkeypatch.setattr(tars.SampleTarWriter, "write", real_write)
     assert main(["build", str(clip), "--out", str(tmp_path / "o"), "--workers", "0", "--no-progress"]) == 0
 
 

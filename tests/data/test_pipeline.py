@@ -7,6 +7,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from conftest import input_records
 
 from avf_data.shards import expand_shards, iter_clips, iter_raw_samples
 
@@ -24,9 +25,10 @@ def _by_source(rows, name):
 
 def test_outputs_exist(demo_build):
     out = demo_build["out"]
-    for name in ("manifest.jsonl", "rejects.jsonl", "stats.json", "report.md", "contact_sheet.png", "done.jsonl"):
+    for name in ("manifest.jsonl", "rejects.jsonl", "stats.json", "report.md", "contact_sheet.png", "build.jsonl"):
         assert (out / name).is_file(), name
     assert list((out / "shards").glob("*.tar")) and not list((out / "shards").glob("*.tmp"))
+    assert not list((out / "segments").iterdir())  # every finished task's clips are packed
 
 
 def test_per_input_outcomes(demo_build):
@@ -63,18 +65,14 @@ def test_fallback_sync_enforced_on_request(demo_inputs):
     from avf_data.pipeline import process_input
 
     cfg = load_config(overrides={"sync.enforce_fallback": True})
-    r = process_input(str(demo_inputs["shifted_audio"]), None, cfg)
+    r = process_input(str(demo_inputs["shifted_audio"]), cfg)
     assert r["manifest"] == [] and r["sync_enforced"] is True
     assert [x["code"] for x in r["rejects"] if x["stage"] == "sync"] == ["sync.offset"]
 
 
 def test_every_second_is_accounted_for(demo_build):
     """accepted + rejected seconds == input seconds per source (within one frame); no overlap."""
-    done = [
-        rec
-        for line in (demo_build["out"] / "done.jsonl").read_text().splitlines()
-        for rec in json.loads(line)["inputs"]
-    ]
+    done = list(input_records(demo_build["out"]))
     assert sorted(Path(r["source"]).stem for r in done) == sorted(demo_build["inputs"])
     spans = defaultdict(list)
     for r in demo_build["manifest"] + demo_build["rejects"]:
@@ -118,20 +116,26 @@ def test_samples_match_manifest_and_format(demo_build):
     assert meta["sync"]["method"] == "fallback_motion_envelope"
 
 
-def test_inputs_share_task_shards(demo_build):
-    """7 inputs, 2 workers: two tasks; the clips of a task's inputs share its shard."""
+def test_clips_are_packed_in_input_order(demo_build):
+    """7 inputs, 2 workers, two tasks: their clips are packed, in input order, into one shard
+    (the demo is far below output.shard_size); manifest row i is sample i of that shard."""
     from avf_data.build import group_tasks
 
     out = demo_build["out"]
     tasks = group_tasks([(str(p), None) for p in demo_build["inputs"].values()], 16, 2)
-    assert [len(t[1]) for t in tasks] == [4, 3] and demo_build["stats"]["run"]["tasks"] == 2
-    shard_of = {r["source"]: r["shard"] for r in demo_build["manifest"]}
-    first = {shard_of[str(p)] for p, _ in tasks[0][1] if str(p) in shard_of}
-    assert first == {f"shards/{tasks[0][0]}-000000.tar"}  # single_face + scene_cut: one shard
-    assert len([p for p, _ in tasks[0][1] if str(p) in shard_of]) == 2
-    assert sorted(p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar")) == sorted(
-        set(shard_of.values())
-    )
+    assert [len(t.items) for t in tasks] == [4, 3] and demo_build["stats"]["run"]["tasks"] == 2
+    assert [p.name for p in (out / "shards").glob("*.tar")] == ["shard-000000.tar"]
+    man = demo_build["manifest"]
+    assert {r["shard"] for r in man} == {"shards/shard-000000.tar"}
+    order = [str(p) for t in tasks for p, _ in t.items]
+    assert [r["source"] for r in man] == sorted((r["source"] for r in man), key=order.index)
+    keys = [s["__key__"] for s in iter_raw_samples([str(out / "shards" / "shard-000000.tar")])]
+    assert keys == [r["key"] for r in man]
+    assert demo_build["stats"]["shards"] == {
+        "count": 1,
+        "pattern": "shards/shard-000000.tar",
+        "bytes": (out / "shards" / "shard-000000.tar").stat().st_size,
+    }
 
 
 def test_stats_and_report(demo_build):
@@ -174,7 +178,7 @@ def test_long_inputs_are_curated_in_chunks(demo_inputs):
 
     cfg = BuildConfig()
     cfg.media.chunk_seconds = 3.0
-    r = process_input(str(demo_inputs["long_silence"]), None, cfg)
+    r = process_input(str(demo_inputs["long_silence"]), cfg)
     assert len(r["manifest"]) == 2
     spans = sorted((x["start"], x["end"]) for x in r["manifest"] + r["rejects"])
     assert spans[0][0] == 0.0 and abs(spans[-1][1] - r["seconds"]) < 1e-6
@@ -231,7 +235,7 @@ def test_unexpected_error_rejects_the_input_only(demo_inputs, monkeypatch):
     from avf_data.stages import crop
 
     monkeypatch.setattr(crop, "plan_track", boom)
-    r = pipeline.process_input(str(demo_inputs["single_face"]), None, BuildConfig())
+    r = pipeline.process_input(str(demo_inputs["single_face"]), BuildConfig())
     assert r["manifest"] == [] and len(r["rejects"]) == 1
     row = r["rejects"][0]
     assert row["stage"] == "error" and row["code"] == "error.internal" and "boom" in row["reason"]

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import input_records
 
-from avf_data.shards import expand_shards, iter_raw_samples
+from avf_data.shards import iter_raw_samples
 
 
 def read_jsonl(path) -> list[dict]:
@@ -44,7 +45,8 @@ def test_kill_and_resume(demo_build, tmp_path):
     inputs = [str(demo_build["inputs"][n]) for n in names]
     out = tmp_path / "out"
     cfg_file = tmp_path / "tasks.yaml"
-    cfg_file.write_text("output: {inputs_per_task: 2}\n")  # tasks of 2 inputs: [sf, sc] [ls, tf] [sa]
+    # tasks of 2 inputs: [sf, sc] [ls, tf] [sa]; shards of ~two clips, so some are sealed mid-run
+    cfg_file.write_text("output: {inputs_per_task: 2, shard_size: 450KB}\n")
     cmd = [
         sys.executable,
         "-m",
@@ -60,12 +62,12 @@ def test_kill_and_resume(demo_build, tmp_path):
         str(cfg_file),
     ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    done_log = out / "done.jsonl"
+    log = out / "build.jsonl"
     deadline = time.time() + 240
     killed_mid_run = False
     try:
         while time.time() < deadline and proc.poll() is None:
-            if done_log.exists() and done_log.read_text().count("\n") >= 1:
+            if log.exists() and log.read_text().count('"kind":"task"') >= 1:
                 os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers must notice and exit
                 killed_mid_run = True
                 break
@@ -84,47 +86,40 @@ def test_kill_and_resume(demo_build, tmp_path):
     if leftovers:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not leftovers, f"worker processes outlived the killed driver: {leftovers}"
-    from avf_data.build import build, read_done
-    from avf_data.config import BuildConfig
-    from avf_data.pipeline import process_task
+    from avf_data.build import build
+    from avf_data.config import load_config
 
-    done_ids = read_done(out)
-    n_done = len(done_ids)
+    done = list(input_records(out))
+    n_done = len(done)
     assert 2 <= n_done < len(inputs)  # whole tasks only
-    # a half-written shard as a crash would leave it
-    (out / "shards" / "00000000deadbeef-000000.tar.tmp").write_bytes(b"partial")
-    # A task whose shards were renamed but whose done-log line was never written (the driver
-    # died in between): made here with a grouping the rerun will not use, so only the
-    # orphan cleanup (not a rewrite under the same name) can prevent duplicate keys.
-    pending = [p for p in inputs if not any(r["source"] == p for r in done_ids.values())]
-    with_clips = [p for p in pending if Path(p).stem in ("single_face", "scene_cut", "long_silence")]
-    orphans = []
-    if with_clips:
-        orphan = process_task([(with_clips[0], None)], out, BuildConfig())
-        orphans = [out / s for s in orphan["shards"]]
-        assert orphans and all(p.exists() for p in orphans)
+    # what a crash leaves besides: a worker's segment that was never committed, and appends to
+    # the shard being filled that no pack line backs
+    (out / "segments" / "00000000deadbeef.tar").write_bytes(b"partial")
+    state = json.loads((out / "state.json").read_text())
+    with open(out / "shards" / f"shard-{state['next_shard']:06d}.tar.part", "ab") as fh:
+        fh.write(b"\0" * 4096)
 
-    stats = build(inputs, out, workers=1, progress=False)
+    cfg = load_config(cfg_file)
+    stats = build(inputs, out, cfg, workers=1, progress=False)
     assert stats["run"]["inputs_skipped_resume"] == n_done
     assert stats["run"]["inputs_processed"] == len(inputs) - n_done
-    assert not list((out / "shards").glob("*.tmp"))
-    assert not any(p.exists() for p in orphans)
-    assert stats["run"]["orphan_shards_removed"] >= len(orphans)
+    assert stats["run"]["orphan_shards_removed"] >= 1
+    assert not list((out / "segments").iterdir()) and not list((out / "shards").glob("*.part"))
 
     manifest = read_jsonl(out / "manifest.jsonl")
-    keys = [s["__key__"] for s in iter_raw_samples(expand_shards(out / "shards"))]
+    shards = sorted((out / "shards").glob("*.tar"))
+    keys = [s["__key__"] for s in iter_raw_samples([str(p) for p in shards])]
     assert len(keys) == len(set(keys)), "duplicate keys in shards"
-    assert sorted(keys) == sorted(r["key"] for r in manifest)
-    done = [json.loads(x) for x in done_log.read_text().splitlines()]
-    assert sorted(r["source"] for t in done for r in t["inputs"]) == sorted(inputs)
-    # every shard on disk is listed by a task line, and the manifest points at them
-    listed = {s for t in done for s in t["shards"]}
-    assert {p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar")} == listed
-    assert {r["shard"] for r in manifest} == listed
-    assert any(len({r["source"] for r in manifest if r["shard"] == s}) > 1 for s in listed)  # shared shards
-    # same keys as the uninterrupted demo build for these inputs: nothing missing
-    expected = sorted(r["key"] for r in demo_build["manifest"] if Path(r["source"]).stem in names)
-    assert sorted(keys) == expected
+    assert keys == [r["key"] for r in manifest]  # the manifest is in shard order
+    assert {r["shard"] for r in manifest} == {p.relative_to(out).as_posix() for p in shards}
+    assert [p.name for p in shards] == [f"shard-{i:06d}.tar" for i in range(len(shards))] and len(shards) >= 2
+    for p in shards[:-1]:  # sealed when the next clip would not fit
+        assert p.stat().st_size <= cfg.output.shard_bytes + 10240 or len(list(iter_raw_samples([str(p)]))) == 1
+    assert sorted(r["source"] for r in input_records(out)) == sorted(inputs)
+    # the same clips, in input order, as an uninterrupted build of these inputs: nothing missing
+    expected = [r for r in demo_build["manifest"] if Path(r["source"]).stem in names]
+    expected.sort(key=lambda r: (names.index(Path(r["source"]).stem), r["clip_index"]))
+    assert keys == [r["key"] for r in expected]
 
 
 @pytest.mark.slow
@@ -179,6 +174,6 @@ def test_worker_crash_is_retried_then_rejected(demo_build, tmp_path):
     assert [Path(x["source"]).stem for x in manifest] == ["single_face"]
     stats = json.loads((out / "stats.json").read_text())
     assert stats["inputs"] == 3 and stats["run"]["inputs_processed"] == 3
-    # no shard of the abandoned two-input task is left behind
-    listed = {s for line in (out / "done.jsonl").read_text().splitlines() for s in json.loads(line)["shards"]}
-    assert {p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar*")} == listed
+    # nothing of the abandoned two-input task is left behind
+    assert not list((out / "segments").iterdir())
+    assert {p.relative_to(out).as_posix() for p in (out / "shards").glob("*.tar*")} == {r["shard"] for r in manifest}

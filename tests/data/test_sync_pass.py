@@ -53,7 +53,7 @@ def corpus(demo_inputs, tmp_path_factory):
     for i, (a, b) in enumerate([(5, 57), (60, 112), (115, 167)]):
         inputs.append(str(write_av(root / "src" / f"clip{i}.mp4", frames[a:b], audio[a * 640 : b * 640])))
     cfg_file = root / "tasks.yaml"
-    cfg_file.write_text("output: {inputs_per_task: 1}\n")
+    cfg_file.write_text("output: {inputs_per_task: 1, shard_size: 1}\n")  # a shard per clip
     out = root / "built"
     stats = build(inputs, out, load_config(cfg_file), workers=0, progress=False)
     assert stats["clips"] >= 3, stats
@@ -125,8 +125,8 @@ def test_sync_pass_end_to_end_cli(corpus, tmp_path):
         sync_rejected
     )
     assert "## Sync pass (SyncNet v2)" in (out / "report.md").read_text()
-    done = read_jsonl(out / "done.jsonl")
-    assert all(rec["sync_enforced"] for line in done for rec in line.get("inputs", [line]))
+    assert all(m["sync_enforced"] and m["sync_method"] == "syncnet_v2" for m in manifest)
+    assert (out / "build.jsonl").read_bytes() == (corpus["out"] / "build.jsonl").read_bytes()  # never edited
     # a second run has nothing left to score and changes nothing
     shard_bytes = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
     r2 = _cli("sync", str(out), "--syncnet-weights", str(corpus["weights"]), "--no-progress")
@@ -277,23 +277,19 @@ def test_decode_source_crops_match_in_memory_frames(demo_inputs):
     assert np.array_equal(tail, expected)
 
 
-def test_apply_to_record_moves_rows_once():
-    from avf_data.sync_pass import apply_to_record
+def test_a_moved_clip_leaves_the_sync_and_quality_counts():
+    from avf_data.store.outputs import _sync_reject
+    from avf_data.store.stats import StatsAccumulator
 
+    row = {"key": "a_0000", "source": "s", "input_id": "a", "start": 0.0, "end": 2.0, "seconds": 2.0, "shard": "x"}
     rec = {
-        "manifest": [
-            {
-                "key": "a_0000",
-                "source": "s",
-                "input_id": "a",
-                "start": 0.0,
-                "end": 2.0,
-                "seconds": 2.0,
-                "thumb": "t.jpg",
-            },
-            {"key": "a_0001", "source": "s", "input_id": "a", "start": 2.0, "end": 3.0, "seconds": 1.0},
+        "input_id": "a",
+        "source": "s",
+        "seconds": 4.0,
+        "manifest": [row, {"key": "a_0001", "source": "s", "input_id": "a", "start": 2.0, "end": 3.0, "seconds": 1.0}],
+        "rejects": [
+            {"source": "s", "start": 3.0, "end": 4.0, "seconds": 1.0, "stage": "silence", "code": "silence.silence"}
         ],
-        "rejects": [{"source": "s", "start": 3.0, "end": 4.0, "seconds": 1.0, "stage": "silence"}],
         "stages": {
             "sync": {"in": 2, "out": 2, "seconds_in": 3.0, "seconds_out": 3.0},
             "quality": {"in": 2, "out": 2, "seconds_in": 3.0, "seconds_out": 3.0},
@@ -301,21 +297,25 @@ def test_apply_to_record_moves_rows_once():
         "sync_methods": ["fallback_motion_envelope"],
         "sync_enforced": False,
     }
-    sj = {"method": "syncnet_v2", "offset_frames": 9, "confidence": 5.0}
-    decisions = {
-        "a_0000": {"sync": sj, "code": "sync.offset", "reason": "av offset +9", "input": "source"},
-        "a_0001": {"sync": {**sj, "offset_frames": 0}, "code": None, "reason": None, "input": "crop"},
+    acc = StatsAccumulator()
+    acc.add_record(rec)
+    d = {
+        "sync": {"method": "syncnet_v2", "offset_frames": 9, "confidence": 5.0},
+        "code": "sync.offset",
+        "reason": "av offset +9",
+        "input": "source",
     }
-    assert apply_to_record(rec, decisions) == 1
-    assert apply_to_record(rec, decisions) == 0  # idempotent
-    assert [m["key"] for m in rec["manifest"]] == ["a_0001"] and rec["manifest"][0]["sync_offset"] == 0
-    moved = [r for r in rec["rejects"] if r["stage"] == "sync"]
-    assert len(moved) == 1 and moved[0]["code"] == "sync.offset" and moved[0]["thumb"] == "t.jpg"
-    assert moved[0]["seconds"] == 2.0 and moved[0]["sync"]["offset_frames"] == 9
-    assert rec["stages"]["sync"] == {"in": 2, "out": 1, "seconds_in": 3.0, "seconds_out": 1.0}
-    assert rec["stages"]["quality"] == {"in": 1, "out": 1, "seconds_in": 1.0, "seconds_out": 1.0}
-    assert rec["sync_methods"] == ["syncnet_v2"] and rec["sync_enforced"] is True
-    assert [r["start"] for r in rec["rejects"]] == [0.0, 3.0]
+    reject = _sync_reject(row, d)
+    assert reject["stage"] == "sync" and reject["code"] == "sync.offset" and reject["key"] == "a_0000"
+    assert reject["seconds"] == 2.0 and reject["sync"]["offset_frames"] == 9 and reject["sync_input"] == "source"
+    acc.move_to_rejects(row, reject)
+    acc.judged_by_syncnet()
+    st = acc.result()
+    assert st["clips"] == 1 and st["seconds_accepted"] == 1.0 and st["seconds_rejected"] == 3.0
+    assert st["stages"]["sync"] == {"in": 2, "out": 1, "seconds_in": 3.0, "seconds_out": 1.0}
+    assert st["stages"]["quality"] == {"in": 1, "out": 1, "seconds_in": 1.0, "seconds_out": 1.0}
+    assert st["rejects_by_code"]["sync.offset"] == {"count": 1, "seconds": 2.0}
+    assert st["sync_methods"] == {"syncnet_v2": 1} and st["sync_enforced"] is True
 
 
 def test_sync_cli_errors_are_usage_errors(corpus, tmp_path):

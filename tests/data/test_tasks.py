@@ -1,19 +1,14 @@
-"""Task grouping: several inputs share shards, shard names are stable, orphans are removed."""
+"""Tasks and shards in real builds: grouping, shards by size across reruns, segments."""
 
 from __future__ import annotations
 
-import json
 import tarfile
 
 import numpy as np
 import pytest
+from conftest import read_jsonl, task_lines
 
-
-def read_jsonl(path) -> list[dict]:
-    import json as _json
-    from pathlib import Path as _Path
-
-    return [_json.loads(x) for x in _Path(path).read_text(encoding="utf-8").splitlines() if x.strip()]
+from avf_data.config import BuildConfig
 
 
 def test_group_tasks_is_deterministic():
@@ -22,25 +17,29 @@ def test_group_tasks_is_deterministic():
 
     items = [(f"/data/v{i:02d}.mp4", None) for i in range(40)]
     tasks = group_tasks(items, 16, workers=2)
-    assert [len(t[1]) for t in tasks] == [16, 16, 8]
-    assert [p for t in tasks for p, _ in t[1]] == [p for p, _ in items]  # order kept, nothing lost
+    assert [len(t.items) for t in tasks] == [16, 16, 8] and [t.seq for t in tasks] == [0, 16, 32]
+    assert [p for t in tasks for p, _ in t.items] == [p for p, _ in items]  # order kept, nothing lost
     assert tasks == group_tasks(list(items), 16, workers=2)
-    assert tasks[0][0] == task_id([input_id(p) for p, _ in reversed(items[:16])])  # sorted ids
-    assert len({t[0] for t in tasks}) == 3
+    assert tasks[0].task_id == task_id([input_id(p) for p, _ in reversed(items[:16])])  # sorted ids
+    assert len({t.task_id for t in tasks}) == 3
     # small runs: every worker gets a task; one worker: as many inputs per task as allowed
-    assert [len(t[1]) for t in group_tasks(items[:7], 16, workers=2)] == [4, 3]
-    assert [len(t[1]) for t in group_tasks(items[:7], 3, workers=1)] == [3, 3, 1]
+    assert [len(t.items) for t in group_tasks(items[:7], 16, workers=2)] == [4, 3]
+    assert [len(t.items) for t in group_tasks(items[:7], 3, workers=1)] == [3, 3, 1]
     assert group_tasks([], 16, 4) == []
 
 
 def test_config_fields_and_old_name():
     from avf_data.config import BuildConfig
 
-    cfg = BuildConfig.from_dict({"output": {"inputs_per_task": 4, "shard_max_count": 7}})
+    cfg = BuildConfig.from_dict({"output": {"inputs_per_task": 4, "shard_max_count": 7, "shard_size": "2MiB"}})
     assert cfg.output.inputs_per_task == 4 and cfg.output.max_clips_per_shard == 7
-    assert BuildConfig().output.inputs_per_task == 16
+    assert cfg.output.shard_bytes == 2 * 2**20
+    default = BuildConfig().output
+    assert default.inputs_per_task == 16 and default.shard_bytes == 512_000_000 and default.max_clips_per_shard is None
     with pytest.raises(ValueError, match="inputs_per_task"):
         BuildConfig.from_dict({"output": {"inputs_per_task": 0}})
+    with pytest.raises(ValueError, match="output.shard_size"):
+        BuildConfig.from_dict({"output": {"shard_size": "big"}})
 
 
 @pytest.fixture
@@ -64,10 +63,8 @@ def _keys(out):
     return [s["__key__"] for s in iter_raw_samples(expand_shards(out / "shards"))]
 
 
-def test_inputs_share_shards_and_names_are_stable(tiny_inputs, tmp_path):
+def test_reruns_add_shards_and_leave_sealed_ones_alone(tiny_inputs, tmp_path):
     from avf_data.build import build
-    from avf_data.config import BuildConfig
-    from avf_data.pipeline import input_id, task_id
 
     a, b, c, d = tiny_inputs
     out = tmp_path / "out"
@@ -76,60 +73,57 @@ def test_inputs_share_shards_and_names_are_stable(tiny_inputs, tmp_path):
     cfg.output.thumbnails = False
 
     stats = build([a, b], out, cfg, workers=0, progress=False)
-    assert stats["run"]["tasks"] == 1 and stats["clips"] == 2
-    first = f"shards/{task_id([input_id(b), input_id(a)])}-000000.tar"
+    assert stats["run"]["tasks"] == 1 and stats["clips"] == 2 and stats["run"]["shards_sealed"] == 1
     man = read_jsonl(out / "manifest.jsonl")
-    assert {r["shard"] for r in man} == {first}  # two inputs, one shard
-    with tarfile.open(out / first) as tar:
-        assert {m.name.split(".")[0] for m in tar} == {r["key"] for r in man}
-    assert len((out / "done.jsonl").read_text().splitlines()) == 1  # one commit line per task
-    before = ((out / first).read_bytes(), (out / first).stat().st_mtime_ns)
+    assert [r["shard"] for r in man] == ["shards/shard-000000.tar"] * 2  # two inputs, one shard
+    with tarfile.open(out / "shards" / "shard-000000.tar") as tar:
+        assert [m.name.split(".")[0] for m in tar][::3] == [r["key"] for r in man]
+    first = out / "shards" / "shard-000000.tar"
+    before = (first.read_bytes(), first.stat().st_mtime_ns)
 
-    # rerun with more inputs: a, b are done; c, d form a new task with new shard names
-    cfg.output.max_clips_per_shard = 1  # roll over within the task
+    # rerun with more inputs: a, b are done; c, d are curated and go to a new shard (the run
+    # before sealed its last shard, so that readers saw every clip)
     stats = build([a, b, c, d], out, cfg, workers=0, progress=False)
     assert stats["run"]["inputs_skipped_resume"] == 2 and stats["run"]["inputs_processed"] == 2
-    second = task_id([input_id(c), input_id(d)])
-    names = sorted(p.name for p in (out / "shards").glob("*.tar"))
-    assert names == sorted([first.split("/")[1], f"{second}-000000.tar", f"{second}-000001.tar"])
-    assert ((out / first).read_bytes(), (out / first).stat().st_mtime_ns) == before  # untouched
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    assert (first.read_bytes(), first.stat().st_mtime_ns) == before  # untouched
     keys = _keys(out)
     assert len(keys) == 4 == len(set(keys))
-    assert sorted(keys) == sorted(r["key"] for r in read_jsonl(out / "manifest.jsonl"))
+    assert keys == [r["key"] for r in read_jsonl(out / "manifest.jsonl")]  # manifest in shard order
+    assert stats["shards"]["pattern"] == "shards/shard-{000000..000001}.tar"
 
-    # a finished folder: nothing redone, same shard names
+    # a finished folder: nothing redone, nothing rewritten
+    manifest = (out / "manifest.jsonl").read_bytes()
     stats = build([a, b, c, d], out, cfg, workers=0, progress=False)
-    assert stats["run"]["inputs_processed"] == 0
-    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == names
-
-    # The driver died after the task's shards were renamed but before its done-log line was
-    # (completely) written: the rerun must drop those orphan shards and redo c, d (now in
-    # other tasks), without duplicate keys.
-    log = out / "done.jsonl"
-    lines = log.read_text().splitlines(keepends=True)
-    log.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # torn last line
-    cfg.output.inputs_per_task = 1
-    stats = build([a, b, c, d], out, cfg, workers=0, progress=False)
-    assert stats["run"]["orphan_shards_removed"] == 2 and stats["run"]["inputs_processed"] == 2
-    assert stats["run"]["tasks"] == 2
-    assert not list((out / "shards").glob(f"{second}-*"))
-    assert (out / "shards" / f"{task_id([input_id(c)])}-000000.tar").exists()
-    keys = _keys(out)
-    assert len(keys) == 4 == len(set(keys))
-    man = read_jsonl(out / "manifest.jsonl")
-    assert sorted(keys) == sorted(r["key"] for r in man)
-    assert all((out / r["shard"]).exists() for r in man)
-    done = [json.loads(x) for x in log.read_text().splitlines()]
-    assert sorted(i["source"] for t in done for i in t["inputs"]) == sorted(tiny_inputs)
+    assert stats["run"]["inputs_processed"] == 0 and stats["run"]["shards_sealed"] == 0
+    assert (out / "manifest.jsonl").read_bytes() == manifest
+    assert len(task_lines(out)) == 2  # one commit line per task
 
 
-def test_process_task_keeps_shards_hidden_until_done(tiny_inputs, tmp_path, monkeypatch):
-    """A task failing half-way leaves no shard behind (not even a renamed full one)."""
-    from avf_data import pipeline
-    from avf_data.config import BuildConfig
+def test_shard_size_and_clip_limit_split_a_task(tiny_inputs, tmp_path):
+    """One task's clips are split over shards where the size (or clip) limit falls."""
+    from avf_data.build import build
+    from avf_data.tars import read_local_index
 
     cfg = BuildConfig(curate=False)
-    cfg.output.max_clips_per_shard = 1
+    cfg.output.thumbnails = False
+    cfg.output.shard_size = 1  # every clip alone
+    stats = build(tiny_inputs, tmp_path / "bytes", cfg, workers=0, progress=False)
+    assert stats["run"]["tasks"] == 1 and stats["shards"]["count"] == 4
+    cfg.output.shard_size = "1GB"
+    cfg.output.max_clips_per_shard = 3
+    stats = build(tiny_inputs, tmp_path / "clips", cfg, workers=0, progress=False)
+    counts = [read_local_index(p).samples for p in sorted((tmp_path / "clips" / "shards").glob("*.tar"))]
+    assert counts == [3, 1]
+
+
+def test_process_task_writes_one_segment(tiny_inputs, tmp_path):
+    """A task's clips go to one segment; a task failing half-way leaves no shard behind (its
+    segment has no log line, so the next run deletes it)."""
+    from avf_data import pipeline
+    from avf_data.build import build
+
+    cfg = BuildConfig(curate=False)
     cfg.output.thumbnails = False
     out = tmp_path / "out"
     calls = []
@@ -141,8 +135,14 @@ def test_process_task_keeps_shards_hidden_until_done(tiny_inputs, tmp_path, monk
 
     with pytest.raises(OSError):
         pipeline.process_task([(p, None) for p in tiny_inputs], out, cfg, before_input=hook)
-    assert not list((out / "shards").iterdir())
-    res = pipeline.process_task([(p, None) for p in tiny_inputs[:2]], out, cfg)
-    assert len(res["inputs"]) == 2 and len(res["shards"]) == 2
-    assert [r["shards"] for r in res["inputs"]] == [[s] for s in res["shards"]]
-    assert all(r["task_id"] == res["task_id"] for r in res["inputs"])
+    assert not list((out / "shards").glob("*"))
+    res = pipeline.process_task([(p, None) for p in tiny_inputs[:2]], out, cfg, tid="0123456789abcdef", seq=5)
+    assert res["task_id"] == "0123456789abcdef" and res["seq"] == 5 and res["n"] == 2
+    seg = res["segment"]
+    assert seg["name"] == "segments/0123456789abcdef.tar" and seg["samples"] == 2 and len(seg["offsets"]) == 2
+    assert [r["key"] for rec in res["inputs"] for r in rec["manifest"]] == [
+        s["__key__"] for s in __import__("avf_data.shards", fromlist=["x"]).iter_raw_samples([str(out / seg["name"])])
+    ]
+    stats = build(tiny_inputs, out, cfg, workers=0, progress=False)
+    assert not list((out / "segments").iterdir())  # stray segments gone, packed ones too
+    assert stats["run"]["orphan_shards_removed"] >= 1 and stats["clips"] == 4

@@ -144,7 +144,9 @@ def test_counts_fall_back_to_the_manifest_then_to_reading(tmp_path, monkeypatch)
     with ShardWriter(build / "shards", prefix="old", max_count=5) as writer:  # a stale index is noticed
         for i in range(4):
             writer.write(_clip(f"n{i}"))
-    S.write_index(shards[0], 99, 1)  # wrong size: not believed
+    from avf_data.tars import ShardIndex, write_index
+
+    write_index(shards[0], ShardIndex(samples=99, bytes=1))  # wrong size: not believed
     assert shard_counts(shards) == [4, 1]
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from avf_data.shards import ClipSample, ShardWriter, decode_sample, expand_shards, iter_clips
+from avf_data.shards import ClipSample, ShardWriter, decode_sample, expand_shards, iter_clips, iter_raw_samples
 
 
 def _clip(key: str, label: int | None = None, frames: int = 20) -> ClipSample:
@@ -75,12 +75,17 @@ def test_every_shard_gets_its_index_when_it_appears(tmp_path):
     shards = expand_shards(str(tmp_path / "deferred"))
     for shard, count in zip(shards, (2, 1), strict=False):
         index = json.loads(open(shard[: -len(".tar")] + ".idx.json").read())
-        assert index == {
-            "format": "avf-shard-index/1",
-            "shard": shard.rsplit("/", 1)[1],
-            "samples": count,
-            "bytes": os.path.getsize(shard),
-        }
+        assert index["format"] == "avf-shard-index/2" and index["shard"] == shard.rsplit("/", 1)[1]
+        assert (index["samples"], index["bytes"]) == (count, os.path.getsize(shard))
+        assert index["extensions"] == {"json": count, "mp4": count, "wav": count}
+        # the offsets find every sample with one seek: the same bytes a full read gives
+        from avf_data.tars import read_local_index, read_sample_at
+
+        parsed = read_local_index(shard)
+        whole = list(iter_raw_samples([shard]))
+        assert [read_sample_at(shard, parsed, i) for i in range(count)] == [
+            {k: v for k, v in s.items() if k != "__url__"} for s in whole
+        ]
     assert shard_counts(shards) == [2, 1]
     aborted = ShardWriter(tmp_path / "aborted", max_count=1, defer_rename=True)
     aborted.write(_clip("a", frames=4))

@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0, help="also run a full build with N workers")
     args = ap.parse_args(argv)
 
-    from avf_data.build import build, resolve_inputs
+    from avf_data.build import build
     from avf_data.config import BuildConfig
+    from avf_data.inputs import resolve_inputs
     from avf_data.pipeline import limit_threads, preload_modules, process_input
 
     limit_threads()
@@ -72,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
         files = [str(p) for p in make_demo_inputs(tmp / "inputs").values()]
     cfg = BuildConfig()
-    process_input(files[0], None, cfg)  # warm-up: ONNX session, dlib, sync scorer
+    process_input(files[0], cfg)  # warm-up: ONNX session, dlib, sync scorer
     rows = []
     stage_tot: dict[str, float] = {}
     tot_frames = tot_cpu = tot_dec = tot_dec_scale = 0.0
     for f in files:
-        res = process_input(f, None, cfg)
+        res = process_input(f, cfg)
         n, cpu = res["frames"], res["cpu_seconds"]
         outcome = f"{len(res['manifest'])} clip(s)" + (
             f", rejects: {','.join(sorted({r['code'] for r in res['rejects']}))}" if res["rejects"] else ""

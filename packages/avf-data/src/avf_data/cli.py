@@ -27,11 +27,13 @@ ends up in an accepted clip (manifest.jsonl) or a reject row with a stage, a rea
 into the same --out resumes; a folder that is not an avf-data output is refused.
 
 outputs in DIR:
-  shards/<task-id>-NNNNNN.tar
-                   shared by the inputs of one task; one sample per clip: <key>.mp4 (25 fps
-                   face crop), <key>.wav (16 kHz mono), <key>.json (source, start, end,
-                   boxes, scores, sync, blur, ...)
-  manifest.jsonl   accepted clips      rejects.jsonl   rejected inputs/segments/gaps
+  shards/shard-NNNNNN.tar
+                   WebDataset shards of ~output.shard_size (512 MB), numbered without gaps
+                   (shard-{000000..000123}.tar; the summary prints the pattern), each with
+                   shard-NNNNNN.idx.json (sample count and offsets); one sample per clip:
+                   <key>.mp4 (25 fps face crop), <key>.wav (16 kHz mono), <key>.json
+                   (source, start, end, boxes, scores, sync, blur, ...)
+  manifest.jsonl   accepted clips, in shard order      rejects.jsonl   rejected inputs/segments/gaps
   stats.json       per-stage seconds in/out, rejects by code, CPU time, peak worker memory
   report.md        warnings, stages, reject codes, per-input table, contact_sheet.png
 
@@ -46,16 +48,17 @@ config (YAML, only what changes; sections: media scene face silence crop sync qu
   quality: {mode: measure}
   sync: {require_syncnet: true, weights: /models/syncnet_v2.model}
   silence: {min_clip_seconds: 1.5, max_clip_seconds: 10}
-  output: {inputs_per_task: 16, max_clips_per_shard: 1000}
+  output: {shard_size: 1GB, inputs_per_task: 16}
 
 tasks and shards: the pending inputs, in order, are cut into tasks of
-  min(output.inputs_per_task, ceil(pending / workers)) inputs (default 16); a task's clips go
-  into shards/<task-id>-NNNNNN.tar (task id = hash of its sorted input ids; a new shard every
-  output.max_clips_per_shard clips). Raise inputs_per_task for corpora of many short videos
-  (e.g. 400 for VoxCeleb2) to get ~1000-sample shards. A task's shards are renamed into place
-  when it is complete, then it is logged in done.jsonl; a rerun deletes *.tmp and shards no
-  done.jsonl line lists, and redoes unlogged inputs (keys never change). A task whose worker
-  keeps crashing is split and its inputs retried one by one.
+  min(output.inputs_per_task, ceil(pending / workers)) inputs (default 16); a worker curates
+  a task into segments/<task-id>.tar and the driver logs it in build.jsonl (from then on its
+  inputs are done), then packs the clips, in input order, into the shard being filled, which
+  is sealed when the next clip would not fit: the same inputs give the same shards whatever
+  the worker count. Interrupted (even kill -9)? Run the same command again: finished tasks
+  are kept, the rest is redone (keys never change), a half-filled shard is cut back to what
+  the log says and filled on. A task whose worker keeps crashing is split and its inputs
+  retried one by one. Memory of the driver does not grow with the corpus.
 """
 
 
@@ -191,8 +194,16 @@ def make_parser() -> argparse.ArgumentParser:
         "with a warning)",
     )
 
-    n = sub.add_parser("inspect", help="summarise a curated folder or shards")
+    n = sub.add_parser(
+        "inspect",
+        help="summarise a curated folder or shards (from their indexes; --verify reads every byte)",
+        description="Summarise a curated folder or a set of shards. By default only the shard "
+        "indexes (.idx.json), stats.json and classes.json are read, so a corpus of any size is "
+        "summarised in a moment; --verify reads every sample (keys, members, duplicates, labels) "
+        "and checks it against the indexes and the manifest.",
+    )
     n.add_argument("path", type=Path, metavar="DIR", help="output folder of build/import, or shards")
+    n.add_argument("--verify", action="store_true", help="read every sample and check it against the indexes")
     n.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     y = sub.add_parser(
@@ -287,7 +298,7 @@ def _load_cfg(args):
 
 
 def _summary(stats: dict, out: Path) -> None:
-    from .build import sync_banner
+    from .store.stats import sync_banner
 
     top = ", ".join(f"{code} {v['seconds']:.1f} s" for code, v in list(stats["rejects_by_code"].items())[:3])
     run = stats["run"]
@@ -304,7 +315,11 @@ def _summary(stats: dict, out: Path) -> None:
     banner = sync_banner(stats)
     if banner:
         print(f"avf-data: warning: {banner}", file=sys.stderr)
-    print(f"outputs in {out}: shards/, manifest.jsonl, rejects.jsonl, stats.json, report.md")
+    shards = stats.get("shards", {})
+    print(
+        f"outputs in {out}: {shards.get('count', 0)} shards ({shards.get('bytes', 0) / 1e6:.1f} MB) "
+        f"'{out / shards.get('pattern', 'shards/*.tar')}', manifest.jsonl, rejects.jsonl, stats.json, report.md"
+    )
 
 
 def _warn(line: str) -> None:
@@ -330,7 +345,7 @@ def _check_inputs(inputs: list[str]) -> None:
 
 def _build(args) -> int:
     from .build import build, check_sync_setup, resolve_weights
-    from .outdir import check_out
+    from .store.folder import check_out
 
     cfg = _load_cfg(args)
     if args.require_syncnet:
@@ -391,8 +406,10 @@ def _import(args) -> int:
 def _inspect(args) -> int:
     from .inspect_cmd import format_summary, summarize
 
-    info = summarize(args.path)
+    info = summarize(args.path, verify=args.verify)
     print(json.dumps(info, indent=2) if args.json else format_summary(info))
+    if info.get("problems"):
+        return 1
     return 0 if info["samples"] or (args.path / "stats.json").exists() else 1
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .media import MediaConfig
-from .settings import ConfigError, gather, to_dict, update
+from .settings import ConfigError, gather, parse_size, to_dict, update
 from .stages.base import MODES
 from .stages.crop import CropConfig
 from .stages.face_filter import FaceFilterConfig
@@ -35,21 +35,28 @@ PIPELINE_VERSION = "avf-data-curation/2"
 
 @dataclass
 class OutputConfig:
-    """inputs_per_task: inputs curated by one task (one worker call); the clips of a task's
-    inputs go into shards shared by those inputs, ``shards/<task-id>-NNNNNN.tar`` (task id =
-    hash of the task's sorted input ids). Small runs use smaller tasks so that every worker
-    gets one (task size = min(inputs_per_task, ceil(pending inputs / workers))). Larger tasks
-    mean fewer, bigger shards; an interrupted run redoes at most the tasks in flight.
-    max_clips_per_shard: a task's shard rolls over to ``-000001`` etc. after this many clips
-    (old name: ``shard_max_count``).
-    thumbnails: save one small JPEG per accepted clip / rejected segment for the report.
+    """shard_size: target size of a shard (``"512MB"``, ``"1GiB"`` or bytes). Finished tasks'
+    clips are packed into ``shards/shard-NNNNNN.tar`` in input order; a shard is sealed when the
+    next clip would not fit, so shards are at most this large (a single larger clip gets a
+    shard of its own) and only the last one of a run is smaller. WebDataset corpora use
+    100 MB-1 GB; 512 MB gives ~2,000 clips of 6 s per shard.
+    max_clips_per_shard: also seal a shard at this many clips (null: no limit).
+    inputs_per_task: inputs curated by one task (one worker call). Small runs use smaller tasks
+    so that every worker gets one (task size = min(inputs_per_task, ceil(pending / workers))).
+    An interrupted run redoes at most the tasks in flight.
+    thumbnails: pictures for the report (its examples only, not one per clip).
     report_examples: accepted and rejected examples shown on the contact sheet.
     """
 
+    shard_size: int | str = "512MB"
+    max_clips_per_shard: int | None = None
     inputs_per_task: int = 16
-    max_clips_per_shard: int = 1000
     thumbnails: bool = True
     report_examples: int = 12
+
+    @property
+    def shard_bytes(self) -> int:
+        return parse_size(self.shard_size, "output.shard_size")
 
 
 STAGE_SECTIONS = ("scene", "face", "silence", "crop", "sync", "quality")
@@ -85,8 +92,10 @@ class BuildConfig:
             data["output"] = output
         cfg = update(cls(), data)
         for name in ("inputs_per_task", "max_clips_per_shard"):
-            if getattr(cfg.output, name) < 1:
-                raise ConfigError(f"config key 'output.{name}' must be >= 1, got {getattr(cfg.output, name)}")
+            value = getattr(cfg.output, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"config key 'output.{name}' must be >= 1, got {value}")
+        cfg.output.shard_bytes  # noqa: B018 - a bad size fails here, naming the key
         for section in STAGE_SECTIONS:
             mode = getattr(cfg, section).mode
             if mode not in MODES:

@@ -1,9 +1,12 @@
-"""Execution engines: a local process pool (default) or Ray tasks.
+"""Execution engines: a local process pool (default) or a pool of Ray actors.
 
 Both run :func:`avf_data.pipeline.process_task` once per task (a group of inputs whose clips
-share shards) and yield task results as they finish; the driver alone touches the done-log,
-so engines only differ in where the work runs. Every worker builds its sync scorer once (on
-its first task) and reuses it.
+go into one segment) and yield task results as they finish; the driver alone touches the build
+log, so engines only differ in where the work runs. Tasks are pulled from the driver's
+iterator as workers free up (a bounded window in flight), so no list of a corpus's tasks is
+ever held. Every worker imports the heavy libraries and builds its detectors and sync scorer
+once, before its first task: the local pool forks from a server that did it, a Ray actor does
+it when it starts.
 
 Crashes (a worker process killed by a segfault or the OOM killer): the task is retried; a
 task caught in three crashes is split and its inputs retried one by one, and an input that
@@ -16,15 +19,29 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
 from .config import BuildConfig
 
 Item = tuple[str, dict[str, Any] | None]  # (path, label or None)
-Task = tuple[str, list[Item]]  # (task id, its inputs in order)
+
+
+@dataclass
+class Task:
+    """Consecutive pending inputs curated together; ``seq`` is the position of the first one in
+    the run (the order the store packs segments in); ``thumbs`` says which reject rows get a
+    picture (the driver's policy when the task was handed out)."""
+
+    task_id: str
+    seq: int
+    items: list[Item]
+    thumbs: dict[str, Any] | None = None
+
 
 MAX_TRIES = 3
 
@@ -65,10 +82,9 @@ def _init_worker(
 def _run_task(task: Task) -> dict[str, Any]:
     from .pipeline import process_task
 
-    tid, items = task
     out_dir, weights = _WORKER_ARGS
     assert _WORKER_CFG is not None
-    return process_task(items, out_dir, _WORKER_CFG, weights, tid=tid)
+    return process_task(task.items, out_dir, _WORKER_CFG, weights, tid=task.task_id, seq=task.seq, thumbs=task.thumbs)
 
 
 WORKER_MEMORY_BYTES = 1_500_000_000  # peak RSS budget of one curation worker (tools/bench/real.py)
@@ -104,27 +120,59 @@ def available_memory() -> int | None:
 
 
 def single_tasks(task: Task) -> list[Task]:
-    """A failed task split into one task per input (each with its own task id)."""
+    """A failed task split into one task per input (each with its own task id and position)."""
     from .pipeline import input_id, task_id
 
-    return [(task_id([input_id(item[0])]), [item]) for item in task[1]]
+    return [Task(task_id([input_id(item[0])]), task.seq + i, [item], task.thumbs) for i, item in enumerate(task.items)]
 
 
 def _discard(out_dir: str | None, task: Task) -> None:
-    """Remove the shards of a task that will not be committed (a crash may have left some)."""
-    if out_dir is None:
-        return
-    from .pipeline import task_files
+    """Remove the segment of a task that will not be committed (a crash may have left one)."""
+    if out_dir is not None:
+        from .store.folder import OutputFolder
 
-    for p in task_files(out_dir, task[0]):
+        OutputFolder(out_dir).segment(task.task_id).unlink(missing_ok=True)
+
+
+def _pool_phase(pool: ProcessPoolExecutor, first: Task, more, window: int, requeue: deque[Task]):
+    """Run ``first`` and, while ``more`` gives tasks, up to ``window`` at a time on ``pool``;
+    yields results as they finish. Returns the tasks caught in a crash of the pool (its
+    remaining tasks wait in ``requeue``)."""
+    pending: dict = {}
+    crashed: list[Task] = []
+
+    def submit(task: Task) -> bool:
         try:
-            os.remove(p)
-        except OSError:  # pragma: no cover
-            pass
+            pending[pool.submit(_run_task, task)] = task
+            return True
+        except BrokenProcessPool:  # the pool broke meanwhile: the task waits for the next one
+            requeue.appendleft(task)
+            return False
+
+    submit(first)
+    while more is not None and len(pending) < window:  # a bounded window keeps memory flat
+        task = more()
+        if task is None or not submit(task):
+            break
+    while pending:
+        done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+        for fut in done:
+            task = pending.pop(fut)
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                crashed.append(task)
+                continue
+            yield result
+            if more is not None and not crashed:
+                nxt = more()
+                if nxt is not None:
+                    submit(nxt)
+    return crashed
 
 
 def run_local(
-    tasks: list[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None, workers: int
+    tasks: Iterable[Task], cfg: BuildConfig, out_dir: str | None, weights: str | None, workers: int
 ) -> Iterator[dict[str, Any]]:
     """Process pool; ``workers=0`` runs inline in this process (debugging)."""
     cfg_dict = cfg.to_dict()
@@ -143,67 +191,47 @@ def run_local(
             pass
     else:  # pragma: no cover
         ctx = mp.get_context("spawn")
+    fresh = iter(tasks)
+    retry: deque[Task] = deque()  # crashed alongside others: run side by side again
+    alone: deque[Task] = deque()  # run one at a time, so that a crash is surely theirs
     tries: dict[str, int] = {}  # task id -> crashes it was caught in
-    shared = list(tasks)  # run side by side
-    alone: list[Task] = []  # run one at a time, so that a crash is surely theirs
-    while shared or alone:
-        solo = not shared
-        queue, width = (alone, 1) if solo else (shared, min(workers, len(shared)))
-        crashed: list[Task] = []
-        unsent: list[Task] = []
-        with ProcessPoolExecutor(
-            max_workers=width,
+
+    def next_shared() -> Task | None:
+        return retry.popleft() if retry else next(fresh, None)
+
+    while True:
+        first = next_shared()
+        solo = first is None
+        if first is None:
+            if not alone:
+                return
+            first = alone.popleft()
+        pool = ProcessPoolExecutor(
+            max_workers=1 if solo else workers,
             mp_context=ctx,
             initializer=_init_worker,
             initargs=(cfg_dict, out_dir, weights, os.getpid()),
-        ) as pool:
-            pending: dict = {}
-            it = iter(queue)
-            limit = 1 if solo else 2 * width  # a bounded queue keeps memory flat with many tasks
-            for task in it:
-                pending[pool.submit(_run_task, task)] = task
-                if len(pending) >= limit:
-                    break
-            while pending:
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    task = pending.pop(fut)
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        crashed.append(task)
-                        continue
-                    yield result
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        try:
-                            pending[pool.submit(_run_task, nxt)] = nxt
-                        except BrokenProcessPool:
-                            unsent.append(nxt)
-            unsent.extend(it)  # not submitted because the pool broke
-        if solo:
-            alone = unsent
-        else:
-            shared = unsent
+        )
+        with pool:
+            requeue = alone if solo else retry
+            crashed = yield from _pool_phase(pool, first, None if solo else next_shared, 2 * workers, requeue)
         # A worker died (segfault in a native library, out-of-memory kill): every task in
         # flight failed with it. Retry them; after three crashes a task runs alone, and a
         # crash while alone is its own: a task of several inputs is split into single-input
         # tasks (run alone), a single input is rejected.
-        to_alone: list[Task] = []
         for task in crashed:
-            tries[task[0]] = tries.get(task[0], 0) + 1
+            tries[task.task_id] = tries.get(task.task_id, 0) + 1
             own = len(crashed) == 1
-            if tries[task[0]] < MAX_TRIES:
-                (alone if solo else shared).append(task)
+            if tries[task.task_id] < MAX_TRIES:
+                (alone if solo else retry).append(task)
             elif not own:
-                to_alone.append(task)
+                alone.append(task)
             else:
                 _discard(out_dir, task)
-                if len(task[1]) > 1:
-                    to_alone.extend(single_tasks(task))
+                if len(task.items) > 1:
+                    alone.extend(single_tasks(task))
                 else:
                     yield _crash_task(task, cfg)
-        alone.extend(to_alone)
 
 
 CRASH_REASON = f"worker process crashed while curating this input ({MAX_TRIES} tries)"
@@ -211,10 +239,8 @@ CRASH_REASON = f"worker process crashed while curating this input ({MAX_TRIES} t
 
 def _crash_task(task: Task, cfg: BuildConfig, reason: str = CRASH_REASON) -> dict[str, Any]:
     """The result of a task whose inputs are rejected because it keeps crashing."""
-    recs = [_crash_result(path, cfg, reason) for path, _ in task[1]]
-    for rec in recs:
-        rec["task_id"] = task[0]
-    return {"task_id": task[0], "shards": [], "inputs": recs}
+    recs = [_crash_result(path, cfg, reason) for path, _ in task.items]
+    return {"task_id": task.task_id, "seq": task.seq, "n": len(task.items), "segment": None, "inputs": recs}
 
 
 def _crash_result(path: str, cfg: BuildConfig, reason: str = CRASH_REASON) -> dict[str, Any]:
@@ -245,24 +271,34 @@ def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> Non
         ) from None
 
 
-def _ray_task(task: Task, cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> dict[str, Any]:
-    global _WORKER_CFG, _WORKER_ARGS
-    if _WORKER_CFG is None or _WORKER_CFG.to_dict() != cfg_dict or _WORKER_ARGS != (out_dir, weights):
-        _init_worker(cfg_dict, out_dir, weights)  # once per Ray worker process
-    return _run_task(task)
+class CurationActor:
+    """One Ray worker process of ``avf-data build``: imports the libraries and builds the
+    detectors and the sync scorer when it starts, as the local pool's workers inherit them,
+    so no task pays for them."""
+
+    def __init__(self, cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> None:
+        from .pipeline import preload_modules
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        preload_modules()
+        _init_worker(cfg_dict, out_dir, weights)
+
+    def run(self, task: Task) -> dict[str, Any]:
+        return _run_task(task)
 
 
 def run_ray(
-    tasks: list[Task],
+    tasks: Iterable[Task],
     cfg: BuildConfig,
     out_dir: str | None,
     weights: str | None,
     workers: int,
     address: str | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Ray tasks (one per task of inputs, 1 CPU each). Starts a local Ray instance unless
-    ``address``. A task that fails (after Ray's own retry of a crashed worker) is split into
-    single-input tasks; a single input that fails is rejected."""
+    """A pool of :class:`CurationActor` (one CPU each: ``workers`` of them on a local Ray, one
+    per CPU of a joined cluster). Starts a local Ray instance unless ``address``. A task that
+    fails (after Ray restarted a crashed actor and retried it once) is split into single-input
+    tasks; a single input that fails is rejected."""
     # Ray (>= 2.43) re-runs workers through `uv run` when the driver was started by it,
     # which builds a second environment per session (and needs a download of Python where
     # uv cannot find one). Workers on this machine should simply use this interpreter.
@@ -293,29 +329,36 @@ def run_ray(
             ) from None
         started = True
     try:
-        remote = ray.remote(num_cpus=1, max_retries=1)(_ray_task)
-        cfg_dict = cfg.to_dict()
-        cfg_ref = ray.put(cfg_dict)
-        limit = max(2, 2 * int(ray.cluster_resources().get("CPU", workers or 1)))
-        queue: list[Task] = list(reversed(tasks))  # pop() from the end = input order
+        n = max(1, workers if not address else int(ray.cluster_resources().get("CPU", workers or 1)))
+        actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=1)(CurationActor)
+        cfg_ref = ray.put(cfg.to_dict())
+        free = [actor_cls.remote(cfg_ref, out_dir, weights) for _ in range(n)]
+        fresh = iter(tasks)
+        retry: deque[Task] = deque()
         pending: dict = {}
-        while queue or pending:
-            while queue and len(pending) < limit:
-                task = queue.pop()
-                pending[remote.remote(task, cfg_ref, out_dir, weights)] = task
+        while True:
+            while free:
+                task = retry.popleft() if retry else next(fresh, None)
+                if task is None:
+                    break
+                actor = free.pop()
+                pending[actor.run.remote(task)] = (task, actor)
+            if not pending:
+                break
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                task = pending.pop(ref)
+                task, actor = pending.pop(ref)
+                free.append(actor)
                 try:
                     yield ray.get(ref)
                 except (
-                    ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.RayActorError,
                     ray.exceptions.RayTaskError,
                     ray.exceptions.OutOfMemoryError,
                 ) as exc:
                     _discard(out_dir, task)
-                    if len(task[1]) > 1:
-                        queue.extend(reversed(single_tasks(task)))
+                    if len(task.items) > 1:
+                        retry.extend(single_tasks(task))
                     else:
                         yield _crash_task(task, cfg, f"{CRASH_REASON}; Ray: {type(exc).__name__}")
     finally:

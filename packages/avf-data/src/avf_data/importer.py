@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .build import _append_done, build
+from .build import build
 from .config import BuildConfig, lenient
 from .media import path_text
 from .rows import RejectRow
@@ -329,27 +329,18 @@ def import_csv(
     (out / "classes.json").write_text(json.dumps(space.to_json(), indent=2) + "\n", encoding="utf-8")
     # bad CSV rows are logged once, as a pseudo-input, so that resumes keep them
     rid = "csvrows_" + hashlib.sha1(os.fsencode(os.path.abspath(csv_path))).hexdigest()[:8]
-    from .build import read_done
-
-    if rid not in read_done(out):
-        with open(out / "done.jsonl", "a", encoding="utf-8") as log:
-            _append_done(
-                log,
-                {
-                    "input_id": rid,
-                    "source": path_text(csv_path),
-                    "seconds": 0.0,
-                    "frames": 0,
-                    "manifest": [],
-                    "rejects": rejects,
-                    "stages": {},
-                    "shards": [],
-                    "sync_methods": [],
-                    "proc_seconds": 0.0,
-                    "decode_seconds": 0.0,
-                },
-            )
-    stats = build(list(labels), out, cfg, labels=labels, **build_kwargs)
+    csv_rows = {
+        "input_id": rid,
+        "source": path_text(csv_path),
+        "seconds": 0.0,
+        "frames": 0,
+        "manifest": [],
+        "rejects": rejects,
+        "stages": {},
+        "sync_methods": [],
+        "proc_seconds": 0.0,
+    }
+    stats = build(list(labels), out, cfg, labels=labels, preface=[csv_rows], **build_kwargs)
     stats["classes"] = list(space.classes)
     stats["label_map"] = space.to_json()
     by_reason = Counter(_reason_kind(r["reason"]) for r in rejects)

@@ -1,4 +1,11 @@
-"""``avf-data inspect DIR``: a quick summary of a curated folder (or of shard files)."""
+"""``avf-data inspect DIR``: a summary of a curated folder (or of shard files).
+
+By default the summary comes from the shard indexes (``.idx.json``: samples, bytes, members,
+seconds, labels per shard), ``stats.json`` and ``classes.json``: one small read per shard,
+whatever the corpus weighs. ``--verify`` reads every sample: it counts keys, members and
+labels itself, finds duplicate keys, decodes one example, and compares what it read with the
+indexes and the manifest.
+"""
 
 from __future__ import annotations
 
@@ -8,71 +15,65 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .shards import expand_shards, iter_raw_samples
+from .shards import expand_shards, iter_raw_samples, read_index
 
 
-def summarize(target: str | os.PathLike, decode: int = 1) -> dict[str, Any]:
-    """Shard count, sample count, extensions, keys, stats.json highlights; decodes ``decode``
-    samples to report their shapes (0 = none)."""
-    import tarfile
+def _shards_of(target: Path) -> list[str]:
+    try:
+        return expand_shards(target / "shards" if (target / "shards").is_dir() else target)
+    except FileNotFoundError:
+        return []
 
+
+def summarize(target: str | os.PathLike, *, verify: bool = False) -> dict[str, Any]:
+    """Shard count, sample count, members, seconds, labels and stats.json highlights (see
+    module doc); ``verify`` reads every sample and lists disagreements under ``problems``."""
     target = Path(target)
     if not target.exists():
         raise FileNotFoundError(f"{target} not found")
-    info: dict[str, Any] = {"path": str(target)}
-    try:
-        shards = expand_shards(target / "shards" if (target / "shards").is_dir() else target)
-    except FileNotFoundError:
-        shards = []
-    for p in shards:
-        if not tarfile.is_tarfile(p):
-            raise ValueError(f"{p} is not a tar shard")
-    manifest = target / "manifest.jsonl"
-    if manifest.is_file():
-        listed = set()
-        for line in manifest.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                shard = json.loads(line).get("shard")
-                if shard:
-                    listed.add(shard)
-        missing = sorted(s for s in listed if not (target / s).is_file())
-        info["missing_shards"] = missing
-    info["shards"] = len(shards)
-    info["shard_bytes"] = sum(os.path.getsize(p) for p in shards)
-    n = 0
+    info: dict[str, Any] = {"path": str(target), "problems": []}
+    shards = _shards_of(target)
+    samples = 0
+    nbytes = 0
     exts: Counter[str] = Counter()
-    labels: Counter[int] = Counter()
-    keys: set[str] = set()
-    dup = 0
+    labels: Counter[str] = Counter()
     seconds = 0.0
-    first = None
-    for s in iter_raw_samples(shards):
-        n += 1
-        if s["__key__"] in keys:
-            dup += 1
-        keys.add(s["__key__"])
-        exts.update(k for k in s if not k.startswith("__"))
-        meta = json.loads(s.get("json", b"{}"))
-        seconds += float(meta.get("end", 0)) - float(meta.get("start", 0))
-        if "cls" in s:
-            labels[int(s["cls"])] += 1
-        if first is None and decode:
-            first = s
-    info.update(samples=n, duplicate_keys=dup, extensions=dict(exts), seconds=round(seconds, 3))
+    unindexed: list[str] = []
+    counts: dict[str, int] = {}
+    for shard in shards:
+        index = read_index(shard)
+        if index is None:
+            unindexed.append(shard)
+            continue
+        counts[shard] = index.samples
+        samples += index.samples
+        nbytes += index.bytes
+        exts.update(index.extensions)
+        labels.update(index.labels)
+        seconds += index.seconds
+    for shard in unindexed:  # no index (or a stale one): count the tar headers, no member data
+        try:
+            n = sum(1 for _ in iter_raw_samples([shard], exts=()))
+        except OSError as exc:
+            raise ValueError(f"{shard} is not a tar shard ({exc})") from None
+        counts[shard] = n
+        samples += n
+        try:
+            nbytes += os.path.getsize(shard)
+        except OSError:
+            pass
+    info.update(
+        shards=len(shards),
+        shard_bytes=nbytes,
+        samples=samples,
+        extensions=dict(sorted(exts.items())),
+        seconds=round(seconds, 3),
+        shards_without_index=len(unindexed),
+    )
     if labels:
-        info["labels"] = dict(sorted(labels.items()))
-    if first is not None:
-        from .shards import decode_sample
-
-        c = decode_sample(first)
-        info["example"] = {
-            "key": c.key,
-            "frames": list(c.frames.shape),
-            "fps": c.fps,
-            "audio_samples": int(len(c.audio)),
-            "sample_rate": c.sample_rate,
-            "meta_keys": sorted(c.meta),
-        }
+        info["labels"] = {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
+    if verify:
+        _verify(target, shards, counts, info)
     stats_path = target / "stats.json"
     if stats_path.exists():
         st = json.loads(stats_path.read_text())
@@ -91,10 +92,77 @@ def summarize(target: str | os.PathLike, decode: int = 1) -> dict[str, Any]:
         info["stats"]["stages"] = {k: f"{v['in']} -> {v['out']}" for k, v in st.get("stages", {}).items()}
         info["stats"]["rejects_by_code"] = {k: v.get("count") for k, v in (st.get("rejects_by_code") or {}).items()}
         info["stats"]["sync_enforced"] = st.get("sync_enforced")
+        info["stats"]["shard_pattern"] = (st.get("shards") or {}).get("pattern")
+        if st.get("clips") is not None and st["clips"] != samples:
+            info["problems"].append(f"stats.json counts {st['clips']} clips, the shard indexes {samples}")
     classes = target / "classes.json"
     if classes.exists():
         info["classes"] = json.loads(classes.read_text())
     return info
+
+
+def _verify(target: Path, shards: list[str], counts: dict[str, int], info: dict[str, Any]) -> None:
+    """Read every sample; record what disagrees with the indexes and the manifest."""
+    from .shards import decode_sample
+
+    keys: set[str] = set()
+    dup = 0
+    exts: Counter[str] = Counter()
+    per_shard: Counter[str] = Counter()
+    first = None
+    for shard in shards:
+        try:
+            for s in iter_raw_samples([shard]):
+                per_shard[shard] += 1
+                if s["__key__"] in keys:
+                    dup += 1
+                keys.add(s["__key__"])
+                exts.update(k for k in s if not k.startswith("__"))
+                if first is None:
+                    first = s
+        except OSError as exc:
+            info["problems"].append(str(exc))
+    for shard in shards:
+        if per_shard[shard] != counts.get(shard):
+            info["problems"].append(
+                f"{shard}: index says {counts.get(shard)} samples, the tar holds {per_shard[shard]}"
+            )
+    info["verified"] = {"samples": sum(per_shard.values()), "extensions": dict(sorted(exts.items()))}
+    info["duplicate_keys"] = dup
+    if dup:
+        info["problems"].append(f"{dup} duplicate keys")
+    manifest = target / "manifest.jsonl"
+    if manifest.is_file():
+        listed: set[str] = set()
+        shard_names: set[str] = set()
+        with open(manifest, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    row = json.loads(line)
+                    listed.add(row["key"])
+                    if row.get("shard"):
+                        shard_names.add(row["shard"])
+        missing = sorted(s for s in shard_names if not (target / s).is_file())
+        info["missing_shards"] = missing
+        if missing:
+            info["problems"].append(
+                f"{len(missing)} shards listed in manifest.jsonl are missing: {', '.join(missing[:5])}"
+            )
+        if listed != keys:
+            info["problems"].append(
+                f"manifest.jsonl and the shards disagree: {len(listed - keys)} keys only in the manifest, "
+                f"{len(keys - listed)} only in the shards"
+            )
+    if first is not None:
+        c = decode_sample(first)
+        info["example"] = {
+            "key": c.key,
+            "frames": list(c.frames.shape),
+            "fps": c.fps,
+            "audio_samples": int(len(c.audio)),
+            "sample_rate": c.sample_rate,
+            "meta_keys": sorted(c.meta),
+        }
 
 
 def format_summary(info: dict[str, Any]) -> str:
@@ -105,8 +173,8 @@ def format_summary(info: dict[str, Any]) -> str:
     lines.append(f"  files per sample: {info['extensions']}")
     if not info["shards"]:
         lines.append("  WARNING: no shards found")
-    if info["duplicate_keys"]:
-        lines.append(f"  WARNING: {info['duplicate_keys']} duplicate keys")
+    if info.get("shards_without_index"):
+        lines.append(f"  {info['shards_without_index']} shards have no index: counted from their tar headers")
     if "example" in info:
         e = info["example"]
         lines.append(
@@ -124,13 +192,14 @@ def format_summary(info: dict[str, Any]) -> str:
             f"  inputs {st['inputs']} ({st['inputs_rejected']} rejected whole); clips {st['clips']}; "
             f"seconds in/accepted/rejected {st['seconds_in']}/{st['seconds_accepted']}/{st['seconds_rejected']}"
         )
+        if st.get("shard_pattern"):
+            lines.append(f"  shards: {st['shard_pattern']}")
         lines.append(f"  sync scorer: {st['sync_scorer']}")
         lines.append("  stages: " + ", ".join(f"{k} {v}" for k, v in (st.get("stages") or {}).items()))
         for code, count in (st.get("rejects_by_code") or {}).items():
             lines.append(f"    reject {code}: {count}")
-    if info.get("missing_shards"):
-        lines.append(
-            f"  WARNING: {len(info['missing_shards'])} shards listed in manifest.jsonl are missing: "
-            + ", ".join(info["missing_shards"][:5])
-        )
+    if "verified" in info:
+        lines.append(f"  verified: read {info['verified']['samples']} samples, {info['duplicate_keys']} duplicate keys")
+    for problem in info.get("problems", []):
+        lines.append(f"  WARNING: {problem}")
     return "\n".join(lines)

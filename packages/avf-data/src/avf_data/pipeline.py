@@ -1,9 +1,10 @@
 """Curation of input files: stream-decode, run the stages, write shards atomically.
 
-:func:`process_task` is what a worker (process pool or Ray task) runs for ``avf-data build``:
-a task is a group of inputs whose clips go into shards shared by the group. It returns a
-plain, JSON-serialisable dict (per input: manifest rows, reject rows, per-stage counts) that
-the driver appends to the run's done-log once the task's shards are renamed into place.
+:func:`process_task` is what a worker (process pool or Ray actor) runs for ``avf-data build``:
+a task is a group of inputs whose clips go into one segment, ``segments/<task>.tar``, which
+the driver later packs into sized shards (:mod:`avf_data.store.packer`). It returns a plain,
+JSON-serialisable dict (per input: manifest rows, reject rows, per-stage counts; the segment's
+sample offsets) that the driver commits to the build log.
 :func:`process_input` curates one input on its own, :func:`curate_video` in memory.
 
 An input is decoded once, in chunks (:mod:`avf_data.chunks`), and each chunk goes through the
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import glob
 import hashlib
 import os
 import time
@@ -29,18 +29,16 @@ from typing import Any
 import numpy as np
 
 from .config import PIPELINE_VERSION, BuildConfig
+from .inputs import input_id
 from .media import MediaError, MediaReader, path_text, probe_seconds
 from .rows import ManifestRow, RejectRow
-from .shards import ClipSample, ShardWriter
+from .shards import ClipSample
+from .store.examples import reject_row_id, unit_hash, wants_thumb
+from .store.folder import OutputFolder
+from .tars import SampleTarWriter
 
 STAGES = ["decode", "scene", "face", "silence", "crop", "sync", "quality"]
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
-
-
-def input_id(path: str | os.PathLike) -> str:
-    """Stable id of an input: a hash of its absolute path (bytes, so any encoding works)."""
-    raw = os.fsencode(os.path.abspath(os.fspath(path)))
-    return hashlib.sha1(raw).hexdigest()[:16]
 
 
 def clip_key(iid: str, index: int) -> str:
@@ -163,7 +161,6 @@ class InputResult:
     manifest: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    shards: list[str] = field(default_factory=list)
     sync_methods: list[str] = field(default_factory=list)
     sync_enforced: bool = False
     source_fps: float | None = None
@@ -193,23 +190,32 @@ class InputResult:
         return dataclasses.asdict(self)
 
 
-def _thumb(out_dir: Path | None, name: str, image: np.ndarray, size: int = 96) -> str | None:
-    """Save a small JPEG for the report; returns its path relative to ``out_dir``."""
-    if out_dir is None:
-        return None
-    import cv2
+class Thumbs:
+    """Pictures of reject rows for the report, made only for rows whose hash can still bring
+    them into its bounded sample (``policy`` from the driver, :mod:`avf_data.store.examples`),
+    and at most ``policy["cap"]`` per task."""
 
-    h, w = image.shape[:2]
-    s = size / max(h, w)
-    small = cv2.resize(image, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
-    rel = Path("thumbs") / f"{name}.jpg"
-    path = out_dir / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
-    if ok:
-        path.write_bytes(buf.tobytes())
-        return rel.as_posix()
-    return None
+    def __init__(self, out: Path | None, policy: dict[str, Any] | None) -> None:
+        self.folder = OutputFolder(out) if out is not None and policy is not None else None
+        self.policy = policy
+        self.made = 0
+
+    def offer(self, row: dict[str, Any], image: np.ndarray, size: int = 96) -> None:
+        if self.folder is None or self.made >= int(self.policy.get("cap", 24)):
+            return
+        name = reject_row_id(row)
+        if not wants_thumb(self.policy, unit_hash(name), row.get("code")):
+            return
+        import cv2
+
+        h, w = image.shape[:2]
+        s = size / max(h, w)
+        small = cv2.resize(image, (max(1, int(w * s)), max(1, int(h * s))), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", small[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 80])
+        if ok:
+            self.folder.thumbs.mkdir(parents=True, exist_ok=True)
+            self.folder.thumb(name).write_bytes(buf.tobytes())
+            self.made += 1
 
 
 def _frames_of(seconds: float, fps: float) -> int:
@@ -221,12 +227,12 @@ def _frames_of(seconds: float, fps: float) -> int:
 
 def _run_stages(
     path: str,
-    out: Path | None,
     cfg: BuildConfig,
     weights: str | None,
     label: dict[str, Any] | None,
     iid: str,
     encode: bool,
+    thumbs: Thumbs | None = None,
 ) -> tuple[InputResult, list[Any], float]:
     """Decode one input and run the stages. Returns its (unfinished) result, the accepted
     samples (encoded ``{ext: bytes}`` dicts, or ClipSample when ``encode`` is false) in
@@ -239,7 +245,6 @@ def _run_stages(
     res = InputResult(input_id=iid, source=path_text(path), sync_enforced=ctx.sync_enforced)
     if cfg.curate and cfg.sync.mode != "off":
         res.sync_methods = [getattr(ctx.scorer, "method", "none")]
-    thumbs = out if (out is not None and cfg.output.thumbnails) else None
     samples: list[Any] = []  # encoded (mp4/wav bytes): small, unlike raw crops
     fps = cfg.media.fps
 
@@ -331,7 +336,7 @@ def _curate(
     chunk,
     res: InputResult,
     ctx: WorkerContext,
-    thumbs: Path | None,
+    thumbs: Thumbs | None,
     label: dict[str, Any] | None,
     clip_base: int,
     samples: list[Any],
@@ -350,10 +355,9 @@ def _curate(
         return (f + f0) / fps
 
     def reject(stage: str, a: int, b: int, code: str, detail: str, row: dict[str, Any]) -> None:
-        extra = dict(row)
+        reject_row = res.reject(stage, sec(a), sec(b), code, detail, **row)
         if thumbs is not None:
-            extra["thumb"] = _thumb(thumbs, f"{res.input_id}/r{len(res.rejects):03d}", chunk.small[(a + b) // 2])
-        res.reject(stage, sec(a), sec(b), code, detail, **extra)
+            thumbs.offer(reject_row, chunk.small[(a + b) // 2])
 
     def count(stage: str, n_in: int, n_out: int, fr_in: int, fr_out: int, cpu: float) -> None:
         res.count(stage, n_in, n_out, fr_in / fps, fr_out / fps)
@@ -363,7 +367,7 @@ def _curate(
     spans = run_stages(ctx.stages, [Span(0, chunk.num_frames)], stage_ctx, reject, count)
     te = time.process_time()
     for idx, span in enumerate(spans, start=clip_base):
-        _accept(span, idx, chunk, res, ctx, thumbs, label, samples, encode)
+        _accept(span, idx, chunk, res, ctx, label, samples, encode)
     res.add_time("encode", time.process_time() - te)
     return clip_base + len(spans)
 
@@ -374,7 +378,6 @@ def _accept(
     chunk,
     res: InputResult,
     ctx: WorkerContext,
-    thumbs: Path | None,
     label: dict[str, Any] | None,
     samples: list[Any],
     encode: bool,
@@ -419,34 +422,13 @@ def _accept(
         label=lab,
     )
     samples.append(sample.to_wds() if encode else sample)  # encode now: raw crops take much memory
-    row = ManifestRow.from_meta({**meta, "key": key}, label)
-    if thumbs is not None:
-        row.extra["thumb"] = _thumb(thumbs, f"{res.input_id}/a{idx:03d}", crop[len(crop) // 2])
-    res.manifest.append(row.to_dict())
-
-
-def _write_samples(writer: ShardWriter, out: Path, res: InputResult, samples: list[Any]) -> None:
-    """Append an input's encoded samples to ``writer``; fills the rows' ``shard`` and ``res.shards``."""
-    t = time.process_time()
-    for s, row in zip(samples, res.manifest, strict=True):
-        row["shard"] = writer.write(s).relative_to(out).as_posix()
-        if row["shard"] not in res.shards:
-            res.shards.append(row["shard"])
-    res.add_time("write", time.process_time() - t)
+    res.manifest.append(ManifestRow.from_meta({**meta, "key": key}, label).to_dict())
 
 
 def task_id(input_ids: list[str]) -> str:
-    """Stable id of a task (a group of inputs): a hash of its sorted input ids. Its shards are
-    ``shards/<task id>-NNNNNN.tar``, so a rerun that groups the pending inputs differently
-    never reuses the name of a committed shard."""
+    """Stable id of a task (a group of inputs): a hash of its sorted input ids; its clips go to
+    ``segments/<task id>.tar``."""
     return hashlib.sha1("\n".join(sorted(input_ids)).encode("ascii")).hexdigest()[:16]
-
-
-def task_files(out_dir: str | os.PathLike, tid: str) -> list[str]:
-    """The shard files (final and ``.tmp``, with their ``.idx.json``) a task may have left in
-    ``out_dir/shards``."""
-    folder = glob.escape(os.path.join(os.fspath(out_dir), "shards"))
-    return glob.glob(os.path.join(folder, f"{tid}-*.tar*")) + glob.glob(os.path.join(folder, f"{tid}-*.idx.json*"))
 
 
 def process_task(
@@ -456,61 +438,84 @@ def process_task(
     weights: str | None = None,
     tid: str | None = None,
     before_input: Any = None,
+    *,
+    seq: int | None = None,
+    thumbs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Curate a task (several inputs) into shards shared by its inputs; return its result.
+    """Curate a task (several inputs) into one segment; return its result for the build log.
 
-    The clips of every input, in input order, go into ``shards/<tid>-NNNNNN.tar`` (a new
-    shard every ``output.max_clips_per_shard`` clips). All of them stay ``.tar.tmp`` until
-    the last input is done and are then renamed together, so a task's shards appear only
-    complete; the driver logs the task (one ``done.jsonl`` line) after that. Returns
-    ``{"task_id", "shards", "inputs": [one result per input]}``; ``out_dir=None`` runs the
-    stages without writing anything (benchmarks). ``before_input(path)`` is called before
-    each input (test hook of the engines).
+    The clips of every input, in input order, go into ``segments/<tid>.tar`` (rewritten from
+    scratch if an earlier try of the same task left one). Returns ``{"task_id", "seq", "n",
+    "segment", "inputs"}``: ``segment`` has the sample offsets the packer needs (None when no
+    clip was kept), ``inputs`` one result per input; ``seq`` (the position of the task's first
+    input in the run) is passed through. ``out_dir=None`` runs the stages without writing
+    anything (benchmarks). ``thumbs``: which reject rows get a picture (the driver's policy).
+    ``before_input(path)`` is called before each input (a hook for tests of the engines).
     """
     iids = [input_id(p) for p, _ in items]
     tid = tid or task_id(iids)
     out = Path(out_dir) if out_dir is not None else None
+    pictures = Thumbs(out, thumbs if cfg.output.thumbnails else None)
     records: list[dict[str, Any]] = []
+    segment: dict[str, Any] | None = None
     if out is None:
         for (path, label), iid in zip(items, iids, strict=True):
             if before_input is not None:
                 before_input(path)
-            res, _, t0 = _run_stages(path, None, cfg, weights, label, iid, encode=True)
+            res, _, t0 = _run_stages(path, cfg, weights, label, iid, True)
             records.append(_finish(res, t0))
-        return {"task_id": tid, "shards": [], "inputs": records}
-    for stale in task_files(out, tid):
-        os.remove(stale)  # a crashed earlier try of this very task
-    with ShardWriter(
-        out / "shards", prefix=tid, max_count=max(1, cfg.output.max_clips_per_shard), defer_rename=True
-    ) as writer:
+        return {"task_id": tid, "seq": seq, "n": len(items), "segment": None, "inputs": records}
+    folder = OutputFolder(out)
+    path_seg = folder.segment(tid)
+    path_seg.parent.mkdir(parents=True, exist_ok=True)
+    members: set[tuple[str, ...]] = set()
+    with open(path_seg, "wb") as fh:
+        writer = SampleTarWriter(fh)
         for (path, label), iid in zip(items, iids, strict=True):
             if before_input is not None:
                 before_input(path)
-            res, samples, t0 = _run_stages(path, out, cfg, weights, label, iid, encode=True)
-            if samples:
-                _write_samples(writer, out, res, samples)
+            res, samples, t0 = _run_stages(path, cfg, weights, label, iid, True, pictures)
+            tw = time.process_time()
+            for sample in samples:
+                writer.write(sample)
+                members.add(tuple(sorted(k for k in sample if not k.startswith("__"))))
+            res.add_time("write", time.process_time() - tw)
             del samples
             records.append(_finish(res, t0))
-    for rec in records:
-        rec["task_id"] = tid
-    return {"task_id": tid, "shards": [p.relative_to(out).as_posix() for p in writer.written], "inputs": records}
+        size = writer.finish()
+        fh.flush()
+        os.fsync(fh.fileno())
+    if len(members) > 1:  # one task writes one kind of sample; the shard index counts members by it
+        raise ValueError(f"task {tid}: samples with different members {sorted(members)}")
+    n = len(writer.index.offsets)
+    if n:
+        segment = {
+            "name": path_seg.relative_to(out).as_posix(),
+            "samples": n,
+            "offsets": writer.index.offsets,
+            "data_bytes": writer.position,
+            "bytes": size,
+            "members": list(next(iter(members))),
+        }
+    else:
+        path_seg.unlink(missing_ok=True)
+    return {"task_id": tid, "seq": seq, "n": len(items), "segment": segment, "inputs": records}
 
 
 def process_input(
     path: str,
-    out_dir: str | os.PathLike | None,
     cfg: BuildConfig,
     weights: str | None = None,
     label: dict[str, Any] | None = None,
     keep_samples: list[ClipSample] | None = None,
 ) -> dict[str, Any]:
-    """Curate one input: a task of its own (shards ``<task-id>-NNNNNN.tar`` in ``out_dir``, or
-    nothing written when ``out_dir`` is None). With ``keep_samples`` (a list) the accepted
-    clips are appended to it unencoded instead. Never raises for a bad input."""
-    if keep_samples is None:
-        return process_task([(path, label)], out_dir, cfg, weights)["inputs"][0]
-    res, samples, t0 = _run_stages(path, None, cfg, weights, label, input_id(path), encode=False)
-    keep_samples.extend(samples)
+    """Curate one input without writing anything: its result (rows, counts); with
+    ``keep_samples`` (a list) the accepted clips are appended to it unencoded. Never raises
+    for a bad input."""
+    encode = keep_samples is None
+    res, samples, t0 = _run_stages(path, cfg, weights, label, input_id(path), encode)
+    if keep_samples is not None:
+        keep_samples.extend(samples)
     return _finish(res, t0)
 
 
@@ -523,7 +528,7 @@ def curate_video(
     if cfg.output.thumbnails:
         cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, thumbnails=False))
     clips: list[ClipSample] = []
-    res = process_input(os.fspath(path), None, cfg, weights, keep_samples=clips)
+    res = process_input(os.fspath(path), cfg, weights, keep_samples=clips)
     return sorted(clips, key=lambda c: c.meta.get("start", 0.0)), res["rejects"]
 
 

@@ -25,6 +25,29 @@ class ConfigError(ValueError):
     """A config value, key or file is wrong; the message names it."""
 
 
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS.update({"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6, "G": 10**9})
+
+
+def parse_size(value: int | float | str, where: str = "size") -> int:
+    """A size in bytes from ``536870912``, ``"512MB"``, ``"0.5 GiB"`` (decimal and binary units)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"config key '{where}' expects a size such as 512MB, got {value!r}")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGTIB")
+        number_text, unit = digits, text[len(digits) :]
+        try:
+            number = float(number_text)
+        except ValueError:
+            raise ConfigError(f"config key '{where}' expects a size such as 512MB, got {value!r}") from None
+    if unit not in _UNITS or number <= 0:
+        raise ConfigError(f"config key '{where}' expects a positive size such as 512MB, got {value!r}")
+    return int(number * _UNITS[unit])
+
+
 def coerce(value: Any, annotation: Any, where: str) -> Any:
     """``value`` converted to the declared ``annotation`` of field ``where``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)

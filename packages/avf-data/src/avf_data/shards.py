@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from . import shard_urls
+from . import shard_urls, tars
 
 SAMPLE_RATE = 16_000
 """Audio sample rate of every shard sample (Hz)."""
@@ -436,6 +436,10 @@ def _iter_members(tar: tarfile.TarFile, url: str, exts: Collection[str] | None) 
         yield current
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
+
+
 def iter_raw_samples(paths: Iterable[str], exts: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
     """Yield raw ``{ext: bytes, '__key__': key, '__url__': shard}`` samples from shards in order.
 
@@ -460,7 +464,7 @@ def iter_raw_samples(paths: Iterable[str], exts: Collection[str] | None = None) 
             except tarfile.TarError as exc:
                 if isinstance(handle, shard_urls.PipeReader):
                     handle.finish()  # a failed command explains a short or empty stream best
-                raise OSError(f"cannot read shard {url}: {exc}") from None
+                raise OSError(f"cannot read shard {url}: {_first_line(exc)}") from None
             if isinstance(handle, shard_urls.PipeReader):
                 handle.finish()
         finally:
@@ -470,8 +474,7 @@ def iter_raw_samples(paths: Iterable[str], exts: Collection[str] | None = None) 
 # --------------------------------------------------------------------------- sample counts
 
 
-INDEX_SUFFIX = ".idx.json"
-INDEX_FORMAT = "avf-shard-index/1"
+INDEX_SUFFIX = tars.INDEX_SUFFIX
 
 
 def index_name(shard: str) -> str | None:
@@ -480,24 +483,24 @@ def index_name(shard: str) -> str | None:
     return shard_urls.sibling(shard, ".tar", INDEX_SUFFIX)
 
 
-def _index_count(shard: str) -> int | None:
-    """Samples in ``shard`` according to its index, if there is one that fits the shard."""
+def read_index(shard: str) -> tars.ShardIndex | None:
+    """The index of ``shard`` (local or remote) if there is one that fits it: a local shard
+    rewritten since (``avf-data sync``) has another size than its index says, and a stat tells."""
+    if shard_urls.kind(shard) == "local":
+        return tars.read_local_index(shard_urls.local_path(shard))
     name = index_name(shard)
     raw = shard_urls.read_small(name) if name else None
     if raw is None:
         return None
     try:
-        index = json.loads(raw)
-        count = int(index["samples"])
+        return tars.ShardIndex.from_json(json.loads(raw))
     except (ValueError, KeyError, TypeError):
         return None
-    if shard_urls.kind(shard) == "local":  # rewritten since (avf-data sync)? a stat tells
-        try:
-            if os.path.getsize(shard_urls.local_path(shard)) != int(index.get("bytes", -1)):
-                return None
-        except OSError:
-            return None
-    return count
+
+
+def _index_count(shard: str) -> int | None:
+    index = read_index(shard)
+    return None if index is None else index.samples
 
 
 def _manifest_counts(shards: list[str]) -> dict[str, int]:
@@ -556,29 +559,6 @@ def shard_counts(shards: Sequence[str], *, threads: int = 16) -> list[int]:
     ]
 
 
-def write_index(shard: str | os.PathLike, count: int, nbytes: int) -> Path:
-    """Write the index of local shard ``shard`` (atomically: tmp + rename), before the shard
-    itself is renamed into place, so a shard never appears without its index."""
-    name = index_name(os.fspath(shard))
-    if name is None:
-        raise ValueError(f"shard name {os.fspath(shard)!r} does not end in .tar")
-    target = Path(name)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(
-        json.dumps(
-            {
-                "format": INDEX_FORMAT,
-                "shard": target.name[: -len(INDEX_SUFFIX)] + ".tar",
-                "samples": int(count),
-                "bytes": int(nbytes),
-            }
-        ),
-        encoding="utf-8",
-    )
-    os.replace(tmp, target)
-    return target
-
-
 def iter_clips(pattern: str | os.PathLike | Iterable[str]) -> Iterator[DecodedClip]:
     """Decode every sample of the shards matching ``pattern``."""
     for sample in iter_raw_samples(expand_shards(pattern)):
@@ -588,9 +568,9 @@ def iter_clips(pattern: str | os.PathLike | Iterable[str]) -> Iterator[DecodedCl
 class ShardWriter:
     """Writes samples into numbered shards ``<prefix>-NNNNNN.tar``, each one atomically.
 
-    Samples are buffered in a ``.tar.tmp`` file that is renamed once the shard is full or
-    the writer is closed (its ``.idx.json`` index is written just before); ``first_index``
-    lets a resumed run continue the numbering.
+    Samples go to a ``.tar.tmp`` file (through :class:`avf_data.tars.SampleTarWriter`, the one
+    tar writer) that is renamed once the shard is full or the writer is closed, its index
+    written just before; ``first_index`` lets a resumed run continue the numbering.
 
     With ``defer_rename=True`` full shards stay ``.tar.tmp`` (closed and fsynced) until
     :meth:`commit` (or ``close``) renames all of them together, so a group of shards appears
@@ -612,9 +592,9 @@ class ShardWriter:
         self.index = first_index
         self.defer_rename = defer_rename
         self.written: list[Path] = []
-        self._deferred: list[tuple[Path, int]] = []  # (final path, samples) whose .tmp is complete, not renamed
-        self._tar: tarfile.TarFile | None = None
-        self._count = self._bytes = 0
+        self._deferred: list[tuple[Path, tars.ShardIndex]] = []  # complete .tmp files, not renamed
+        self._fh: Any = None
+        self._tar: tars.SampleTarWriter | None = None
 
     def _path(self) -> Path:
         return self.folder / f"{self.prefix}-{self.index:06d}.tar"
@@ -623,19 +603,11 @@ class ShardWriter:
         """Add one sample; returns the final path of the shard that will hold it."""
         record = sample.to_wds() if isinstance(sample, ClipSample) else sample
         if self._tar is None:
-            self._tar = tarfile.open(str(self._path()) + ".tmp", "w")
-        key = record["__key__"]
-        for ext in sorted(k for k in record if not k.startswith("__")):
-            data = record[ext]
-            if isinstance(data, str):
-                data = data.encode()
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            self._tar.addfile(info, io.BytesIO(data))
-            self._bytes += len(data)
-        self._count += 1
+            self._fh = open(str(self._path()) + ".tmp", "wb")
+            self._tar = tars.SampleTarWriter(self._fh)
+        self._tar.write(record)
         target = self._path()
-        if self._count >= self.max_count or self._bytes >= self.max_bytes:
+        if len(self._tar.index.offsets) >= self.max_count or self._tar.position >= self.max_bytes:
             self.flush()
         return target
 
@@ -643,44 +615,44 @@ class ShardWriter:
         """Close the current shard (if any) and move it to its final name."""
         if self._tar is None:
             return
-        self._tar.close()
+        size = self._tar.finish()
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        index = self._tar.index.build(self._tar.position, size)
         final = self._path()
-        tmp = Path(str(final) + ".tmp")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
         if self.defer_rename:
-            self._deferred.append((final, self._count))
+            self._deferred.append((final, index))
         else:
-            self._rename(final, self._count)
-        self._tar, self._count, self._bytes = None, 0, 0
+            self._rename(final, index)
+        self._fh = self._tar = None
         self.index += 1
 
     def commit(self) -> None:
         """Close the current shard and rename every deferred shard to its final name."""
         self.flush()
-        for final, count in self._deferred:
-            self._rename(final, count)
+        for final, index in self._deferred:
+            self._rename(final, index)
         if self._deferred:
-            _fsync_dir(self.folder)
+            tars.fsync_dir(self.folder)
         self._deferred = []
 
     def abort(self) -> None:
         """Drop everything not renamed yet (the open shard and deferred ones)."""
         if self._tar is not None:
             try:
-                self._tar.close()
+                self._fh.close()
             except Exception:  # pragma: no cover - already failing
                 pass
-            self._deferred.append((self._path(), self._count))
-            self._tar = None
+            self._deferred.append((self._path(), tars.ShardIndex(0, 0)))
+            self._fh = self._tar = None
         for final, _ in self._deferred:
             Path(str(final) + ".tmp").unlink(missing_ok=True)
         self._deferred = []
 
-    def _rename(self, final: Path, count: int) -> None:
-        tmp = Path(str(final) + ".tmp")
-        write_index(final, count, tmp.stat().st_size)
-        os.replace(tmp, final)
+    def _rename(self, final: Path, index: tars.ShardIndex) -> None:
+        tars.write_index(final, index)
+        os.replace(str(final) + ".tmp", final)
         self.written.append(final)
 
     def close(self) -> None:
@@ -694,17 +666,3 @@ class ShardWriter:
             self.abort()
         else:
             self.close()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames in ``folder`` durable (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)

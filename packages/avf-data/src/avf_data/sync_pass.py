@@ -17,36 +17,32 @@ Crash safety and resume (``kill -9`` at any point, then the same command again):
 
 * ``DIR/sync.jsonl`` is the pass's log. Its first line fixes the settings (weights hash,
   thresholds); a rerun with other settings is refused. Then one fsynced line per shard
-  holds every clip's result and decision plus the SHA-1 of the rewritten shard.
+  holds every clip's result and decision, and the index and SHA-1 of the rewritten shard.
 * Per shard: score its clips; write the filtered shard to ``<shard>.sync.tmp`` and fsync;
-  append the shard's log line (the commit point); ``os.replace`` the tmp over the shard.
-  A rerun skips shards whose log line is present, re-applying the logged decisions when the
-  shard on disk is not the logged result yet (the apply is deterministic and idempotent),
-  so a clip is never scored twice with different outcomes, lost or duplicated.
-* When every shard is done, ``done.jsonl`` (the build's log) is rewritten atomically with
-  the decisions applied: failing clips move from a record's manifest rows to its reject
-  rows (stage ``sync``, ``code`` ``sync.offset`` / ``sync.confidence`` /
-  ``sync.unmeasurable``, the scores in ``sync``), stage counts are adjusted, and
-  ``manifest.jsonl``, ``rejects.jsonl``, ``stats.json`` and ``report.md`` are regenerated
-  from it. Every input second stays in a clip or a reject row.
+  append the shard's log line (the commit point); ``os.replace`` the tmp over the shard and
+  write its index. A rerun skips shards whose log line is present, finishing a replace or
+  an index the crash interrupted, so a clip is never scored twice, lost or duplicated.
+* The build log is never edited. The outputs are written again from both logs
+  (:mod:`avf_data.store.outputs`): failing clips move from the manifest to the rejects
+  (stage ``sync``, ``code`` ``sync.offset`` / ``sync.confidence`` / ``sync.unmeasurable``,
+  the scores in ``sync``) and the stage counts follow, so every input second stays in a
+  clip or a reject row. Memory holds one shard's decisions at a time.
 
 Engines: ``local`` scores in this process (all cores, or the GPU); ``ray`` hands shards to
 a pool of :class:`ShardScorer` actors (one per GPU with ``device: cuda``, else one-CPU
 actors) that write the filtered ``.sync.tmp`` shards; the driver alone appends to the log
 and renames, in completion order, so the crash story above is the same.
 
-A shard whose clips all fail stays as an empty tar (its name is in ``done.jsonl``).
+A shard whose clips all fail stays as an empty tar (shard numbers stay without gaps).
 The folder is locked (``.avf-data.lock``, the build's lock) for the duration of the pass.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import sys
-import tarfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,9 +50,12 @@ from typing import Any
 
 import numpy as np
 
-from .outdir import BuildLock
-from .rows import ManifestRow
-from .shards import _fsync_dir, write_index
+from .settings import gather, update
+from .store.folder import FolderLock, OutputFolder
+from .store.log import JsonLog
+from .store.outputs import write_outputs
+from .store.packer import PackState
+from .tars import SampleTarWriter, ShardIndex, fsync_dir, read_local_index, write_index
 
 SYNC_LOG = "sync.jsonl"
 LOG_VERSION = 1
@@ -131,16 +130,6 @@ def decode_source_crops(
 # --------------------------------------------------------------------------- samples
 
 
-@dataclass
-class ClipJob:
-    """One shard sample prepared for scoring."""
-
-    key: str
-    meta: dict[str, Any]
-    sample: dict[str, Any]
-    input_kind: str  # "source" (reference crops from the source) or "crop" (160 px training crop)
-
-
 def prepare_sample(sample: dict[str, Any], face_crop_scale: float):
     """A shard sample -> (:class:`~avf_data.stages.sync.SyncInput`, input kind)."""
     from .shards import decode_audio, decode_mp4
@@ -198,139 +187,46 @@ def _updated_json(raw: bytes, decision: dict[str, Any]) -> bytes:
     return json.dumps(meta, sort_keys=True).encode()
 
 
-def write_filtered_shard(src: Path, dst: Path, decisions: dict[str, dict[str, Any]]) -> tuple[int, int]:
+def write_filtered_shard(src: Path, dst: Path, decisions: dict[str, dict[str, Any]]) -> tuple[int, int, ShardIndex]:
     """Write ``src``'s samples that ``decisions`` keep (json updated) to ``dst`` and fsync it.
-    Deterministic bytes (same member order, mtime 0), so a re-apply gives the same file.
-    Returns (kept, dropped)."""
+    Deterministic bytes (the one tar writer), so a re-apply gives the same file. Returns
+    (kept, dropped, the new shard's index)."""
     from .shards import iter_raw_samples
 
     kept = dropped = 0
     with open(dst, "wb") as fh:
-        with tarfile.open(fileobj=fh, mode="w") as tar:
-            for sample in iter_raw_samples([str(src)]):
-                key = sample["__key__"]
-                d = decisions.get(key)
-                if d is not None and d.get("code"):
-                    dropped += 1
-                    continue
-                kept += 1
-                for ext in sorted(k for k in sample if not k.startswith("__")):
-                    data = sample[ext]
-                    if ext == "json" and d is not None:
-                        data = _updated_json(data, d)
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(data), 0, 0o644
-                    tar.addfile(info, io.BytesIO(data))
+        writer = SampleTarWriter(fh)
+        for sample in iter_raw_samples([str(src)]):
+            key = sample["__key__"]
+            d = decisions.get(key)
+            if d is not None and d.get("code"):
+                dropped += 1
+                continue
+            kept += 1
+            record = {k: v for k, v in sample.items() if k != "__url__"}
+            if d is not None and "json" in record:
+                record["json"] = _updated_json(record["json"], d)
+            writer.write(record)
+        size = writer.finish()
         fh.flush()
         os.fsync(fh.fileno())
-    return kept, dropped
+    return kept, dropped, writer.index.build(writer.position, size)
 
 
 # --------------------------------------------------------------------------- log
 
 
-def read_sync_log(out: Path) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """(header, shard lines by shard path). A torn last line (kill during the append) is
-    dropped from the file, so that shard is simply redone."""
-    path = out / SYNC_LOG
-    if not path.exists():
-        return None, {}
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as fh:
-            fh.truncate(data.rfind(b"\n") + 1)
-        data = data[: data.rfind(b"\n") + 1]
+def read_sync_log(log: JsonLog) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """(header, {shard: what a rerun needs of its line}) — not the clips' decisions, which stay
+    in the file (the outputs read them back one shard at a time)."""
+    log.repair()
     header, shards = None, {}
-    for raw in data.splitlines():
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
+    for _, rec in log.iter_from(0):
         if rec.get("kind") == "header":
             header = rec
         elif rec.get("kind") == "shard":
-            shards[rec["shard"]] = rec
+            shards[rec["shard"]] = {k: rec.get(k) for k in ("kept", "rejected", "bytes", "index")}
     return header, shards
-
-
-def _append_line(path: Path, rec: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec, ensure_ascii=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-# --------------------------------------------------------------------------- done.jsonl
-
-
-def apply_to_record(rec: dict[str, Any], decisions: dict[str, dict[str, Any]]) -> int:
-    """Apply the pass's decisions to one input record of ``done.jsonl`` in place; returns how
-    many clips moved to the rejects. Idempotent: a moved clip is no longer in the manifest."""
-    moved = 0
-    manifest = []
-    other_methods = {r.get("sync", {}).get("method") for r in rec.get("rejects", []) if r.get("stage") == "sync"}
-    for row in rec.get("manifest", []):
-        d = decisions.get(row.get("key"))
-        if d is None:
-            manifest.append(row)
-            continue
-        sj = d["sync"]
-        if not d.get("code"):
-            row.update(
-                sync_offset=sj["offset_frames"],
-                sync_confidence=sj["confidence"],
-                sync_method=sj["method"],
-                sync_enforced=True,
-                sync_input=d["input"],
-            )
-            manifest.append(row)
-            continue
-        reject = ManifestRow.from_dict(row).rejected("sync", d["code"], d["reason"], sync=sj, sync_input=d["input"])
-        rec.setdefault("rejects", []).append(reject.to_dict())
-        seconds = float(row.get("seconds", 0.0))
-        stages = rec.setdefault("stages", {})
-        for name, fields in (("sync", ("out",)), ("quality", ("in", "out"))):
-            d_st = stages.get(name)
-            if not d_st:
-                continue
-            for f in fields:
-                d_st[f] = max(0, d_st.get(f, 0) - 1)
-                key = f"seconds_{f}"
-                d_st[key] = round(max(0.0, d_st.get(key, 0.0) - seconds), 6)
-        moved += 1
-    rec["manifest"] = manifest
-    rec["rejects"] = sorted(rec.get("rejects", []), key=lambda r: (r.get("start", 0.0), r.get("end", 0.0)))
-    from .stages.sync import METHOD_SYNCNET
-
-    rec["sync_methods"] = [METHOD_SYNCNET] + sorted(m for m in other_methods if m and m != METHOD_SYNCNET)
-    rec["sync_enforced"] = True
-    return moved
-
-
-def rewrite_done_log(out: Path, decisions: dict[str, dict[str, Any]]) -> int:
-    """Rewrite ``done.jsonl`` atomically with the decisions applied; returns clips moved."""
-    path = out / "done.jsonl"
-    lines = []
-    moved = 0
-    for raw in path.read_bytes().splitlines():
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
-            continue  # a torn last line of an interrupted build: that task is not finished
-        if isinstance(rec, dict) and isinstance(rec.get("inputs"), list):
-            for r in rec["inputs"]:
-                moved += apply_to_record(r, decisions)
-        elif isinstance(rec, dict) and "input_id" in rec:
-            moved += apply_to_record(rec, decisions)
-        lines.append(json.dumps(rec, ensure_ascii=True) + "\n")
-    tmp = out / "done.jsonl.sync-tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(lines))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(out)
-    return moved
 
 
 # --------------------------------------------------------------------------- the pass
@@ -347,34 +243,73 @@ class SyncPassReport:
     rejected: int = 0
     by_code: dict[str, int] = field(default_factory=dict)
     inputs: dict[str, int] = field(default_factory=dict)  # source / crop
-    moved_in_done_log: int = 0
     wall_seconds: float = 0.0
     scoring_seconds: float = 0.0
     frames_per_second: float = 0.0
 
 
-def _settings(weights: str, cfg) -> dict[str, Any]:
-    s = cfg.sync
+def _settings(weights: str, sync_cfg) -> dict[str, Any]:
     return {
         "weights_sha1": _sha1_file(Path(weights)),
-        "max_offset_frames": s.max_offset_frames,
-        "min_confidence_syncnet": s.min_confidence_syncnet,
-        "search_frames": s.search_frames,
+        "max_offset_frames": sync_cfg.max_offset_frames,
+        "min_confidence_syncnet": sync_cfg.min_confidence_syncnet,
+        "search_frames": sync_cfg.search_frames,
     }
 
 
-def _load_build_config(out: Path, config: str | os.PathLike | None, sets: list[str] | None = None):
-    from .config import load_config
+@dataclass
+class SyncSettings:
+    """What the pass reads of a build config: its ``sync`` section, the crop margin (the face
+    crop's scale) and how the report shows examples."""
 
-    if config is not None:
-        return load_config(config, sets=sets)
-    saved = out / "config.yaml"
-    if saved.exists():
-        try:
-            return load_config(saved, sets=sets)
-        except ValueError as exc:  # written by another version: defaults, said out loud
-            print(f"avf-data: warning: {saved} not readable by this version ({exc}); using defaults", file=sys.stderr)
-    return load_config(None, sets=sets)
+    sync: Any
+    face_crop_scale: float
+    report_examples: int = 12
+    thumbnails: bool = True
+
+
+def load_sync_settings(
+    folder: OutputFolder, config: str | os.PathLike | None, sets: list[str] | None = None
+) -> SyncSettings:
+    """:class:`SyncSettings` from ``config`` (default: the build's own config.yaml), with
+    ``--set`` assignments applied; other sections are the build's business."""
+    from .stages.crop import CropConfig
+    from .stages.sync import SyncConfig
+
+    path: str | os.PathLike | None = config
+    if path is None and folder.config.exists():
+        path = folder.config
+    try:
+        data = gather(path, sets)
+    except ValueError as exc:
+        if config is not None:
+            raise
+        print(f"avf-data: warning: {path} not readable ({exc}); using defaults", file=sys.stderr)
+        data = gather(None, sets)
+    crop = update(CropConfig(), {"margin": (data.get("crop") or {}).get("margin", CropConfig().margin)}, "crop.")
+    output = data.get("output") or {}
+    return SyncSettings(
+        sync=update(SyncConfig(), data.get("sync") or {}, prefix="sync."),
+        face_crop_scale=float(crop.margin),
+        report_examples=int(output.get("report_examples", 12)),
+        thumbnails=bool(output.get("thumbnails", True)),
+    )
+
+
+def finished_build(folder: OutputFolder) -> int:
+    """The number of shards of the finished build in ``folder``; a usage error when there is
+    no build, or one that stopped half-way (its last shard is not sealed yet)."""
+    log = JsonLog(folder.build_log)
+    try:
+        state = PackState.from_json(json.loads(folder.state.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError):
+        state = None
+    if state is None or state.log_bytes != log.size() or state.open_samples or state.backlog:
+        raise ValueError(
+            f"the build in {folder.root} did not finish (its last shard is not sealed); run the same "
+            "`avf-data build` command again to finish it, then `avf-data sync`"
+        )
+    return state.next_shard
 
 
 def run_sync_pass(
@@ -392,7 +327,7 @@ def run_sync_pass(
     progress: bool = True,
     after_shard: Any = None,
 ) -> dict[str, Any]:
-    """Score every committed shard of the build in ``out_dir`` with SyncNet and enforce sync.
+    """Score every shard of the finished build in ``out_dir`` with SyncNet and enforce sync.
 
     ``config``: a YAML whose ``sync`` section sets thresholds / device / batch size (default:
     the build's own ``config.yaml``). ``clip_frames``: frames of reference crops held in
@@ -406,24 +341,22 @@ def run_sync_pass(
 
     from tqdm import tqdm
 
-    from .build import read_log, write_outputs
-    from .stages.sync import build_sync_scorer, resolve_weights
+    from .stages.sync import METHOD_SYNCNET, build_sync_scorer, resolve_weights
 
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
 
-    out = Path(out_dir)
-    if not (out / "done.jsonl").is_file():
-        raise ValueError(f"{out} is not an avf-data build (no done.jsonl); run `avf-data build` first")
-    cfg = _load_build_config(out, config, sets)
-    sync_cfg = cfg.sync
+    folder = OutputFolder(out_dir)
+    if not folder.build_log.is_file():
+        raise ValueError(f"{folder.root} is not an avf-data build (no build.jsonl); run `avf-data build` first")
+    settings_ = load_sync_settings(folder, config, sets)
+    sync_cfg, face_crop_scale = settings_.sync, settings_.face_crop_scale
     if device is not None:
         sync_cfg = dataclasses.replace(sync_cfg, device=device)
     if batch_size is not None:
         if batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
         sync_cfg = dataclasses.replace(sync_cfg, batch_size=batch_size)
-    cfg = dataclasses.replace(cfg, sync=sync_cfg)
     path, _source = resolve_weights(weights, sync_cfg)
     if path is None:
         raise ValueError(f"the sync pass needs SyncNet weights. {WEIGHTS_HELP}")
@@ -434,34 +367,33 @@ def run_sync_pass(
 
         if not torch.cuda.is_available():
             raise ValueError(f"--device {sync_cfg.device}: CUDA is not available on this machine")
-    face_crop_scale = float(getattr(cfg.crop, "margin", sync_cfg.face_crop_scale))
     # a bad weights file fails here, before any work (SyncNetWeightsError is a ValueError: exit 2)
     local = ShardScorer(path, asdict(sync_cfg), face_crop_scale, clip_frames) if engine == "local" else None
     if local is None:
         build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
     t_start = time.perf_counter()
     rep = SyncPassReport()
-    with BuildLock(out):
-        settings = _settings(path, cfg)
-        header, logged = read_sync_log(out)
-        log_path = out / SYNC_LOG
+    with FolderLock(folder):
+        n_shards = finished_build(folder)
+        settings = _settings(path, sync_cfg)
+        log = JsonLog(folder.sync_log)
+        header, logged = read_sync_log(log)
         if header is None:
-            _append_line(log_path, {"kind": "header", "version": LOG_VERSION, **settings})
+            log.append({"kind": "header", "version": LOG_VERSION, **settings})
         elif {k: header.get(k) for k in settings} != settings:
             diff = ", ".join(f"{k}: {header.get(k)} -> {v}" for k, v in settings.items() if header.get(k) != v)
             raise ValueError(
-                f"{out} was sync-checked with other settings ({diff}); clips rejected then are "
+                f"{folder.root} was sync-checked with other settings ({diff}); clips rejected then are "
                 "no longer in the shards, so a different pass needs a fresh build"
             )
-        _, committed = read_log(out)
-        shards = sorted(s for s in committed if (out / s).is_file())
+        shards = [folder.shard_name(n) for n in range(n_shards)]
         rep.shards = len(shards)
         bar = tqdm(
             total=len(shards), unit="shard", desc="sync", file=sys.stderr, disable=not progress, dynamic_ncols=True
         )
         todo = []
         for rel in shards:
-            shard = out / rel
+            shard = folder.root / rel
             tmp = shard.with_name(shard.name + ".sync.tmp")
             if rel in logged:
                 _ensure_applied(shard, tmp, logged[rel])
@@ -479,22 +411,20 @@ def run_sync_pass(
         else:
             results = iter(())
         for rel, res in results:
-            shard = out / rel
+            shard = folder.root / rel
             tmp = shard.with_name(shard.name + ".sync.tmp")
             line = {
                 "kind": "shard",
                 "shard": rel,
-                "clips": res["clips"],
                 "kept": res["kept"],
                 "rejected": res["rejected"],
                 "sha1": res["sha1"],
                 "bytes": res["bytes"],
+                "index": res["index"],
+                "clips": res["clips"],
             }
-            _append_line(log_path, line)  # commit point
-            os.replace(tmp, shard)
-            write_index(shard, line["kept"], line["bytes"])  # the loaders count samples from it
-            _fsync_dir(shard.parent)
-            logged[rel] = line
+            log.append(line)  # commit point
+            _ensure_applied(shard, tmp, line)
             rep.shards_scored += 1
             rep.clips_scored += len(res["clips"])
             rep.frames_scored += res["frames"]
@@ -503,22 +433,21 @@ def run_sync_pass(
                 after_shard(rel)
             bar.update(1)
         bar.close()
-        decisions = {k: d for line in logged.values() for k, d in line["clips"].items()}
-        for d in decisions.values():
-            if d.get("code"):
-                rep.rejected += 1
-                rep.by_code[d["code"]] = rep.by_code.get(d["code"], 0) + 1
-            else:
-                rep.kept += 1
-            rep.inputs[d["input"]] = rep.inputs.get(d["input"], 0) + 1
-        rep.moved_in_done_log = rewrite_done_log(out, decisions)
-        old_stats = _read_json(out / "stats.json")
-        stats = write_outputs(out, cfg, old_stats.get("run", {}))
+        log.close()
+        for _, line in log.iter_from(0):  # the verdicts so far, one shard's line at a time
+            for d in (line.get("clips") or {}).values():
+                if d.get("code"):
+                    rep.rejected += 1
+                    rep.by_code[d["code"]] = rep.by_code.get(d["code"], 0) + 1
+                else:
+                    rep.kept += 1
+                rep.inputs[d["input"]] = rep.inputs.get(d["input"], 0) + 1
         rep.wall_seconds = round(time.perf_counter() - t_start, 3)
         rep.scoring_seconds = round(rep.scoring_seconds, 3)
         rep.frames_per_second = round(rep.frames_scored / rep.scoring_seconds, 2) if rep.scoring_seconds else 0.0
-        stats["sync_pass"] = {
+        summary = {
             **asdict(rep),
+            "scorer": METHOD_SYNCNET,
             "weights": os.path.abspath(path),
             "device": sync_cfg.device,
             "engine": engine,
@@ -527,8 +456,15 @@ def run_sync_pass(
             "max_offset_frames": sync_cfg.max_offset_frames,
             "min_confidence_syncnet": sync_cfg.min_confidence_syncnet,
         }
-        _write_atomic(out / "stats.json", json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
-        _append_report(out, stats["sync_pass"])
+        old = _read_json(folder.stats)
+        stats = write_outputs(
+            folder,
+            old.get("run", {}),
+            extra={"pipeline_version": old.get("pipeline_version"), "sync_pass": summary},
+            report_examples=settings_.report_examples,
+            thumbnails=settings_.thumbnails,
+            progress=progress,
+        )
     return stats
 
 
@@ -592,13 +528,14 @@ class ShardScorer:
             if frames >= self.clip_frames:
                 flush()
         flush()
-        kept, dropped = write_filtered_shard(Path(shard), Path(tmp), decisions)
+        kept, dropped, index = write_filtered_shard(Path(shard), Path(tmp), decisions)
         return {
             "clips": decisions,
             "kept": kept,
             "rejected": dropped,
             "sha1": _sha1_file(Path(tmp)),
             "bytes": os.path.getsize(tmp),
+            "index": index.to_json(),
             "frames": total_frames,
             "seconds": time.perf_counter() - t0,
         }
@@ -677,16 +614,17 @@ def _score_ray(
 
 
 def _ensure_applied(shard: Path, tmp: Path, line: dict[str, Any]) -> None:
-    """After a crash between the log line and the rename: finish the rename, or re-apply."""
-    if shard.stat().st_size == line["bytes"] and _sha1_file(shard) == line["sha1"]:
-        tmp.unlink(missing_ok=True)
-        write_index(shard, line["kept"], line["bytes"])
-        return
-    if not (tmp.exists() and tmp.stat().st_size == line["bytes"] and _sha1_file(tmp) == line["sha1"]):
-        write_filtered_shard(shard, tmp, line["clips"])
-    os.replace(tmp, shard)
-    write_index(shard, line["kept"], line["bytes"])
-    _fsync_dir(shard.parent)
+    """Finish what a logged shard may still lack after a crash: the rename of its filtered
+    ``.sync.tmp`` over the shard, and the shard's index (written after the rename)."""
+    if tmp.exists():
+        if tmp.stat().st_size != line["bytes"]:
+            raise ValueError(
+                f"{tmp}: {tmp.stat().st_size} bytes, sync.jsonl says {line['bytes']}; was it changed by hand?"
+            )
+        os.replace(tmp, shard)
+        fsync_dir(shard.parent)
+    if read_local_index(shard) is None and line.get("index"):
+        write_index(shard, ShardIndex.from_json(line["index"]))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -694,34 +632,3 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _append_report(out: Path, info: dict[str, Any]) -> None:
-    path = out / "report.md"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# avf-data curation report\n"
-    codes = ", ".join(f"{k} {v}" for k, v in sorted(info["by_code"].items())) or "none"
-    text += "\n".join(
-        [
-            "",
-            "## Sync pass (SyncNet v2)",
-            "",
-            f"- weights `{info['weights']}` on `{info['device']}` ({info['precision']}), "
-            f"batch {info['batch_size']} windows",
-            f"- rule: reject |offset| > {info['max_offset_frames']} frames or confidence < "
-            f"{info['min_confidence_syncnet']:g} (see avf_data/stages/sync.py for the provenance)",
-            f"- clips judged: {info['kept'] + info['rejected']}, kept {info['kept']}, "
-            f"rejected {info['rejected']} ({codes})",
-            f"- SyncNet input: {info['inputs'].get('source', 0)} from source frames (reference geometry), "
-            f"{info['inputs'].get('crop', 0)} from the 160 px training crop (no face boxes or source)",
-            f"- this run: {info['clips_scored']} clips scored, {info['frames_scored']} frames, "
-            f"{info['frames_per_second']} frames/s while scoring, {info['wall_seconds']} s wall",
-            "",
-        ]
-    )
-    _write_atomic(path, text)

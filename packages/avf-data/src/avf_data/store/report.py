@@ -6,10 +6,13 @@ thrown away and why (grouped by reason code), per input, and a picture of both.
 
 from __future__ import annotations
 
+import os
 import textwrap
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from .folder import write_atomic
+from .stats import sync_banner
 
 TILE = 120
 CAPTION_LINES = 5
@@ -17,24 +20,8 @@ LINE = 11
 WRAP = 22  # characters per caption line at the default bitmap font's width
 
 
-def _pick_rejects(rejects: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """Up to ``n`` rejects, one per reason code first so the sheet shows variety; rows without a
-    thumbnail (decode rejects) are shown as text tiles."""
-    chosen, seen = [], set()
-    for r in rejects:
-        code = r.get("code") or r["stage"]
-        if code not in seen:
-            chosen.append(r)
-            seen.add(code)
-    for r in rejects:
-        if len(chosen) >= n:
-            break
-        if r not in chosen:
-            chosen.append(r)
-    return chosen[:n]
-
-
 def contact_sheet(out: Path, accepted: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> Path:
+    """Accepted and rejected examples (``thumb``: a picture under ``out``, or none) as one PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
     cols = 6
@@ -60,7 +47,7 @@ def contact_sheet(out: Path, accepted: list[dict[str, Any]], rejected: list[dict
             x = 10 + (i % cols) * (TILE + 10)
             yy = y + (i // cols) * cell_h
             try:
-                im = Image.open(out / item["thumb"]).convert("RGB")
+                im = Image.open(out / item["thumb"]).convert("RGB")  # a TypeError when there is none
                 im.thumbnail((TILE, TILE))
                 sheet.paste(im, (x + (TILE - im.width) // 2, yy + (TILE - im.height) // 2))
             except Exception:  # decode rejects have no picture
@@ -89,40 +76,18 @@ def contact_sheet(out: Path, accepted: list[dict[str, Any]], rejected: list[dict
         ),
     )
     path = out / "contact_sheet.png"
-    sheet.save(path)
+    tmp = path.with_name("contact_sheet.tmp.png")
+    sheet.save(tmp)
+    os.replace(tmp, path)
     return path
 
 
-def per_input(manifest: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Kept and rejected seconds per source, with its largest reject code."""
-    rows: dict[str, dict[str, Any]] = defaultdict(
-        lambda: {"kept": 0.0, "rejected": 0.0, "clips": 0, "codes": defaultdict(float)}
-    )
-    for r in manifest:
-        d = rows[r["source"]]
-        d["kept"] += r["seconds"]
-        d["clips"] += 1
-    for r in rejects:
-        d = rows[r["source"]]
-        d["rejected"] += r["seconds"]
-        d["codes"][r.get("code") or r["stage"]] += r["seconds"]
-    out = []
-    for source, d in sorted(rows.items()):
-        top = max(d["codes"].items(), key=lambda kv: kv[1])[0] if d["codes"] else ""
-        out.append(
-            {"source": source, "clips": d["clips"], "kept": d["kept"], "rejected": d["rejected"], "top_code": top}
-        )
-    return out
-
-
-def write_report(
-    out: Path, stats: dict[str, Any], manifest: list[dict[str, Any]], rejects: list[dict[str, Any]], cfg
-) -> Path:
-    from .build import sync_banner
-
-    n = cfg.output.report_examples if cfg is not None else 12
-    accepted = [r for r in manifest if r.get("thumb")][:n]
-    contact_sheet(out, accepted, _pick_rejects(rejects, n))
+def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
+    """``report.md`` and ``contact_sheet.png`` from the stats and the bounded report data that
+    :mod:`avf_data.store.outputs` collects (examples, the first rows, the first inputs)."""
+    out = folder.root
+    accepted, rejected = data.get("accepted", []), data.get("rejected", [])
+    contact_sheet(out, accepted, rejected)
     run = stats.get("run", {})
     lines = ["# avf-data curation report", ""]
     banner = sync_banner(stats)
@@ -138,6 +103,7 @@ def write_report(
             + (" ..." if len(skipped) > 20 else ""),
             "",
         ]
+    shards = stats.get("shards", {})
     lines += [
         f"- pipeline: `{stats.get('pipeline_version')}`",
         f"- sync scorer: `{stats.get('sync_scorer')}`, enforced: **{stats.get('sync_enforced')}**",
@@ -145,6 +111,8 @@ def write_report(
         f"{stats.get('inputs_vfr', 0)} variable frame rate), accepted clips: {stats['clips']}",
         f"- seconds: {stats['seconds_in']:.2f} in, {stats['seconds_accepted']:.2f} accepted, "
         f"{stats['seconds_rejected']:.2f} rejected",
+        f"- shards: {shards.get('count', 0)} ({shards.get('bytes', 0) / 1e6:.1f} MB): "
+        f"`{shards.get('pattern', 'shards/*.tar')}`",
         f"- last run: engine `{run.get('engine')}`, {run.get('workers')} workers, "
         f"{run.get('inputs_processed')} inputs processed ({run.get('inputs_skipped_resume')} already done), "
         f"{run.get('wall_seconds')} s wall, {run.get('frames_per_second')} frames/s "
@@ -165,31 +133,34 @@ def write_report(
     lines += ["", "## Reject reasons", "", "| code | rows | seconds |", "|---|---:|---:|"]
     for code, d in stats["rejects_by_code"].items():
         lines.append(f"| `{code}` | {d['count']} | {d['seconds']:.2f} |")
+    per_input = data.get("per_input", [])
+    more = f" (the first {len(per_input)} of {stats['inputs']})" if len(per_input) < stats["inputs"] else ""
     lines += [
         "",
-        "## Per input",
+        f"## Per input{more}",
         "",
         "| source | clips | kept s | rejected s | main reject |",
         "|---|---:|---:|---:|---|",
     ]
-    for r in per_input(manifest, rejects)[:500]:
-        lines.append(
-            f"| {Path(r['source']).name} | {r['clips']} | {r['kept']:.2f} | {r['rejected']:.2f} | {r['top_code']} |"
-        )
+    for r in per_input:
+        top = max(r["codes"].items(), key=lambda kv: kv[1])[0] if r["codes"] else ""
+        lines.append(f"| {Path(r['source']).name} | {r['clips']} | {r['kept']:.2f} | {r['rejected']:.2f} | {top} |")
     lines += [
         "",
         "## Contact sheet",
         "",
         "![contact sheet](contact_sheet.png)",
         "",
-        "Top: accepted face crops (middle frame). Bottom: rejected segments with source, time, code and reason.",
+        "Top: accepted face crops (middle frame), a random sample of the corpus. Bottom: rejected "
+        "segments with source, time, code and reason, one of each code first.",
         "",
         "## Accepted clips",
         "",
         "| key | source | start | end | sync offset | sync conf | blur | flags |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in manifest[:200]:
+    head = data.get("manifest_head", [])
+    for r in head:
         conf = r.get("sync_confidence")
         blur = r.get("blur")
         lines.append(
@@ -197,16 +168,38 @@ def write_report(
             f"{r.get('sync_offset')} | {'' if conf is None else f'{conf:.2f}'} | "
             f"{'' if blur is None else f'{blur:.1f}'} | {' '.join(r.get('flags', []))} |"
         )
-    if len(manifest) > 200:
-        lines.append(f"| ... {len(manifest) - 200} more in manifest.jsonl | | | | | | | |")
+    if stats["clips"] > len(head):
+        lines.append(f"| ... {stats['clips'] - len(head)} more in manifest.jsonl | | | | | | | |")
     lines += ["", "## Rejects", "", "| source | start | end | code | reason |", "|---|---:|---:|---|---|"]
-    for r in rejects[:300]:
+    rows = data.get("rejects_head", [])
+    for r in rows:
         lines.append(
             f"| {Path(r['source']).name} | {r['start']:.2f} | {r['end']:.2f} | "
             f"{r.get('code') or r['stage']} | {r['reason'].replace('|', '/')} |"
         )
-    if len(rejects) > 300:
-        lines.append(f"| ... {len(rejects) - 300} more in rejects.jsonl | | | | |")
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    total = sum(d["count"] for d in stats["rejects_by_code"].values())
+    if total > len(rows):
+        lines.append(f"| ... {total - len(rows)} more in rejects.jsonl | | | | |")
+    if stats.get("sync_pass"):
+        lines += _sync_pass_lines(stats["sync_pass"])
+    write_atomic(folder.report, "\n".join(lines) + "\n")
+    return folder.report
+
+
+def _sync_pass_lines(info: dict[str, Any]) -> list[str]:
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(info["by_code"].items())) or "none"
+    return [
+        "",
+        "## Sync pass (SyncNet v2)",
+        "",
+        f"- weights `{info['weights']}` on `{info['device']}` ({info['precision']}), "
+        f"batch {info['batch_size']} windows",
+        f"- rule: reject |offset| > {info['max_offset_frames']} frames or confidence < "
+        f"{info['min_confidence_syncnet']:g} (see avf_data/stages/sync.py for the provenance)",
+        f"- clips judged: {info['kept'] + info['rejected']}, kept {info['kept']}, "
+        f"rejected {info['rejected']} ({codes})",
+        f"- SyncNet input: {info['inputs'].get('source', 0)} from source frames (reference geometry), "
+        f"{info['inputs'].get('crop', 0)} from the 160 px training crop (no face boxes or source)",
+        f"- last run: {info['clips_scored']} clips scored, {info['frames_scored']} frames, "
+        f"{info['frames_per_second']} frames/s while scoring, {info['wall_seconds']} s wall",
+    ]
