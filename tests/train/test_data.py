@@ -96,6 +96,58 @@ def test_train_stream_resumes_exactly_with_two_workers(shards):
     assert straight[4][1][1] == 1  # the fifth batch starts pass 1 (2 batches/pass/worker)
 
 
+@pytest.mark.parametrize("batch_size, repeats", [(1, 1), (3, 2)])
+def test_resume_seeks_to_the_cursor_and_equals_reading_through(shards, monkeypatch, batch_size, repeats):
+    """Resuming after any batch gives the batches an uninterrupted run gives: from the cursor the
+    last batch carried (reading only the shuffle buffer and what comes next), and from a
+    checkpoint without cursors (positions found by running the shuffle on numbers alone)."""
+    from avf_train import sample_order
+
+    paths = resolve_shards(shards["unlabelled"])  # 8 clips in 2 shards
+    cfg = ClipTransformConfig(mode="pretrain", num_frames=4, image_size=32)
+    kw = dict(train=True, seed=3, num_workers=1, shuffle_buffer=4, repeats=repeats)
+    n = 14
+
+    def run(state=None, count=n):
+        out = []
+        for batch in ClipStream(paths, cfg, batch_size, state=state, **kw):
+            out.append(batch)
+            if len(out) == count:
+                return out
+        return out
+
+    def seen(batches):
+        return [(tuple(b["key"]), b["pos"], tuple(b["view"].tolist()), b["video"].sum().item()) for b in batches]
+
+    straight = run()
+    assert len({b["pos"][1] for b in straight}) >= 2  # the run crosses a pass boundary
+    read = []
+    for name in ("iter_raw_samples", "iter_shard_from"):  # count every sample the loader reads
+        real = getattr(sample_order, name)
+
+        def counting(*args, _real=real, **kwargs):
+            for sample in _real(*args, **kwargs):
+                read.append(sample["__key__"])
+                yield sample
+
+        monkeypatch.setattr(sample_order, name, counting)
+    real_read = sample_order.read_shard_samples
+    monkeypatch.setattr(
+        sample_order, "read_shard_samples", lambda s, i: (read.extend(["buffered"] * len(i)), real_read(s, i))[1]
+    )
+    for k in range(1, n - 1):
+        with_cursor, without = StreamState(num_workers=1, batch_size=batch_size), None
+        without = StreamState(num_workers=1, batch_size=batch_size)
+        for b in straight[:k]:
+            with_cursor.advance(*b["pos"], b["cursor"])
+            without.advance(*b["pos"])
+        read.clear()
+        resumed = run(StreamState.from_dict(with_cursor.to_dict()), 1)
+        assert seen(resumed) == seen(straight[k : k + 1]), k
+        assert len(read) <= 4 + batch_size + 1, (k, read)  # the buffer, the batch, one read ahead
+        assert seen(run(without, n - k)) == seen(straight[k:]), k
+
+
 def test_training_stream_skips_a_corrupt_sample(shards, tmp_path):
     from avf_data.shards import ShardWriter, iter_raw_samples
 

@@ -1,6 +1,6 @@
 """The rows of ``manifest.jsonl`` and ``rejects.jsonl``, each made by one constructor.
 
-Rows travel as plain dicts (``done.jsonl``, the JSONL files, avf-train's sample counts), so
+Rows travel as plain dicts (``build.jsonl``, the JSONL files, avf-train's sample counts), so
 these dataclasses are where their fields are defined and filled: the pipeline, the labelled
 import, crash handling and the sync pass all build rows here, and a field means the same
 everywhere (lhotse's ``Cut``/``Recording`` with ``to_dict``/``from_dict`` is the model).

@@ -471,6 +471,44 @@ def iter_raw_samples(paths: Iterable[str], exts: Collection[str] | None = None) 
             handle.close()
 
 
+def iter_shard_from(shard: str, start: int, index: tars.ShardIndex | None = None) -> Iterator[dict[str, Any]]:
+    """Samples ``start, start + 1, ...`` of one shard: after one seek for a local shard whose
+    index has offsets, else by reading past the first ``start`` samples (a remote shard)."""
+    if start <= 0:
+        yield from iter_raw_samples([shard])
+        return
+    if shard_urls.kind(shard) == "local":
+        index = index or read_index(shard)
+        if index is not None and index.offsets is not None:
+            for sample in tars.iter_samples_from(shard_urls.local_path(shard), index, start):
+                yield {**sample, "__url__": shard}
+            return
+    for i, sample in enumerate(iter_raw_samples([shard])):
+        if i >= start:
+            yield sample
+
+
+def read_shard_samples(shard: str, indices: Collection[int]) -> dict[int, dict[str, Any]]:
+    """Samples ``indices`` of one shard by their position: a seek each with an offsets index,
+    else one pass over the shard up to the last one wanted."""
+    wanted = set(int(i) for i in indices)
+    if not wanted:
+        return {}
+    if shard_urls.kind(shard) == "local":
+        index = read_index(shard)
+        if index is not None and index.offsets is not None:
+            path = shard_urls.local_path(shard)
+            return {i: {**tars.read_sample_at(path, index, i), "__url__": shard} for i in sorted(wanted)}
+    out: dict[int, dict[str, Any]] = {}
+    last = max(wanted)
+    for i, sample in enumerate(iter_raw_samples([shard])):
+        if i in wanted:
+            out[i] = sample
+        if i >= last:
+            break
+    return out
+
+
 # --------------------------------------------------------------------------- sample counts
 
 

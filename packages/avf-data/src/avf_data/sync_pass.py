@@ -39,6 +39,7 @@ The folder is locked (``.avf-data.lock``, the build's lock) for the duration of 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -337,62 +338,25 @@ def run_sync_pass(
     must see ``out_dir`` and the sources). ``after_shard(rel)``: test hook, called after each
     shard is committed. Returns the regenerated stats dict (with ``sync_pass``).
     """
-    import dataclasses
-
     from tqdm import tqdm
-
-    from .stages.sync import METHOD_SYNCNET, build_sync_scorer, resolve_weights
 
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
-
     folder = OutputFolder(out_dir)
     if not folder.build_log.is_file():
         raise ValueError(f"{folder.root} is not an avf-data build (no build.jsonl); run `avf-data build` first")
-    settings_ = load_sync_settings(folder, config, sets)
-    sync_cfg, face_crop_scale = settings_.sync, settings_.face_crop_scale
-    if device is not None:
-        sync_cfg = dataclasses.replace(sync_cfg, device=device)
-    if batch_size is not None:
-        if batch_size < 1:
-            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-        sync_cfg = dataclasses.replace(sync_cfg, batch_size=batch_size)
-    path, _source = resolve_weights(weights, sync_cfg)
-    if path is None:
-        raise ValueError(f"the sync pass needs SyncNet weights. {WEIGHTS_HELP}")
-    if not os.path.isfile(path):
-        raise ValueError(f"SyncNet weights: no such file {path!r}. {WEIGHTS_HELP}")
-    if sync_cfg.device.startswith("cuda") and engine == "local":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {sync_cfg.device}: CUDA is not available on this machine")
-    # a bad weights file fails here, before any work (SyncNetWeightsError is a ValueError: exit 2)
-    local = ShardScorer(path, asdict(sync_cfg), face_crop_scale, clip_frames) if engine == "local" else None
-    if local is None:
-        build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
+    settings = load_sync_settings(folder, config, sets)
+    sync_cfg = _with_overrides(settings.sync, device, batch_size, engine)
+    path = _weights_path(weights, sync_cfg)
     t_start = time.perf_counter()
     rep = SyncPassReport()
     with FolderLock(folder):
         n_shards = finished_build(folder)
-        settings = _settings(path, sync_cfg)
-        log = JsonLog(folder.sync_log)
-        header, logged = read_sync_log(log)
-        if header is None:
-            log.append({"kind": "header", "version": LOG_VERSION, **settings})
-        elif {k: header.get(k) for k in settings} != settings:
-            diff = ", ".join(f"{k}: {header.get(k)} -> {v}" for k, v in settings.items() if header.get(k) != v)
-            raise ValueError(
-                f"{folder.root} was sync-checked with other settings ({diff}); clips rejected then are "
-                "no longer in the shards, so a different pass needs a fresh build"
-            )
-        shards = [folder.shard_name(n) for n in range(n_shards)]
-        rep.shards = len(shards)
-        bar = tqdm(
-            total=len(shards), unit="shard", desc="sync", file=sys.stderr, disable=not progress, dynamic_ncols=True
-        )
+        log, header, logged = _open_log(folder, path, sync_cfg)
+        rep.shards = n_shards
+        bar = tqdm(total=n_shards, unit="shard", desc="sync", file=sys.stderr, disable=not progress, dynamic_ncols=True)
         todo = []
-        for rel in shards:
+        for rel in (folder.shard_name(n) for n in range(n_shards)):
             shard = folder.root / rel
             tmp = shard.with_name(shard.name + ".sync.tmp")
             if rel in logged:
@@ -404,68 +368,132 @@ def run_sync_pass(
             else:
                 tmp.unlink(missing_ok=True)
                 todo.append((rel, shard, tmp))
-        if todo and engine == "ray":
-            results = _score_ray(todo, path, asdict(sync_cfg), face_crop_scale, clip_frames, workers, ray_address)
-        elif todo:
-            results = _score_local(todo, local)
+        # the scorer is built only when there is work (torch alone is ~0.5 GB), and before the
+        # log's first line: a weights file that does not load fails here, leaving nothing behind
+        args = (path, asdict(sync_cfg), settings.face_crop_scale, clip_frames)
+        if not todo:
+            results: Any = iter(())
+        elif engine == "ray":
+            from .stages.sync import build_sync_scorer
+
+            build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
+            results = _score_ray(todo, *args, workers, ray_address)
         else:
-            results = iter(())
+            results = _score_local(todo, ShardScorer(*args))
+        if header is None:
+            log.append({"kind": "header", "version": LOG_VERSION, **_settings(path, sync_cfg)})
         for rel, res in results:
-            shard = folder.root / rel
-            tmp = shard.with_name(shard.name + ".sync.tmp")
-            line = {
-                "kind": "shard",
-                "shard": rel,
-                "kept": res["kept"],
-                "rejected": res["rejected"],
-                "sha1": res["sha1"],
-                "bytes": res["bytes"],
-                "index": res["index"],
-                "clips": res["clips"],
-            }
-            log.append(line)  # commit point
-            _ensure_applied(shard, tmp, line)
-            rep.shards_scored += 1
-            rep.clips_scored += len(res["clips"])
-            rep.frames_scored += res["frames"]
-            rep.scoring_seconds += res["seconds"]
+            _commit_shard(folder, log, rel, res, rep)
             if after_shard is not None:
                 after_shard(rel)
             bar.update(1)
         bar.close()
         log.close()
-        for _, line in log.iter_from(0):  # the verdicts so far, one shard's line at a time
-            for d in (line.get("clips") or {}).values():
-                if d.get("code"):
-                    rep.rejected += 1
-                    rep.by_code[d["code"]] = rep.by_code.get(d["code"], 0) + 1
-                else:
-                    rep.kept += 1
-                rep.inputs[d["input"]] = rep.inputs.get(d["input"], 0) + 1
+        _count_verdicts(log, rep)
         rep.wall_seconds = round(time.perf_counter() - t_start, 3)
-        rep.scoring_seconds = round(rep.scoring_seconds, 3)
-        rep.frames_per_second = round(rep.frames_scored / rep.scoring_seconds, 2) if rep.scoring_seconds else 0.0
-        summary = {
-            **asdict(rep),
-            "scorer": METHOD_SYNCNET,
-            "weights": os.path.abspath(path),
-            "device": sync_cfg.device,
-            "engine": engine,
-            "precision": sync_cfg.precision,
-            "batch_size": sync_cfg.batch_size,
-            "max_offset_frames": sync_cfg.max_offset_frames,
-            "min_confidence_syncnet": sync_cfg.min_confidence_syncnet,
-        }
-        old = _read_json(folder.stats)
-        stats = write_outputs(
-            folder,
-            old.get("run", {}),
-            extra={"pipeline_version": old.get("pipeline_version"), "sync_pass": summary},
-            report_examples=settings_.report_examples,
-            thumbnails=settings_.thumbnails,
-            progress=progress,
-        )
+        stats = _write_outputs(folder, settings, sync_cfg, path, engine, rep, progress)
     return stats
+
+
+def _with_overrides(sync_cfg, device: str | None, batch_size: int | None, engine: str):
+    """The sync section with ``--device`` and ``--batch-size`` applied (and checked)."""
+    if device is not None:
+        sync_cfg = dataclasses.replace(sync_cfg, device=device)
+    if batch_size is not None:
+        if batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        sync_cfg = dataclasses.replace(sync_cfg, batch_size=batch_size)
+    if sync_cfg.device.startswith("cuda") and engine == "local":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {sync_cfg.device}: CUDA is not available on this machine")
+    return sync_cfg
+
+
+def _weights_path(weights: str | None, sync_cfg) -> str:
+    from .stages.sync import resolve_weights
+
+    path, _source = resolve_weights(weights, sync_cfg)
+    if path is None:
+        raise ValueError(f"the sync pass needs SyncNet weights. {WEIGHTS_HELP}")
+    if not os.path.isfile(path):
+        raise ValueError(f"SyncNet weights: no such file {path!r}. {WEIGHTS_HELP}")
+    return path
+
+
+def _open_log(folder: OutputFolder, path: str, sync_cfg) -> tuple[JsonLog, dict[str, Any] | None, dict[str, Any]]:
+    """The pass's log, its header and its scored shards; refuses other settings than the log's."""
+    settings = _settings(path, sync_cfg)
+    log = JsonLog(folder.sync_log)
+    header, logged = read_sync_log(log)
+    if header is not None and {k: header.get(k) for k in settings} != settings:
+        diff = ", ".join(f"{k}: {header.get(k)} -> {v}" for k, v in settings.items() if header.get(k) != v)
+        raise ValueError(
+            f"{folder.root} was sync-checked with other settings ({diff}); clips rejected then are "
+            "no longer in the shards, so a different pass needs a fresh build"
+        )
+    return log, header, logged
+
+
+def _commit_shard(folder: OutputFolder, log: JsonLog, rel: str, res: dict[str, Any], rep: SyncPassReport) -> None:
+    """Log a scored shard (the commit point), then put its filtered version in place."""
+    shard = folder.root / rel
+    line = {
+        "kind": "shard",
+        "shard": rel,
+        "kept": res["kept"],
+        "rejected": res["rejected"],
+        "sha1": res["sha1"],
+        "bytes": res["bytes"],
+        "index": res["index"],
+        "clips": res["clips"],
+    }
+    log.append(line)
+    _ensure_applied(shard, shard.with_name(shard.name + ".sync.tmp"), line)
+    rep.shards_scored += 1
+    rep.clips_scored += len(res["clips"])
+    rep.frames_scored += res["frames"]
+    rep.scoring_seconds += res["seconds"]
+
+
+def _count_verdicts(log: JsonLog, rep: SyncPassReport) -> None:
+    """Kept and rejected clips over every logged shard, one line at a time."""
+    for _, line in log.iter_from(0):
+        for d in (line.get("clips") or {}).values():
+            if d.get("code"):
+                rep.rejected += 1
+                rep.by_code[d["code"]] = rep.by_code.get(d["code"], 0) + 1
+            else:
+                rep.kept += 1
+            rep.inputs[d["input"]] = rep.inputs.get(d["input"], 0) + 1
+
+
+def _write_outputs(folder: OutputFolder, settings: SyncSettings, sync_cfg, path: str, engine: str, rep, progress):
+    from .stages.sync import METHOD_SYNCNET
+
+    rep.scoring_seconds = round(rep.scoring_seconds, 3)
+    rep.frames_per_second = round(rep.frames_scored / rep.scoring_seconds, 2) if rep.scoring_seconds else 0.0
+    summary = {
+        **asdict(rep),
+        "scorer": METHOD_SYNCNET,
+        "weights": os.path.abspath(path),
+        "device": sync_cfg.device,
+        "engine": engine,
+        "precision": sync_cfg.precision,
+        "batch_size": sync_cfg.batch_size,
+        "max_offset_frames": sync_cfg.max_offset_frames,
+        "min_confidence_syncnet": sync_cfg.min_confidence_syncnet,
+    }
+    old = _read_json(folder.stats)
+    return write_outputs(
+        folder,
+        old.get("run", {}),
+        extra={"pipeline_version": old.get("pipeline_version"), "sync_pass": summary},
+        report_examples=settings.report_examples,
+        thumbnails=settings.thumbnails,
+        progress=progress,
+    )
 
 
 class ShardScorer:

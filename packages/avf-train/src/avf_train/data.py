@@ -15,9 +15,12 @@ augmentation draws. So the stream is built here from the shared reader (``iter_r
 * Every clip's augmentation uses a generator seeded by (seed, pass, unit, sample, repeat), and a
   batch never straddles two passes. A batch is tagged with (worker, pass, batch-in-pass).
 * The DataLoader reads workers round-robin, so batch ``k`` comes from worker ``k % W``. On resume
-  worker roles are rotated by the number of batches already consumed and each worker skips (without
-  decoding) to its next batch. Resuming therefore needs the same world size, worker count and batch
-  size; otherwise the trainer restarts the data at the pass boundary and says so.
+  worker roles are rotated by the number of batches already consumed and each worker starts at its
+  next batch from the *cursor* the last batch it delivered carried (:mod:`avf_train.sample_order`:
+  the shuffle buffer's positions and RNG state), reading only the buffered samples and the rest of
+  its pass, so resuming late in a 1.36 M-clip epoch costs what resuming early does. Resuming needs
+  the same world size, worker count and batch size; otherwise the trainer restarts the data at the
+  pass boundary and says so.
 * Loader workers watch the process that owns the loader (the trainer, or one torchrun rank) and
   exit as soon as it is gone, even after ``kill -9``: otherwise they would hold their memory
   forever, waiting for requests that never come.
@@ -51,19 +54,12 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from avf_data.shard_urls import split_list
-from avf_data.shards import (
-    SAMPLE_RATE,
-    VideoReader,
-    decode_audio,
-    expand_shards,
-    iter_raw_samples,
-    sample_meta,
-    shard_counts,
-)
+from avf_data.shards import SAMPLE_RATE, VideoReader, decode_audio, expand_shards, sample_meta, shard_counts
 
 from .batches import BatchBuilder, BufferPool, collate, model_inputs, release
 from .errors import DataError
 from .labels import LabelMap
+from .sample_order import SeekableShuffle, UnitSamples, skip_state
 from .transforms import ClipTransformConfig, audio_span, finish_view, view_frames, view_start
 
 __all__ = [
@@ -97,13 +93,15 @@ def count_samples(paths: list[str]) -> int:
 
 @dataclass
 class StreamState:
-    """Where each logical worker resumes: next (pass, batch-in-pass), plus batches consumed."""
+    """Where each logical worker resumes: next (pass, batch-in-pass) and the cursor there (the
+    shuffle's state, :mod:`avf_train.sample_order`), plus batches consumed."""
 
     consumed: int = 0  # batches delivered to the trainer (this rank)
     workers: dict[int, tuple[int, int]] = field(default_factory=dict)  # logical worker -> (pass, next batch)
     num_workers: int = 1
     world_size: int = 1
     batch_size: int = 0
+    cursors: dict[int, dict[str, Any]] = field(default_factory=dict)  # logical worker -> cursor of its next batch
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +110,7 @@ class StreamState:
             "world_size": self.world_size,
             "batch_size": self.batch_size,
             "workers": {str(k): [int(p), int(b)] for k, (p, b) in self.workers.items()},
+            "cursors": {str(k): c for k, c in self.cursors.items()},
         }
 
     @classmethod
@@ -122,11 +121,16 @@ class StreamState:
             world_size=int(d["world_size"]),
             batch_size=int(d["batch_size"]),
             workers={int(k): (int(v[0]), int(v[1])) for k, v in d["workers"].items()},
+            cursors={int(k): c for k, c in (d.get("cursors") or {}).items()},  # runs before cursors: none
         )
 
-    def advance(self, worker: int, pass_index: int, batch_index: int) -> None:
+    def advance(self, worker: int, pass_index: int, batch_index: int, cursor: dict[str, Any] | None = None) -> None:
         self.consumed += 1
         self.workers[worker] = (pass_index, batch_index + 1)
+        if cursor is not None:
+            self.cursors[worker] = cursor
+        else:
+            self.cursors.pop(worker, None)
 
 
 def _seed(*parts: int) -> np.random.SeedSequence:
@@ -182,7 +186,7 @@ class ClipStream(IterableDataset):
         return torch.uint8 if self.device_features else torch.float32
 
     def __getstate__(self) -> dict[str, Any]:  # each worker builds its own buffers
-        return {k: v for k, v in self.__dict__.items() if k not in ("_buffer_pool", "_frames")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_buffer_pool", "_frames", "_counts")}
 
     def _frame_buffer(self, count: int, video: VideoReader) -> np.ndarray | None:
         """A reused array for a clip's decoded frames (views are made from it before the next
@@ -230,33 +234,19 @@ class ClipStream(IterableDataset):
     def _units(self) -> int:
         return self.world_size * self.num_workers
 
-    def _raw_for_unit(self, unit: int, pass_index: int) -> Iterator[dict[str, Any]]:
-        units = self._units()
+    def _unit_samples(self, unit: int, pass_index: int) -> UnitSamples:
         order = list(self.shards)
         if self.train:
             np.random.default_rng(_seed(self.seed, 1, pass_index)).shuffle(order)
-        if len(order) >= units:
-            yield from iter_raw_samples(order[unit::units])
-        else:
-            for i, raw in enumerate(iter_raw_samples(order)):
-                if i % units == unit:
-                    yield raw
+        return UnitSamples(order, unit, self._units(), self._shard_counts)
 
-    def _shuffled(self, raw: Iterator[dict[str, Any]], rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-        if not self.train or self.shuffle_buffer <= 1:
-            yield from raw
-            return
-        buf: list[dict[str, Any]] = []
-        for item in raw:
-            buf.append(item)
-            if len(buf) >= self.shuffle_buffer:
-                j = int(rng.integers(len(buf)))
-                buf[j], buf[-1] = buf[-1], buf[j]
-                yield buf.pop()
-        while buf:
-            j = int(rng.integers(len(buf)))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            yield buf.pop()
+    def _shard_counts(self, shards: list[str]) -> list[int]:
+        """Samples per shard, from the indexes (read once per worker, when a pass starts past 0)."""
+        cache = self.__dict__.setdefault("_counts", {})
+        missing = [s for s in shards if s not in cache]
+        if missing:
+            cache.update(zip(missing, shard_counts(missing), strict=True))
+        return [cache[s] for s in shards]
 
     # ---- per-sample ----------------------------------------------------------------------
 
@@ -352,36 +342,65 @@ class ClipStream(IterableDataset):
             yield from self._eval_batches(unit, worker)
             return
         pass_index, skip_batches = self.state.workers.get(worker, (0, 0))
+        cursor = self.state.cursors.get(worker)
         while True:
-            produced = yield from self._train_pass(unit, worker, pass_index, skip_batches)
+            produced = yield from self._train_pass(unit, worker, pass_index, skip_batches, cursor)
             if produced == 0 and skip_batches == 0:
                 raise DataError(
                     f"too few clips for the batch size: loader unit {unit} of {self._units()} (ranks x "
                     f"workers) got no full batch of {self.batch_size} clips in pass {pass_index} over "
                     f"{len(self.shards)} shard(s); lower --batch-size or --num-workers, or add clips"
                 )
-            pass_index, skip_batches = pass_index + 1, 0
+            pass_index, skip_batches, cursor = pass_index + 1, 0, None
 
-    def _train_pass(self, unit: int, worker: int, pass_index: int, skip_batches: int):
-        rng = np.random.default_rng(_seed(self.seed, 3, pass_index, unit))
-        first_view = skip_batches * self.views_per_batch
-        skip_samples, first_repeat = divmod(first_view, self.repeats)
+    def _train_pass(
+        self, unit: int, worker: int, pass_index: int, skip_batches: int, cursor: dict[str, Any] | None = None
+    ):
+        """One pass of a unit, from batch ``skip_batches`` on: restored from ``cursor`` when the
+        last delivered batch carried one, else found by running the shuffle on positions."""
+        samples = self._unit_samples(unit, pass_index)
+        size = self.shuffle_buffer
+        fresh = np.random.default_rng(_seed(self.seed, 3, pass_index, unit))
+        first_sample = first_repeat = 0
+        state = None
+        if cursor is not None and cursor.get("pass") == pass_index:
+            state, first_sample, first_repeat = cursor["shuffle"], int(cursor["sample"]), int(cursor["repeat"])
+        elif skip_batches:
+            first_sample, first_repeat = divmod(skip_batches * self.views_per_batch, self.repeats)
+            state = skip_state(size, fresh, samples.total(), first_sample)
+        if state is None:
+            shuffle = SeekableShuffle(size, fresh)
+        else:
+            shuffle = SeekableShuffle.restore(size, state, samples.read(state["buffer"]))
         batch = BatchBuilder(self.views_per_batch, self.transform, self._video_dtype, self._pool())
         batch_index, produced = skip_batches, 0
-        for i, raw in enumerate(self._shuffled(self._raw_for_unit(unit, pass_index), rng)):
-            if i < skip_samples:
-                continue
-            for item in self._views(raw, unit, pass_index, i, first_repeat if i == skip_samples else 0, batch):
+        before = shuffle.state()  # the shuffle before it gives out sample i (a cursor to start at i)
+        for i, (_, raw) in enumerate(shuffle(samples.iter_from(shuffle.read)), start=first_sample):
+            after = shuffle.state()
+            for item in self._views(raw, unit, pass_index, i, first_repeat if i == first_sample else 0, batch):
                 batch.add(item)
                 if batch.full:
-                    yield batch.collate(worker=worker, pass_index=pass_index, batch_index=batch_index)
+                    r = item["view"] + 1  # the next view of this sample, or the next sample
+                    at = (
+                        {"sample": i, "repeat": r, "shuffle": before}
+                        if r < self.repeats
+                        else {
+                            "sample": i + 1,
+                            "repeat": 0,
+                            "shuffle": after,
+                        }
+                    )
+                    out = batch.collate(worker=worker, pass_index=pass_index, batch_index=batch_index)
+                    out["cursor"] = {"pass": pass_index, **at}
+                    yield out
                     batch_index, produced = batch_index + 1, produced + 1
+            before = after
         return produced
 
     def _eval_batches(self, unit: int, worker: int) -> Iterator[dict[str, Any]]:
         batch = BatchBuilder(self.batch_size, self.transform, self._video_dtype, self._pool())
         batch_index = 0
-        for i, raw in enumerate(self._raw_for_unit(unit, 0)):
+        for i, raw in enumerate(self._unit_samples(unit, 0).iter_from(0)):
             for item in self._views(raw, unit, 0, i, 0, batch):
                 batch.add(item)
                 if batch.full:

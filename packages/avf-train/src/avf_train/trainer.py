@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             except DataError as exc:  # raised in a loader worker: torch wraps it in its traceback
                 raise DataError(one_line(exc)) from None
             worker, pass_index, batch_index = batch["pos"]
-            data_state.advance(worker, pass_index, batch_index)
+            data_state.advance(worker, pass_index, batch_index, batch.get("cursor"))
             video, audio = model_inputs(batch, info.device)  # pre-training: finished on the device
             last_micro = micro == accum - 1
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter on the last micro-step only

@@ -77,8 +77,10 @@ class BuildStore:
             state = PackState()  # a derived file lost entries (or the log was cut by hand): replay it all
         self._set_state(state)
         self.done_ids.truncate(state.done_ids)
-        pending = {w.task_id: w for w in state.backlog}
-        replayed: list[Waiting] = []
+        # tasks finished but not fully packed: the checkpoint's backlog, then what the tail adds;
+        # an entry leaves as soon as its last clip is packed, so this stays as small as the backlog
+        pending: dict[str, Waiting] = {w.task_id: w for w in state.backlog}
+        earlier = [w.task_id for w in state.backlog]
         for offset, line in self.log.iter_from(state.log_bytes):
             rec.replayed_lines += 1
             kind = line.get("kind")
@@ -86,9 +88,7 @@ class BuildStore:
                 self.done_ids.append(r["input_id"] for r in line.get("inputs", []))
                 seg = line.get("segment")
                 if seg and seg.get("samples"):
-                    w = Waiting(line["task_id"], offset, int(line.get("seq") or 0))
-                    pending[w.task_id] = w
-                    replayed.append(w)
+                    pending[line["task_id"]] = Waiting(line["task_id"], offset, int(line.get("seq") or 0))
                     self._remember(line)
             elif kind == "pack":
                 w = pending.get(line["task_id"])
@@ -96,12 +96,14 @@ class BuildStore:
                     raise ValueError(
                         f"{self.log.path}: a pack line names task {line['task_id']}, which no task line has"
                     )
-                self.packer.apply(line, self._task_line(w), w)
+                task = self._task_line(w)
+                self.packer.apply(line, task, w)
+                if w.packed >= task["segment"]["samples"]:
+                    del pending[w.task_id]
             elif kind == "seal":
                 self.packer.apply_seal(int(line["shard"]))
-        unpacked = lambda w: w.packed < self._task_line(w)["segment"]["samples"]  # noqa: E731
-        state.backlog = [w for w in state.backlog if unpacked(w)]
-        state.backlog += sorted((w for w in replayed if unpacked(w)), key=lambda w: w.seq)
+        state.backlog = [pending.pop(t) for t in earlier if t in pending]
+        state.backlog += sorted(pending.values(), key=lambda w: w.seq)
         state.log_bytes = self.log.size()
         state.done_ids = self.done_ids.count()
         rec.shard_files_removed = self.packer.recover()
@@ -123,7 +125,7 @@ class BuildStore:
 
     def _set_state(self, state: PackState) -> None:
         self.state = state
-        self.packer.state = state
+        self.packer.use(state)
 
     def _remember(self, line: dict[str, Any]) -> None:
         self._tasks[line["task_id"]] = line
@@ -198,6 +200,7 @@ class BuildStore:
         """Write ``state.json``: resume starts from here."""
         st = self.state
         self.done_ids.sync()
+        self.packer.save()
         st.backlog = [w for _, _, w in sorted(self._waiting, key=lambda e: (e[0], e[1]))]
         st.log_bytes = self.log.size()
         st.done_ids = self.done_ids.count()

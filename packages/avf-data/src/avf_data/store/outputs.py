@@ -121,125 +121,158 @@ def _sync_reject(row: dict[str, Any], d: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+class _ReportData:
+    """What the report shows, collected while the rows stream past (bounded)."""
+
+    def __init__(self, k: int) -> None:
+        self.per_input: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.manifest_head: list[dict[str, Any]] = []
+        self.rejects_head: list[dict[str, Any]] = []
+        self.sync_head: list[dict[str, Any]] = []
+        self.accepted, self.rejected = Reservoir(k), Reservoir(k)
+
+    def input(self, rec: dict[str, Any]) -> None:
+        if not is_pseudo_input(rec) and len(self.per_input) < REPORT_INPUTS:
+            self.per_input[rec["input_id"]] = _input_summary(rec)
+
+    def reject(self, row: dict[str, Any], moved_from: dict[str, Any] | None = None) -> None:
+        head = self.rejects_head if moved_from is None else self.sync_head
+        if len(head) < REPORT_REJECTS:
+            head.append(row)
+        self.rejected.offer(unit_hash(reject_row_id(row)), _example_reject(row), reject_code(row))
+        if moved_from is not None:
+            _move_in_summary(self.per_input, moved_from, row)
+
+    def clip(self, row: dict[str, Any], shard: int, position: int) -> None:
+        if len(self.manifest_head) < REPORT_CLIPS:
+            self.manifest_head.append(row)
+        self.accepted.offer(unit_hash(row["key"]), _example_clip(row, shard, position))
+
+
+class _OutputsPass:
+    """One pass over ``build.jsonl`` writing the manifest and the rejects (see module doc)."""
+
+    def __init__(self, folder: OutputFolder, k: int, man, rej, sync_rej) -> None:
+        self.folder, self.man, self.rej, self.sync_rej = folder, man, rej, sync_rej
+        self.log = JsonLog(folder.build_log)
+        self.sync = _SyncDecisions(folder)
+        self.acc = StatsAccumulator()
+        self.report = _ReportData(k)
+        self.task_at: dict[str, int] = {}  # tasks with clips not all emitted yet: their line's offset
+        self.cache: OrderedDict[str, dict[str, Any]] = OrderedDict()  # the last task lines read
+        self.shard_pos: dict[int, int] = {}
+        self.sealed = self.sync_moved = 0
+
+    def task(self, offset: int, line: dict[str, Any]) -> None:
+        for rec in line.get("inputs", []):
+            self.acc.add_record(rec)
+            self.report.input(rec)
+            for r in rec["rejects"]:
+                self.rej.write(json.dumps(r, ensure_ascii=False) + "\n")
+                self.report.reject(r)
+        if (line.get("segment") or {}).get("samples"):
+            self.task_at[line["task_id"]] = offset
+            self.cache[line["task_id"]] = line
+            while len(self.cache) > 64:
+                self.cache.popitem(last=False)
+
+    def pack(self, line: dict[str, Any]) -> None:
+        tid, number = line["task_id"], int(line["shard"])
+        task = self.cache.get(tid) or self.log.read_at(self.task_at[tid])
+        shard = self.folder.shard_name(number)
+        decisions = self.sync.for_shard(shard)
+        rows = segment_rows(task)
+        for row in rows[line["first"] : line["first"] + line["count"]]:
+            row = {**row, "shard": shard}
+            d = decisions.get(row["key"])
+            if d is not None and d.get("code"):  # the sync pass turned it down
+                reject = _sync_reject(row, d)
+                self.sync_rej.write(json.dumps(reject, ensure_ascii=False) + "\n")
+                self.acc.move_to_rejects(row, reject)
+                self.report.reject(reject, moved_from=row)
+                self.sync_moved += 1
+                continue
+            if d is not None:
+                _judged(row, d)
+            self.man.write(json.dumps(row, ensure_ascii=False) + "\n")
+            pos = self.shard_pos.get(number, 0)
+            self.shard_pos[number] = pos + 1
+            self.report.clip(row, number, pos)
+        if line["first"] + line["count"] >= len(rows):
+            self.task_at.pop(tid, None)
+
+    def seal(self, line: dict[str, Any]) -> None:
+        self.sealed = max(self.sealed, int(line["shard"]) + 1)
+
+    def stats(self, sizes: dict[str, int]) -> dict[str, Any]:
+        folder, sealed = self.folder, self.sealed
+        scored = sum(1 for n in range(sealed) if folder.shard_name(n) in self.sync.offsets)
+        if self.sync.header is not None and sealed and scored == sealed:
+            self.acc.judged_by_syncnet()
+        stats = self.acc.result()
+        stats["warnings"] = stage_warnings(stats)
+        stats["shards"] = {
+            "count": sealed,
+            "pattern": folder.shard_pattern(sealed),
+            "bytes": sum(_size(folder.shard(n)) for n in range(sealed)),
+        }
+        if self.sync.header is not None:
+            stats["sync_pass_coverage"] = {"shards_scored": scored, "shards": sealed, "clips_moved": self.sync_moved}
+        stats["outputs_from"] = sizes
+        return stats
+
+
 def _stream(
     folder: OutputFolder, sizes: dict[str, int], k: int, thumbnails: bool, progress: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from tqdm import tqdm
 
-    log = JsonLog(folder.build_log)
-    sync = _SyncDecisions(folder)
-    acc = StatsAccumulator()
-    per_input: OrderedDict[str, dict[str, Any]] = OrderedDict()
-    manifest_head: list[dict[str, Any]] = []
-    rejects_head: list[dict[str, Any]] = []
-    sync_head: list[dict[str, Any]] = []
-    accepted, rejected = Reservoir(k), Reservoir(k)
-    task_at: dict[str, int] = {}  # tasks whose clips are not all emitted: line offset
-    cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
-    shard_pos: dict[int, int] = {}
-    sealed = 0
-    sync_moved = 0
     tmp_manifest = folder.manifest.with_name("manifest.jsonl.tmp")
     tmp_rejects = folder.rejects.with_name("rejects.jsonl.tmp")
     tmp_sync = folder.rejects.with_name("rejects.jsonl.sync-tmp")
     bar = tqdm(total=sizes["build"], unit="B", unit_scale=True, desc="outputs", file=sys.stderr, disable=not progress)
-
-    def note_reject(row: dict[str, Any]) -> None:
-        rejected.offer(unit_hash(reject_row_id(row)), _example_reject(row), reject_code(row))
-
     with open(tmp_manifest, "w", encoding="utf-8") as man, open(tmp_rejects, "w", encoding="utf-8") as rej:
         with open(tmp_sync, "w", encoding="utf-8") as sync_rej:
+            run = _OutputsPass(folder, k, man, rej, sync_rej)
             last = 0
-            for offset, line in log.iter_from(0, sizes["build"]):
+            for offset, line in run.log.iter_from(0, sizes["build"]):
                 bar.update(offset - last)
                 last = offset
                 kind = line.get("kind")
                 if kind == "task":
-                    for rec in line.get("inputs", []):
-                        acc.add_record(rec)
-                        if not is_pseudo_input(rec) and len(per_input) < REPORT_INPUTS:
-                            per_input[rec["input_id"]] = _input_summary(rec)
-                        for r in rec["rejects"]:
-                            rej.write(json.dumps(r, ensure_ascii=False) + "\n")
-                            if len(rejects_head) < REPORT_REJECTS:
-                                rejects_head.append(r)
-                            note_reject(r)
-                    if (line.get("segment") or {}).get("samples"):
-                        task_at[line["task_id"]] = offset
-                        cache[line["task_id"]] = line
-                        while len(cache) > 64:
-                            cache.popitem(last=False)
+                    run.task(offset, line)
                 elif kind == "pack":
-                    tid = line["task_id"]
-                    task = cache.get(tid) or log.read_at(task_at[tid])
-                    number = int(line["shard"])
-                    shard = folder.shard_name(number)
-                    decisions = sync.for_shard(shard)
-                    rows = segment_rows(task)
-                    for row in rows[line["first"] : line["first"] + line["count"]]:
-                        row = {**row, "shard": shard}
-                        d = decisions.get(row["key"])
-                        if d is not None and d.get("code"):  # the sync pass turned it down
-                            reject = _sync_reject(row, d)
-                            sync_rej.write(json.dumps(reject, ensure_ascii=False) + "\n")
-                            acc.move_to_rejects(row, reject)
-                            _move_in_summary(per_input, row, reject)
-                            if len(sync_head) < REPORT_REJECTS:
-                                sync_head.append(reject)
-                            note_reject(reject)
-                            sync_moved += 1
-                            continue
-                        if d is not None:
-                            _judged(row, d)
-                        man.write(json.dumps(row, ensure_ascii=False) + "\n")
-                        if len(manifest_head) < REPORT_CLIPS:
-                            manifest_head.append(row)
-                        pos = shard_pos.get(number, 0)
-                        shard_pos[number] = pos + 1
-                        accepted.offer(unit_hash(row["key"]), _example_clip(row, number, pos))
-                    if line["first"] + line["count"] >= len(rows):
-                        task_at.pop(tid, None)
+                    run.pack(line)
                 elif kind == "seal":
-                    sealed = max(sealed, int(line["shard"]) + 1)
+                    run.seal(line)
             bar.update(sizes["build"] - last)
-        with open(tmp_sync, encoding="utf-8") as fh:
+        with open(tmp_sync, encoding="utf-8") as fh:  # the clips the sync pass moved come last
             for raw in fh:
                 rej.write(raw)
     bar.close()
     os.replace(tmp_manifest, folder.manifest)
     os.replace(tmp_rejects, folder.rejects)
     tmp_sync.unlink(missing_ok=True)
+    return run.stats(sizes), _report_data(folder, run.report, k, thumbnails)
 
-    scored = sum(1 for n in range(sealed) if folder.shard_name(n) in sync.offsets)
-    if sync.header is not None and sealed and scored == sealed:
-        acc.judged_by_syncnet()
-    stats = acc.result()
-    stats["warnings"] = stage_warnings(stats)
-    stats["shards"] = {
-        "count": sealed,
-        "pattern": folder.shard_pattern(sealed),
-        "bytes": sum(_size(folder.shard(n)) for n in range(sealed)),
-    }
-    if sync.header is not None:
-        stats["sync_pass_coverage"] = {"shards_scored": scored, "shards": sealed, "clips_moved": sync_moved}
-    stats["outputs_from"] = sizes
-    examples_a = accepted.sample()
-    examples_r = rejected.chosen(k)
+
+def _report_data(folder: OutputFolder, report: _ReportData, k: int, thumbnails: bool) -> dict[str, Any]:
+    """The report's examples with their pictures (made now for clips, by workers for rejects)."""
+    examples_a = report.accepted.sample()
+    examples_r = report.rejected.chosen(k)
     if thumbnails:
         _make_clip_thumbs(folder, examples_a)
     _prune_thumbs(folder, {e["thumb"] for e in examples_a + examples_r if e.get("thumb")})
     for e in examples_r:
         if e.get("thumb") and not (folder.root / e["thumb"]).exists():
             e["thumb"] = None
-    data = {
-        "per_input": list(per_input.values()),
-        "inputs_listed": len(per_input),
-        "manifest_head": manifest_head,
-        "rejects_head": (rejects_head + sync_head)[:REPORT_REJECTS],
+    return {
+        "per_input": list(report.per_input.values()),
+        "manifest_head": report.manifest_head,
+        "rejects_head": (report.rejects_head + report.sync_head)[:REPORT_REJECTS],
         "accepted": [e for e in examples_a if not thumbnails or e.get("thumb")],
         "rejected": examples_r,
     }
-    return stats, data
 
 
 def _size(path: Path) -> int:
@@ -264,6 +297,7 @@ def _input_summary(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _move_in_summary(per_input: dict[str, dict[str, Any]], row: dict[str, Any], reject: dict[str, Any]) -> None:
+    """A clip of one of the listed inputs moved to the rejects."""
     s = per_input.get(row.get("input_id", ""))
     if s is None:
         return

@@ -65,6 +65,7 @@ class PackState:
 
     @property
     def open_samples(self) -> int:
+        """Clips in the shard being filled, as of the checkpoint."""
         return len(self.open_index.get("offsets", []))
 
 
@@ -84,20 +85,33 @@ class ShardPacker:
         target_bytes: int,
         max_samples: int | None = None,
     ) -> None:
-        self.folder, self.log, self.state = folder, log, state
+        self.folder, self.log = folder, log
         self.target_bytes = max(1, int(target_bytes))
         self.max_samples = max_samples
         self.sealed: list[str] = []  # shards sealed by this packer (this run)
+        self.use(state)
+
+    def use(self, state: PackState) -> None:
+        """Continue from ``state`` (a checkpoint)."""
+        self.state = state
+        self.index = IndexBuilder.from_state(state.open_index)  # of the shard being filled
+
+    def save(self) -> None:
+        """Put the shard being filled into :attr:`state` (before a checkpoint)."""
+        self.state.open_index = self.index.to_state() if self.open_samples else {}
+
+    @property
+    def open_samples(self) -> int:
+        return len(self.index.offsets)
 
     # ---- packing ---------------------------------------------------------------------------
 
     def _fits(self, sample_bytes: int, samples: int, size: int) -> bool:
-        st = self.state
-        if st.open_samples + samples == 0:
+        if self.open_samples + samples == 0:
             return True  # an empty shard takes any sample, even one larger than the target
-        if self.max_samples is not None and st.open_samples + samples >= self.max_samples:
+        if self.max_samples is not None and self.open_samples + samples >= self.max_samples:
             return False
-        return st.open_bytes + size + sample_bytes <= self.target_bytes
+        return self.state.open_bytes + size + sample_bytes <= self.target_bytes
 
     def pack(self, waiting: Waiting, task: dict[str, Any] | None = None) -> None:
         """Place the rest of ``waiting``'s segment into shards (sealing full ones)."""
@@ -148,21 +162,19 @@ class ShardPacker:
         offsets, n = seg["offsets"], seg["samples"]
         rows = segment_rows(task)
         exts = seg.get("members", [])
-        index = IndexBuilder.from_state(self.state.open_index)
         first, count, at = record["first"], record["count"], record["at"]
         base = offsets[first]
         for i in range(first, first + count):
-            index.add(at + offsets[i] - base, exts, rows[i] if i < len(rows) else None)
+            self.index.add(at + offsets[i] - base, exts, rows[i] if i < len(rows) else None)
         end = offsets[first + count] if first + count < n else seg["data_bytes"]
         self.state.open_bytes = at + end - base
-        self.state.open_index = index.to_state()
         self.state.next_shard = int(record["shard"])
         waiting.packed = first + count
 
     def seal(self) -> str | None:
         """Complete the shard being filled: marker, index, rename; log it. Returns its name."""
         st = self.state
-        if st.open_samples == 0:
+        if self.open_samples == 0:
             return None
         number = st.next_shard
         part, final = self.folder.part(number), self.folder.shard(number)
@@ -174,14 +186,13 @@ class ShardPacker:
             fh.flush()
             os.fsync(fh.fileno())
         size = st.open_bytes + len(end)
-        write_index(final, IndexBuilder.from_state(st.open_index).build(st.open_bytes, size))
+        write_index(final, self.index.build(st.open_bytes, size))
         os.replace(part, final)
         fsync_dir(final.parent)
         return self._sealed(number, size)
 
     def _sealed(self, number: int, size: int) -> str:
-        st = self.state
-        self.log.append({"kind": "seal", "shard": number, "samples": st.open_samples, "bytes": size})
+        self.log.append({"kind": "seal", "shard": number, "samples": self.open_samples, "bytes": size})
         self.apply_seal(number)
         name = self.folder.shard_name(number)
         self.sealed.append(name)
@@ -191,6 +202,7 @@ class ShardPacker:
         self.state.next_shard = number + 1
         self.state.open_bytes = 0
         self.state.open_index = {}
+        self.index = IndexBuilder()
 
     # ---- recovery --------------------------------------------------------------------------
 
@@ -198,7 +210,7 @@ class ShardPacker:
         """Bring the shard files in line with the (replayed) state; returns the files removed."""
         st = self.state
         number = st.next_shard
-        if st.open_samples:
+        if self.open_samples:
             part, final = self.folder.part(number), self.folder.shard(number)
             if part.exists():
                 with open(part, "r+b") as fh:
@@ -211,7 +223,7 @@ class ShardPacker:
                     "but neither it nor its .part is there; was the folder changed by hand?"
                 )
         # anything at or past the next shard number that the log does not account for
-        keep = self.folder.part(st.next_shard) if st.open_samples else None
+        keep = self.folder.part(st.next_shard) if self.open_samples else None
         removed = []
         for number in (st.next_shard, st.next_shard + 1):
             shard = self.folder.shard(number)
