@@ -153,3 +153,15 @@ def test_second_build_into_the_same_folder_is_refused(tmp_path, demo_inputs):
 def test_workers_must_not_be_negative(tmp_path, capsys, demo_inputs):
     assert _main(["build", str(demo_inputs["single_face"]), "--out", str(tmp_path / "o"), "--workers", "-1"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_a_folder_of_the_earlier_layout_is_refused(tmp_path, capsys, demo_inputs):
+    """Layout 1 (done.jsonl, a shard set per task) cannot be continued by the size-packed store."""
+    out = tmp_path / "old"
+    (out / "shards").mkdir(parents=True)
+    (out / ".avf-data").write_text('{"tool": "avf-data", "kind": "build"}\n')
+    (out / "done.jsonl").write_text("{}\n")
+    assert _main(["build", str(demo_inputs["single_face"]), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "earlier avf-data" in err[0] and "new folder" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == [".avf-data", "done.jsonl", "shards"]  # nothing written

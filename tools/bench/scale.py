@@ -252,6 +252,7 @@ def loader_table(work: Path, clips: int) -> list[str]:
     cfg = ClipTransformConfig(mode="pretrain", num_frames=4, sampling_rate=2, image_size=32)
     batch = 8
     kw = dict(train=True, seed=0, num_workers=1, shuffle_buffer=256)
+    next(iter(ClipStream(shards, cfg, batch, **kw)))  # warm-up: imports, the first decode
     rows = [
         f"| clips into the epoch ({len(shards) * 10_000} clips) | from the cursor | without a cursor "
         "| reading through (before) |",

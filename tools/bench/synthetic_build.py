@@ -197,20 +197,23 @@ def fake_sync_log(out: str | os.PathLike, weights: str | os.PathLike, *, max_off
                 if line["first"] + line["count"] >= len(tasks[line["task_id"]]):
                     del tasks[line["task_id"]]
     sync = {"method": "syncnet_v2", "offset_frames": 1, "confidence": 6.2, "mean_dists": [9.5] * 31, "note": None}
+    (folder / "sync").mkdir(exist_ok=True)
     with open(folder / "sync.jsonl", "w", encoding="utf-8") as log:
         log.write(json.dumps(header) + "\n")
         for number in sorted(by_shard):
             keys = by_shard[number]
-            size = len(keys) * CLIP_BYTES + 10240
+            clips = {k: {"sync": sync, "code": None, "reason": None, "input": "source"} for k in keys}
+            (folder / "sync" / f"shard-{number:06d}.json").write_text(json.dumps(clips, separators=(",", ":")))
             line = {
                 "kind": "shard",
                 "shard": f"shards/shard-{number:06d}.tar",
                 "kept": len(keys),
                 "rejected": 0,
+                "codes": {},
+                "inputs": {"source": len(keys)},
                 "sha1": "0" * 40,
-                "bytes": size,
+                "bytes": len(keys) * CLIP_BYTES + 10240,
                 "index": None,
-                "clips": {k: {"sync": sync, "code": None, "reason": None, "input": "source"} for k in keys},
             }
             log.write(json.dumps(line, separators=(",", ":")) + "\n")
     return (folder / "sync.jsonl").stat().st_size

@@ -21,7 +21,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from .config import PIPELINE_VERSION, BuildConfig
@@ -314,13 +313,3 @@ class _Run:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def read_stats(out: str | os.PathLike) -> dict[str, Any]:
-    """The stats.json of a build folder ({} when there is none)."""
-    import json
-
-    try:
-        return json.loads((Path(out) / "stats.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}

@@ -154,9 +154,6 @@ class BuildStore:
 
     # ---- a run -----------------------------------------------------------------------------
 
-    def segment_path(self, task_id: str) -> str:
-        return str(self.folder.segment(task_id))
-
     def commit(self, result: dict[str, Any]) -> None:
         """Log a finished task (its inputs are done from here on) and pack what is now in order.
 
@@ -209,8 +206,3 @@ class BuildStore:
 
     def close(self) -> None:
         self.log.close()
-
-    @property
-    def sealed_shards(self) -> int:
-        """Sealed shards are ``shard-000000.tar`` up to this number minus one."""
-        return self.state.next_shard

@@ -13,7 +13,8 @@ Layout (version 2)::
     DIR/shards/shard-NNNNNN.tar  WebDataset shards of ~output.shard_size bytes, numbered
                                without gaps (``shard-{000000..000123}.tar``), each with its
                                ``.idx.json`` (sample count and offsets)
-    DIR/sync.jsonl             the log of ``avf-data sync``
+    DIR/sync.jsonl             the log of ``avf-data sync``: one line per scored shard
+    DIR/sync/shard-NNNNNN.json its verdicts on that shard's clips
     DIR/manifest.jsonl, rejects.jsonl, stats.json, report.md, contact_sheet.png
     DIR/thumbs/                the few pictures the report shows
 
@@ -61,7 +62,7 @@ OWN_FILES = {
     MARKER,
     LOCK,
 }
-OWN_FOLDERS = {"shards", "segments", "thumbs", "demo-inputs"}
+OWN_FOLDERS = {"shards", "segments", "thumbs", "sync", "demo-inputs"}
 # the only names the store ever deletes in its folders
 SEGMENT_NAME = re.compile(r"^[0-9a-f]{16}\.tar$")
 THUMB_NAME = re.compile(r"^(r[0-9a-f]{16}|[0-9a-f]{16}_\d{4,})\.jpg$")
@@ -93,6 +94,7 @@ class OutputFolder:
         self.shards = root / "shards"
         self.segments = root / "segments"
         self.thumbs = root / "thumbs"
+        self.sync_decisions = root / "sync"
 
     def __repr__(self) -> str:
         return f"OutputFolder({str(self.root)!r})"
@@ -111,6 +113,10 @@ class OutputFolder:
 
     def segment(self, task_id: str) -> Path:
         return self.segments / f"{task_id}.tar"
+
+    def decisions(self, shard: str) -> Path:
+        """The sync pass's verdicts on the clips of ``shard`` (``shards/shard-NNNNNN.tar``)."""
+        return self.sync_decisions / (Path(shard).name[: -len(".tar")] + ".json")
 
     def thumb(self, name: str) -> Path:
         return self.thumbs / f"{name}.jpg"

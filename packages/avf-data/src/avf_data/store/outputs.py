@@ -79,25 +79,27 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 class _SyncDecisions:
-    """The sync pass's decisions, loaded one shard at a time (``sync.jsonl`` has a line per shard)."""
+    """The sync pass's verdicts, loaded one shard at a time (``sync/shard-NNNNNN.json``, for the
+    shards ``sync.jsonl`` lists)."""
 
     def __init__(self, folder: OutputFolder) -> None:
-        self.log = JsonLog(folder.sync_log)
+        self.folder = folder
         self.header: dict[str, Any] | None = None
-        self.offsets: dict[str, int] = {}
-        for offset, line in self.log.iter_from(0):
+        self.scored: set[str] = set()
+        for _, line in JsonLog(folder.sync_log).iter_from(0):
             if line.get("kind") == "header":
                 self.header = line
             elif line.get("kind") == "shard":
-                self.offsets[line["shard"]] = offset
+                self.scored.add(line["shard"])
         self._shard: str | None = None
         self._clips: dict[str, dict[str, Any]] = {}
 
     def for_shard(self, shard: str) -> dict[str, dict[str, Any]]:
         if shard != self._shard:
             self._shard = shard
-            offset = self.offsets.get(shard)
-            self._clips = self.log.read_at(offset)["clips"] if offset is not None else {}
+            self._clips = {}
+            if shard in self.scored:
+                self._clips = json.loads(self.folder.decisions(shard).read_text(encoding="utf-8"))
         return self._clips
 
 
@@ -206,7 +208,7 @@ class _OutputsPass:
 
     def stats(self, sizes: dict[str, int]) -> dict[str, Any]:
         folder, sealed = self.folder, self.sealed
-        scored = sum(1 for n in range(sealed) if folder.shard_name(n) in self.sync.offsets)
+        scored = sum(1 for n in range(sealed) if folder.shard_name(n) in self.sync.scored)
         if self.sync.header is not None and sealed and scored == sealed:
             self.acc.judged_by_syncnet()
         stats = self.acc.result()
