@@ -38,17 +38,6 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def task_lines(out: Path) -> list[dict]:
-    """The ``task`` lines of a build folder's log (one per finished task)."""
-    return [line for line in read_jsonl(Path(out) / "build.jsonl") if line.get("kind") == "task"]
-
-
-def input_records(out: Path):
-    """Every finished input's record in a build folder's log."""
-    for line in task_lines(out):
-        yield from line["inputs"]
-
-
 @pytest.fixture(scope="session")
 def demo_build(demo_inputs, tmp_path_factory):
     """The whole demo set curated once with the local engine (2 workers)."""

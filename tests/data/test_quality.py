@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from avf_data.stages.quality import QualityConfig, QualityResult, measure_quality, quality_reject_reason
+from avf_data.stages.quality import QualityConfig, QualityResult, measure_quality, quality_verdict
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def talking(face: np.ndarray, n: int = 50, size: int = 160) -> np.ndarray:
 def test_sharp_talking_clip_is_kept(face):
     q = measure_quality(talking(face))
     assert q.blur > 200 and q.motion > 1.0 and q.frozen_fraction == 0.0 and q.contrast > 20
-    assert quality_reject_reason(q, QualityConfig()) is None
+    assert quality_verdict(q, QualityConfig()) is None
     json.dumps(q.to_json())
 
 
@@ -45,8 +45,8 @@ def test_gaussian_blurred_clip_is_rejected(face, sigma):
     blurred = np.stack([cv2.GaussianBlur(f, (0, 0), sigma) for f in clip])
     q_sharp, q_blur = measure_quality(clip), measure_quality(blurred)
     assert q_blur.blur < q_sharp.blur / 10
-    reason = quality_reject_reason(q_blur, QualityConfig())
-    assert reason is not None and reason.startswith("blurry") and "variance of Laplacian" in reason
+    code, reason = quality_verdict(q_blur, QualityConfig())
+    assert code == "quality.blur" and "variance of Laplacian" in reason
 
 
 def test_blur_measure_is_roughly_size_independent(face):
@@ -62,15 +62,15 @@ def test_blur_measure_is_roughly_size_independent(face):
 def test_median_over_frames_ignores_a_few_blurred_frames(face):
     clip = talking(face, n=40)
     clip[::8] = np.stack([cv2.GaussianBlur(f, (0, 0), 4) for f in clip[::8]])  # 5 of 40 blurred
-    assert quality_reject_reason(measure_quality(clip), QualityConfig()) is None
+    assert quality_verdict(measure_quality(clip), QualityConfig()) is None
 
 
 def test_static_clip_is_rejected_as_frozen(face):
     still = np.repeat(face[None], 50, axis=0)
     q = measure_quality(still)
     assert q.motion == 0.0 and q.frozen_fraction == 1.0 and q.blur > 200
-    reason = quality_reject_reason(q, QualityConfig())
-    assert reason is not None and reason.startswith("frozen video") and "mean frame difference" in reason
+    code, reason = quality_verdict(q, QualityConfig())
+    assert code == "quality.frozen" and "mean frame difference" in reason
 
 
 def test_h264_encoded_still_image_is_rejected(face, tmp_path):
@@ -90,7 +90,7 @@ def test_h264_encoded_still_image_is_rejected(face, tmp_path):
     q = measure_quality(decoded)
     assert len(decoded) == 40 and q.blur > QualityConfig().min_blur_variance
     assert q.motion < QualityConfig().min_motion
-    assert quality_reject_reason(q, QualityConfig()).startswith("frozen video")
+    assert quality_verdict(q, QualityConfig())[0] == "quality.frozen"
 
 
 def test_small_pixel_noise_alone_does_not_count_as_motion(face):
@@ -100,7 +100,7 @@ def test_small_pixel_noise_alone_does_not_count_as_motion(face):
     )
     q = measure_quality(still)
     assert q.motion < QualityConfig().min_motion < measure_quality(talking(face)).motion
-    assert quality_reject_reason(q, QualityConfig()).startswith("frozen video")
+    assert quality_verdict(q, QualityConfig())[0] == "quality.frozen"
 
 
 def test_clip_frozen_for_most_of_its_length_is_rejected(face):
@@ -109,14 +109,15 @@ def test_clip_frozen_for_most_of_its_length_is_rejected(face):
     q = measure_quality(clip)
     assert q.motion > QualityConfig().min_motion  # the average alone would keep it
     assert q.frozen_fraction > 0.6
-    assert "frame transitions identical" in quality_reject_reason(q, QualityConfig())
+    assert quality_verdict(q, QualityConfig())[0] == "quality.frozen"
+    assert "frame transitions identical" in quality_verdict(q, QualityConfig())[1]
 
 
 def test_flat_clip_is_rejected(face):
     flat = np.full((30, 160, 160, 3), 118, np.uint8)
     q = measure_quality(flat)
     assert q.contrast == 0.0 and q.blur == 0.0
-    assert quality_reject_reason(q, QualityConfig()).startswith("flat video")
+    assert quality_verdict(q, QualityConfig())[0] == "quality.flat"
 
 
 def test_single_frame_and_empty():
@@ -124,18 +125,18 @@ def test_single_frame_and_empty():
     one = rng.integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
     q = measure_quality(one)
     assert q.n_frames == 1 and q.frozen_fraction is None
-    assert quality_reject_reason(q, QualityConfig()) == "frozen video: single frame"
+    assert quality_verdict(q, QualityConfig()) == ("quality.frozen", "frozen video: single frame")
     q0 = measure_quality(np.zeros((0, 64, 64, 3), np.uint8))
-    assert quality_reject_reason(q0, QualityConfig()) is not None
+    assert quality_verdict(q0, QualityConfig()) is not None
 
 
 def test_thresholds_come_from_config(face):
     q = measure_quality(talking(face))
-    assert quality_reject_reason(q, QualityConfig(min_blur_variance=q.blur + 1)).startswith("blurry")
-    assert quality_reject_reason(q, QualityConfig(min_motion=q.motion + 1)).startswith("frozen")
+    assert quality_verdict(q, QualityConfig(min_blur_variance=q.blur + 1))[0] == "quality.blur"
+    assert quality_verdict(q, QualityConfig(min_motion=q.motion + 1))[0] == "quality.frozen"
     # A result built by hand with only the two interface fields is judged on those.
-    assert quality_reject_reason(QualityResult(blur=100.0, motion=1.0), QualityConfig()) is None
-    assert quality_reject_reason(QualityResult(blur=10.0, motion=1.0), QualityConfig()).startswith("blurry")
+    assert quality_verdict(QualityResult(blur=100.0, motion=1.0), QualityConfig()) is None
+    assert quality_verdict(QualityResult(blur=10.0, motion=1.0), QualityConfig())[0] == "quality.blur"
 
 
 def test_bad_input_shape():

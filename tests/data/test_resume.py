@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import input_records
+from build_logs import input_records
 
 from avf_data.shards import iter_raw_samples
 
@@ -137,12 +137,12 @@ def test_worker_crash_is_retried_then_rejected(demo_build, tmp_path):
     (inject / "sitecustomize.py").write_text(
         "import os\n"
         "import avf_data.pipeline as p\n"
-        "_real = p._run_stages\n"
+        "_real = p.curate_input\n"
         "def _crashing(path, *a, **k):\n"
         "    if os.path.basename(path) == 'no_face.mp4':\n"
         "        os._exit(70)\n"
         "    return _real(path, *a, **k)\n"
-        "p._run_stages = _crashing\n"
+        "p.curate_input = _crashing\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(inject), os.environ.get("PYTHONPATH")])))
     r = subprocess.run(

@@ -193,7 +193,7 @@ def test_kill_9_and_rerun_loses_and_duplicates_nothing(corpus, tmp_path):
     for s in iter_raw_samples(sorted(str(p) for p in (out / "shards").glob("*.tar"))):
         meta = json.loads(s["json"])
         assert meta["sync_method"] == "syncnet_v2" and meta["sync_enforced"] is True
-        assert meta["sync_build"]["method"] != "syncnet_v2"  # the build's measurement is kept beside it
+        assert meta["sync_estimate"]["method"] != "syncnet_v2"  # the build's estimate is kept beside it
     assert all(m["sync_method"] == "syncnet_v2" and m["sync_input"] == "source" for m in manifest)
 
 

@@ -6,7 +6,7 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import read_jsonl, task_lines
+from build_logs import read_jsonl, task_lines
 
 from avf_data.config import BuildConfig
 

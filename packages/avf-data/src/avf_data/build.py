@@ -28,6 +28,7 @@ from .engines import Task, default_workers, run_local, run_ray
 from .inputs import InputPlan, input_id
 from .media import MediaError, check_file, path_text
 from .pipeline import rejected_input, task_id
+from .stages import registry
 from .store.build_store import BuildStore
 from .store.examples import Reservoir, reject_row_id, unit_hash
 from .store.folder import THUMB_NAME, FolderLock, OutputFolder, claim
@@ -246,6 +247,7 @@ def _build_locked(
         report_examples=cfg.output.report_examples,
         thumbnails=cfg.output.thumbnails,
         progress=progress,
+        stage_order=["decode", *registry.names()],
     )
 
 

@@ -236,6 +236,10 @@ class Chunk(FramesWithAudio):
     def num_frames(self) -> int:
         return int(len(self.small))
 
+    def time_of(self, k: int, digits: int = 6) -> float:
+        """Seconds into the input of chunk frame ``k``."""
+        return round((k + self.start_frame) / self.fps, digits)
+
     def nearest_analysis(self, k: int) -> np.ndarray:
         """The analysis frame nearest to frame ``k`` (dlib samples, thumbnails)."""
         best = min(self.analysis, key=lambda i: abs(i - k))
@@ -410,7 +414,7 @@ class _Detector:
         self.width = plan.detect_width
 
     def _run(self, analysis: np.ndarray, width: int, a_scale: float) -> list[Face]:
-        from .stages.crop import detect_faces
+        from .stages.retinaface import detect_faces
 
         h, w = analysis.shape[:2]
         s = 1.0

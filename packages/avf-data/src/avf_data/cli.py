@@ -11,14 +11,7 @@ BUILD_HELP = """\
 Curate raw talking-face videos into WebDataset shards (paper §4.1, five stages):
 
   decode   one pass, any frame rate (also variable) to 25 fps by timestamp, audio 16 kHz mono
-  1 scene    PySceneDetect AdaptiveDetector cuts; short or incomplete segments dropped
-  2 face     dlib HOG detector on a few frames per segment: no face / several / tiny / distorted
-  3 silence  librosa.effects.split: clips hold continuous speech, min/max length
-  4 crop     RetinaFace every 5th frame (interpolated), Savitzky-Golay smoothed centre,
-             one window per clip from the largest face x margin (kept inside the frame), 160x160
-  5 sync     SyncNet v2 with weights (--syncnet-weights, sync.weights or AVF_SYNCNET_WEIGHTS);
-             without weights sync is only MEASURED (weight-free scorer), never enforced
-    quality  blur / frozen / flat video
+{stages}
 
 Every stage has a mode in its config section: off | measure (record scores, keep the clip
 and list the failing code in its "flags") | enforce (reject). Every second of every input
@@ -43,7 +36,7 @@ examples:
   avf-data build videos/ --out corpus --engine ray --ray-address auto --config curation.yaml
   avf-data build videos/ --out corpus --syncnet-weights syncnet_v2.model
 
-config (YAML, only what changes; sections: media scene face silence crop sync quality output):
+config (YAML, only what changes; sections: {sections}):
   crop: {out_size: 224, margin: 1.6}
   quality: {mode: measure}
   sync: {require_syncnet: true, weights: /models/syncnet_v2.model}
@@ -136,6 +129,31 @@ def _importer_doc() -> str:
         return "labelled CSV -> labelled shards"
 
 
+def stage_lines() -> str:
+    """The stages of the registry, one per line with its codes (the --help of build)."""
+    import textwrap
+
+    try:
+        from .stages import registry
+    except ModuleNotFoundError as exc:  # the light install: no detectors, no stage list
+        return f"  (the stages need the curation extra, which this install lacks: no module {exc.name!r})"
+    lines = []
+    for cls in registry.STAGES:
+        text = f"{cls.summary}; codes: {', '.join(cls.codes)}"
+        wrapped = textwrap.wrap(text, 80)
+        lines.append(f"  {cls.name:8} {wrapped[0]}")
+        lines += [f"           {more}" for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def section_names() -> str:
+    try:
+        from .stages import registry
+    except ModuleNotFoundError:
+        return "media, <one per stage>, output"
+    return " ".join(["media", *registry.names(), "output"])
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avf-data",
@@ -148,7 +166,7 @@ def make_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "build",
         help="curate videos into shards",
-        description=BUILD_HELP,
+        description=BUILD_HELP.replace("{stages}", stage_lines()).replace("{sections}", section_names()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     b.add_argument(

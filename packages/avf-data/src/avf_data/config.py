@@ -1,5 +1,7 @@
-"""Typed configuration of ``avf-data build``: one dataclass per stage, nested in BuildConfig.
+"""Typed configuration of ``avf-data build``: media and output settings, and one section per stage.
 
+The stage sections are the ``Config`` dataclasses of the stages in
+:mod:`avf_data.stages.registry`, in pipeline order; ``cfg.crop`` is the crop stage's section.
 Every field has a default, so a YAML file only lists what it changes, e.g.::
 
     crop:
@@ -21,14 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .media import MediaConfig
-from .settings import ConfigError, gather, parse_size, to_dict, update
+from .settings import ConfigError, coerce, gather, parse_size, to_dict, update
+from .stages import registry
 from .stages.base import MODES
-from .stages.crop import CropConfig
-from .stages.face_filter import FaceFilterConfig
-from .stages.quality import QualityConfig
-from .stages.scene import SceneConfig
-from .stages.silence import SilenceConfig
-from .stages.sync import SyncConfig
 
 PIPELINE_VERSION = "avf-data-curation/2"
 
@@ -59,27 +56,41 @@ class OutputConfig:
         return parse_size(self.shard_size, "output.shard_size")
 
 
-STAGE_SECTIONS = ("scene", "face", "silence", "crop", "sync", "quality")
-
-
 @dataclass
 class BuildConfig:
-    """Everything ``avf-data build`` needs besides the input list and output folder."""
+    """Everything ``avf-data build`` needs besides the input list and output folder.
+
+    ``sections``: the config section of every stage, by stage name, in pipeline order (from
+    the stage registry), so a new stage brings its own section; ``cfg.<stage name>`` reads one.
+    ``curate=False`` (``import --no-curate``): no detection at all; every input becomes one
+    clip, centre-cropped to a square and resized to ``crop.out_size``.
+    """
 
     media: MediaConfig = field(default_factory=MediaConfig)
-    scene: SceneConfig = field(default_factory=SceneConfig)
-    face: FaceFilterConfig = field(default_factory=FaceFilterConfig)
-    silence: SilenceConfig = field(default_factory=SilenceConfig)
-    crop: CropConfig = field(default_factory=CropConfig)
-    sync: SyncConfig = field(default_factory=SyncConfig)
-    quality: QualityConfig = field(default_factory=QualityConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
-    # curate=False (``import --no-curate``): no detection at all; every input becomes one
-    # clip, centre-cropped to a square and resized to crop.out_size.
     curate: bool = True
+    sections: dict[str, Any] = field(default_factory=registry.default_sections)
+
+    def __getattr__(self, name: str) -> Any:
+        sections = self.__dict__.get("sections") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"BuildConfig has no field or stage section {name!r}")
+
+    def replace(self, **changes: Any) -> BuildConfig:
+        """A copy with fields or stage sections replaced: ``cfg.replace(sync=..., output=...)``."""
+        sections = {k: v for k, v in changes.items() if k in self.sections}
+        rest = {k: v for k, v in changes.items() if k not in sections}
+        return dataclasses.replace(self, **rest, sections={**self.sections, **sections})
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        """The YAML layout: ``media``, one mapping per stage, ``output``, ``curate``."""
+        return {
+            "media": to_dict(self.media),
+            **{name: to_dict(section) for name, section in self.sections.items()},
+            "output": to_dict(self.output),
+            "curate": self.curate,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> BuildConfig:
@@ -90,16 +101,25 @@ class BuildConfig:
             old = output.pop("shard_max_count")
             output.setdefault("max_clips_per_shard", old)
             data["output"] = output
-        cfg = update(cls(), data)
+        cfg = cls()
+        for key, value in data.items():
+            if key in cfg.sections:
+                update(cfg.sections[key], value if value is not None else {}, prefix=f"{key}.")
+            elif key in ("media", "output"):
+                update(getattr(cfg, key), value if value is not None else {}, prefix=f"{key}.")
+            elif key == "curate":
+                cfg.curate = coerce(value, bool, key)
+            else:
+                valid = ", ".join(["media", *cfg.sections, "output", "curate"])
+                raise ConfigError(f"unknown config key '{key}'; valid keys: {valid}")
         for name in ("inputs_per_task", "max_clips_per_shard"):
             value = getattr(cfg.output, name)
             if value is not None and value < 1:
                 raise ConfigError(f"config key 'output.{name}' must be >= 1, got {value}")
         cfg.output.shard_bytes  # noqa: B018 - a bad size fails here, naming the key
-        for section in STAGE_SECTIONS:
-            mode = getattr(cfg, section).mode
-            if mode not in MODES:
-                raise ConfigError(f"config key '{section}.mode' must be one of {', '.join(MODES)}, got {mode!r}")
+        for name, section in cfg.sections.items():
+            if section.mode not in MODES:
+                raise ConfigError(f"config key '{name}.mode' must be one of {', '.join(MODES)}, got {section.mode!r}")
         return cfg
 
 
@@ -116,8 +136,7 @@ def lenient(cfg: BuildConfig) -> BuildConfig:
     whole clip kept up to the chunk length, a looser face check, sync and quality measured
     but not enforced."""
     r = dataclasses.replace
-    return r(
-        cfg,
+    return cfg.replace(
         scene=r(cfg.scene, mode="off"),
         silence=r(cfg.silence, mode="off"),
         sync=r(cfg.sync, mode="measure"),

@@ -33,11 +33,12 @@ from .inputs import input_id
 from .media import MediaError, MediaReader, path_text, probe_seconds
 from .rows import ManifestRow, RejectRow
 from .shards import ClipSample
+from .stages import registry
+from .stages.base import Span, Stage, run_stages
 from .store.examples import reject_row_id, unit_hash, wants_thumb
 from .store.folder import OutputFolder
 from .tars import SampleTarWriter
 
-STAGES = ["decode", "scene", "face", "silence", "crop", "sync", "quality"]
 _OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 
 
@@ -50,13 +51,12 @@ def clip_key(iid: str, index: int) -> str:
 
 @dataclass
 class WorkerContext:
-    """What a worker builds once and reuses for every input: the sync scorer and the stages."""
+    """What a worker builds once and reuses for every input: its stage units (the sync
+    stage's scorer among them) and the fields they add to every input's record."""
 
     cfg: BuildConfig
-    scorer: Any = None
-    scorer_error: str | None = None
-    sync_enforced: bool = False
-    stages: list[Any] = field(default_factory=list)
+    stages: list[Stage]
+    record: dict[str, Any]
 
 
 _CTX: dict[str, WorkerContext] = {}
@@ -79,71 +79,29 @@ def limit_threads() -> None:
 
 
 def preload_modules() -> None:
-    """Import the heavy libraries once; the local engine calls this before forking workers so
-    that every worker inherits them instead of importing them again."""
+    """Import the heavy libraries and load every stage's models once: the local engine's fork
+    server and each Ray actor call this before their first task, so workers never pay for it."""
     import importlib
 
-    for name in (
-        "cv2",
-        "av",
-        "soundfile",
-        "scipy.signal",
-        "librosa",
-        "librosa.feature",
-        "librosa.effects",
-        "scenedetect",
-        "dlib",
-        "onnxruntime",
-        "retinaface",
-        "avf_data.stages.sync",
-        "avf_data.stages.quality",
-        "avf_data.chunks",
-    ):
+    for name in ("cv2", "av", "soundfile", "scenedetect", "dlib", "onnxruntime", "retinaface", "avf_data.chunks"):
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    import librosa
-
-    librosa.feature.rms  # noqa: B018 - resolve the lazy submodules now
-    librosa.effects.split  # noqa: B018
-    # the detectors too (dlib's HOG model takes ~0.3 s to load, the ONNX session ~0.2 s): made
-    # once here, every forked worker inherits them ready to use
-    from .stages.crop import _ensure_session
-    from .stages.face_filter import get_dlib_detector
-
-    get_dlib_detector()
-    _ensure_session()
-
-
-def sync_enforced(cfg: BuildConfig, scorer: Any) -> bool:
-    """Whether the sync stage rejects: only a trained model (SyncNet) can decide sync on real
-    faces, so the weight-free fallback measures unless ``sync.enforce_fallback``."""
-    from .stages.sync import METHOD_SYNCNET
-
-    if cfg.sync.mode != "enforce" or scorer is None:
-        return False
-    return getattr(scorer, "method", None) == METHOD_SYNCNET or cfg.sync.enforce_fallback
+    registry.preload()
 
 
 def get_context(cfg: BuildConfig, weights: str | None) -> WorkerContext:
     """The per-process context, built on first use (so once per worker process)."""
-    from .stages.units import build_stages
-
     key = f"{cfg.to_dict()!r}:{weights}"
     ctx = _CTX.get(key)
     if ctx is None:
         limit_threads()
-        ctx = WorkerContext(cfg=cfg)
-        if cfg.curate and cfg.sync.mode != "off":
-            try:
-                from .stages.sync import build_sync_scorer
-
-                ctx.scorer = build_sync_scorer(cfg.sync, weights or None)
-            except ImportError as exc:
-                ctx.scorer_error = f"sync stage unavailable: {exc}"
-        ctx.sync_enforced = sync_enforced(cfg, ctx.scorer)
-        ctx.stages = build_stages(cfg, ctx.scorer, ctx.sync_enforced, ctx.scorer_error)
+        stages = registry.build(cfg.sections, weights, curate=cfg.curate)
+        record: dict[str, Any] = {}
+        for stage in stages:
+            record.update(stage.record())
+        ctx = WorkerContext(cfg=cfg, stages=stages, record=record)
         _CTX.clear()
         _CTX[key] = ctx
     return ctx
@@ -161,8 +119,6 @@ class InputResult:
     manifest: list[dict[str, Any]] = field(default_factory=list)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    sync_methods: list[str] = field(default_factory=list)
-    sync_enforced: bool = False
     source_fps: float | None = None
     source_vfr: bool | None = None
     source_size: list[int] | None = None
@@ -170,6 +126,7 @@ class InputResult:
     cpu_seconds: float = 0.0
     peak_rss_mb: float = 0.0  # of the worker process so far (benchmarks, memory goals)
     timing: dict[str, float] = field(default_factory=dict)  # CPU seconds spent per stage
+    stage_fields: dict[str, Any] = field(default_factory=dict)  # what the stages add (the sync scorer)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timing[stage] = round(self.timing.get(stage, 0.0) + seconds, 4)
@@ -187,7 +144,8 @@ class InputResult:
         return row
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        rec = dataclasses.asdict(self)
+        return {**rec, **rec.pop("stage_fields")}
 
 
 class Thumbs:
@@ -225,7 +183,7 @@ def _frames_of(seconds: float, fps: float) -> int:
 # --------------------------------------------------------------------------- the pipeline
 
 
-def _run_stages(
+def curate_input(
     path: str,
     cfg: BuildConfig,
     weights: str | None,
@@ -234,81 +192,81 @@ def _run_stages(
     encode: bool,
     thumbs: Thumbs | None = None,
 ) -> tuple[InputResult, list[Any], float]:
-    """Decode one input and run the stages. Returns its (unfinished) result, the accepted
-    samples (encoded ``{ext: bytes}`` dicts, or ClipSample when ``encode`` is false) in
-    manifest order, and the start time. Never raises for a bad input: problems become rows."""
-    from .chunks import iter_chunks
-
-    t0 = time.perf_counter()
-    c0 = time.process_time()
+    """Decode one input and run the stages on it. Returns its (unfinished) result, the
+    accepted samples (encoded ``{ext: bytes}`` dicts, or ClipSample when ``encode`` is false)
+    in manifest order, and the start time. Never raises for a bad input: problems become rows."""
+    t0, c0 = time.perf_counter(), time.process_time()
     ctx = get_context(cfg, weights)
-    res = InputResult(input_id=iid, source=path_text(path), sync_enforced=ctx.sync_enforced)
-    if cfg.curate and cfg.sync.mode != "off":
-        res.sync_methods = [getattr(ctx.scorer, "method", "none")]
+    res = InputResult(input_id=iid, source=path_text(path), stage_fields=dict(ctx.record))
     samples: list[Any] = []  # encoded (mp4/wav bytes): small, unlike raw crops
-    fps = cfg.media.fps
-
-    def reject_input(code: str, reason: str, **extra: Any) -> tuple[InputResult, list[Any], float]:
-        samples.clear()
-        res.manifest.clear()
-        res.rejects.clear()
-        res.stages.clear()
-        probed = probe_seconds(path)
-        dur = max(res.seconds, round(_frames_of(probed, fps) / fps, 6))
-        res.seconds, res.frames = dur, 0
-        res.count("decode", 1, 0, dur, 0.0)
-        res.reject("decode" if code.startswith("decode.") else "error", 0.0, dur, code, reason, **extra)
-        return res, [], t0
-
-    clip_index = 0
     try:
         with MediaReader(path, cfg.media) as reader:
             res.source_fps = round(reader.info.fps, 3)
-            plan = _chunk_plan(cfg)
-            chunks = iter_chunks(reader, plan)
-            while True:
-                td = time.process_time()
-                chunk = next(chunks, None)
-                res.add_time("decode", time.process_time() - td)
-                if chunk is None:
-                    break
-                res.frames += chunk.num_frames
-                res.seconds = round(res.frames / fps, 6)
+            clip_index = 0
+            for chunk in _chunks(reader, cfg, res):
                 clip_index = _curate(chunk, res, ctx, thumbs, label, clip_index, samples, encode)
-                del chunk
-            info, clock = reader.info, reader.clock
-            res.source_vfr = clock.vfr
-            res.source_size = [info.width, info.height]
-            decoded = res.seconds
-            res.count("decode", 1, 1, decoded, decoded)
-            tail = _frames_of(info.duration, fps) - res.frames
-            if clock.truncated_error is not None or tail >= _frames_of(cfg.media.truncated_seconds, fps) > 0:
-                if tail > 0:
-                    end = round((res.frames + tail) / fps, 6)
-                    why = f": {clock.truncated_error}" if clock.truncated_error else ""
-                    res.reject(
-                        "decode",
-                        decoded,
-                        end,
-                        "decode.truncated",
-                        f"truncated: the container promises {info.duration:.2f} s, {decoded:.2f} s decode{why}",
-                    )
-                    res.count("decode", 0, 0, end - decoded, 0.0)
-                    res.seconds = end
+            _account_tail(reader, cfg.media, res)
     except MediaError as exc:
-        return reject_input(exc.code, str(exc))
+        return _rejected_whole(path, res, cfg.media.fps, exc.code, str(exc)), [], t0
     except OSError as exc:
         if exc.errno in _OUTPUT_ERRNOS:  # our disk, not the input: stop the run, a rerun resumes
             raise
-        return reject_input(
-            "error.internal", f"internal error: {type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=4)
-        )
+        return _internal_error(path, res, cfg, exc), [], t0
     except Exception as exc:  # a bug or an unexpected library error: the input is rejected, the run goes on
-        return reject_input(
-            "error.internal", f"internal error: {type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=4)
-        )
+        return _internal_error(path, res, cfg, exc), [], t0
     res.cpu_seconds = round(time.process_time() - c0, 4)
     return res, samples, t0
+
+
+def _chunks(reader: MediaReader, cfg: BuildConfig, res: InputResult):
+    """The input's chunks, their decoding timed and their frames counted."""
+    from .chunks import iter_chunks
+
+    chunks = iter_chunks(reader, _chunk_plan(cfg))
+    while True:
+        td = time.process_time()
+        chunk = next(chunks, None)
+        res.add_time("decode", time.process_time() - td)
+        if chunk is None:
+            return
+        res.frames += chunk.num_frames
+        res.seconds = round(res.frames / cfg.media.fps, 6)
+        yield chunk
+
+
+def _account_tail(reader: MediaReader, media, res: InputResult) -> None:
+    """Count the decoded seconds; an undecodable tail the container promises is a reject row."""
+    fps = media.fps
+    info, clock = reader.info, reader.clock
+    res.source_vfr = clock.vfr
+    res.source_size = [info.width, info.height]
+    decoded = res.seconds
+    res.count("decode", 1, 1, decoded, decoded)
+    tail = _frames_of(info.duration, fps) - res.frames
+    if tail > 0 and (clock.truncated_error is not None or tail >= _frames_of(media.truncated_seconds, fps) > 0):
+        end = round((res.frames + tail) / fps, 6)
+        why = f": {clock.truncated_error}" if clock.truncated_error else ""
+        reason = f"truncated: the container promises {info.duration:.2f} s, {decoded:.2f} s decode{why}"
+        res.reject("decode", decoded, end, "decode.truncated", reason)
+        res.count("decode", 0, 0, end - decoded, 0.0)
+        res.seconds = end
+
+
+def _rejected_whole(path: str, res: InputResult, fps: float, code: str, reason: str, **extra: Any) -> InputResult:
+    """The input rejected as a whole: one row spanning its container duration."""
+    res.manifest.clear()
+    res.rejects.clear()
+    res.stages.clear()
+    dur = max(res.seconds, round(_frames_of(probe_seconds(path), fps) / fps, 6))
+    res.seconds, res.frames = dur, 0
+    res.count("decode", 1, 0, dur, 0.0)
+    res.reject("decode" if code.startswith("decode.") else "error", 0.0, dur, code, reason, **extra)
+    return res
+
+
+def _internal_error(path: str, res: InputResult, cfg: BuildConfig, exc: BaseException) -> InputResult:
+    reason = f"internal error: {type(exc).__name__}: {exc}"
+    return _rejected_whole(path, res, cfg.media.fps, "error.internal", reason, traceback=traceback.format_exc(limit=4))
 
 
 def _chunk_plan(cfg: BuildConfig):
@@ -344,10 +302,6 @@ def _curate(
 ) -> int:
     """The stages on one chunk of an input; appends encoded samples; returns the next clip
     index. Frame indices are chunk-relative; rows get absolute seconds."""
-    from .stages.base import Span, run_stages
-    from .stages.units import ChunkContext
-
-    cfg = ctx.cfg
     fps = chunk.fps
     f0 = chunk.start_frame
 
@@ -363,8 +317,7 @@ def _curate(
         res.count(stage, n_in, n_out, fr_in / fps, fr_out / fps)
         res.add_time(stage, cpu)
 
-    stage_ctx = ChunkContext(chunk=chunk, cfg=cfg, scorer=ctx.scorer, scorer_note=ctx.scorer_error)
-    spans = run_stages(ctx.stages, [Span(0, chunk.num_frames)], stage_ctx, reject, count)
+    spans = run_stages(ctx.stages, [Span(0, chunk.num_frames)], chunk, reject, count)
     te = time.process_time()
     for idx, span in enumerate(spans, start=clip_base):
         _accept(span, idx, chunk, res, ctx, label, samples, encode)
@@ -404,10 +357,10 @@ def _accept(
         "source_fps": round(chunk.source.fps, 3),
         "source_vfr": bool(chunk.source_vfr),
         "source_size": [chunk.source.width, chunk.source.height],
-        "sync_enforced": ctx.sync_enforced,
+        "sync_method": "none",  # the sync stage's meta replaces these when it ran
+        "sync_enforced": False,
         **span.meta,
     }
-    meta.setdefault("sync_method", "none" if cfg.sync.mode == "off" or not cfg.curate else meta.get("sync_method"))
     lab = None
     if label is not None:
         meta.update({k: v for k, v in label.items() if v is not None or k in ("subject", "fold")})
@@ -462,7 +415,7 @@ def process_task(
         for (path, label), iid in zip(items, iids, strict=True):
             if before_input is not None:
                 before_input(path)
-            res, _, t0 = _run_stages(path, cfg, weights, label, iid, True)
+            res, _, t0 = curate_input(path, cfg, weights, label, iid, True)
             records.append(_finish(res, t0))
         return {"task_id": tid, "seq": seq, "n": len(items), "segment": None, "inputs": records}
     folder = OutputFolder(out)
@@ -474,7 +427,7 @@ def process_task(
         for (path, label), iid in zip(items, iids, strict=True):
             if before_input is not None:
                 before_input(path)
-            res, samples, t0 = _run_stages(path, cfg, weights, label, iid, True, pictures)
+            res, samples, t0 = curate_input(path, cfg, weights, label, iid, True, pictures)
             tw = time.process_time()
             for sample in samples:
                 writer.write(sample)
@@ -513,7 +466,7 @@ def process_input(
     ``keep_samples`` (a list) the accepted clips are appended to it unencoded. Never raises
     for a bad input."""
     encode = keep_samples is None
-    res, samples, t0 = _run_stages(path, cfg, weights, label, input_id(path), encode)
+    res, samples, t0 = curate_input(path, cfg, weights, label, input_id(path), encode)
     if keep_samples is not None:
         keep_samples.extend(samples)
     return _finish(res, t0)

@@ -86,8 +86,13 @@ class ManifestRow:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], label: dict[str, Any] | None = None) -> ManifestRow:
-        """The row of a sample from its json metadata (and the import's label fields)."""
+        """The row of a sample from its json metadata (and the import's label fields). Without
+        SyncNet the weight-free scorer's numbers are an estimate, not a verdict: they go to
+        ``sync_estimate`` and leave ``sync_offset``/``sync_confidence`` empty."""
         extra = {k: label.get(k) for k in LABEL_FIELDS if k in label} if label is not None else {}
+        estimate = meta.get("sync_estimate")
+        if estimate:
+            extra["sync_estimate"] = {k: estimate.get(k) for k in ("method", "offset_frames", "confidence")}
         return cls(
             key=meta["key"],
             source=meta["source"],

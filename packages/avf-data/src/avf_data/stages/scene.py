@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import Part, Span, Stage
+
 
 @dataclass
 class SceneConfig:
@@ -89,11 +91,11 @@ class Segment:
 
 def split_scenes(
     num_frames: int, cuts: list[int], fps: float, cfg: SceneConfig, audio_coverage: float = 1.0
-) -> tuple[list[Segment], list[tuple[Segment, str]]]:
-    """Cut ``[0, num_frames)`` at ``cuts``; returns kept segments and (segment, reason) rejects."""
+) -> tuple[list[Segment], list[tuple[Segment, str, str]]]:
+    """Cut ``[0, num_frames)`` at ``cuts``; returns kept segments and (segment, code, reason) rejects."""
     bounds = [0, *cuts, num_frames]
     kept: list[Segment] = []
-    rejected: list[tuple[Segment, str]] = []
+    rejected: list[tuple[Segment, str, str]] = []
     min_frames = int(round(cfg.min_segment_seconds * fps))
     covered_until = int(np.floor(audio_coverage * num_frames + 1e-6))
     for a, b in itertools.pairwise(bounds):
@@ -101,11 +103,37 @@ def split_scenes(
             continue
         seg = Segment(a, b)
         if seg.length < min_frames:
-            rejected.append((seg, f"scene segment too short ({seg.length / fps:.2f} s < {cfg.min_segment_seconds} s)"))
+            why = f"scene segment too short ({seg.length / fps:.2f} s < {cfg.min_segment_seconds} s)"
+            rejected.append((seg, "scene.short", why))
             continue
         audio_part = max(0, min(b, covered_until) - a) / seg.length
         if audio_part < cfg.min_audio_coverage:
-            rejected.append((seg, f"incomplete: audio covers {audio_part:.0%} of the segment"))
+            rejected.append((seg, "scene.incomplete", f"incomplete: audio covers {audio_part:.0%} of the segment"))
             continue
         kept.append(seg)
     return kept, rejected
+
+
+class SceneStage(Stage):
+    """Stage 1: shot cuts; a segment too short to hold a clip, or whose audio ends early, out.
+    In ``measure`` mode the cuts are only recorded (``scene_cuts``)."""
+
+    name = "scene"
+    summary = "PySceneDetect AdaptiveDetector cuts; short or incomplete segments dropped"
+    Config = SceneConfig
+    codes = {
+        "scene.short": "a segment between two cuts is shorter than min_segment_seconds",
+        "scene.incomplete": "the audio track ends before the segment does",
+    }
+
+    def run(self, span: Span, chunk) -> list[Part]:
+        cuts = [span.start + c for c in detect_cuts(chunk.small[span.start : span.end], chunk.fps, self.cfg)]
+        if self.mode != "enforce":
+            return [Part(span.start, span.end, meta={"scene_cuts": [chunk.time_of(c, 3) for c in cuts]})]
+        kept, rejected = split_scenes(chunk.num_frames, cuts, chunk.fps, self.cfg, chunk.audio_coverage)
+        parts = [
+            Part(seg.start, seg.end, meta={"scene": {"start": chunk.time_of(seg.start), "end": chunk.time_of(seg.end)}})
+            for seg in kept
+        ]
+        parts += [Part(seg.start, seg.end, code, reason) for seg, code, reason in rejected]
+        return sorted(parts, key=lambda p: p.start)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .base import Part, Span, Stage
+
 
 @dataclass
 class SilenceConfig:
@@ -43,6 +45,7 @@ class Piece:
     start: int  # frame, relative to the segment
     end: int
     reason: str | None  # None = a speech clip to keep
+    code: str | None = None
 
 
 def speech_intervals(audio: np.ndarray, sample_rate: int, cfg: SilenceConfig) -> list[tuple[float, float]]:
@@ -92,10 +95,11 @@ def split_speech(
     max_f = max(min_f, int(round(cfg.max_clip_seconds * fps)))
     for fa, fb in frames_iv:
         if fa > cursor:
-            pieces.append(Piece(cursor, fa, f"silence ({(fa - cursor) / fps:.2f} s)"))
+            pieces.append(Piece(cursor, fa, f"silence ({(fa - cursor) / fps:.2f} s)", "silence.silence"))
         length = fb - fa
         if length < min_f:
-            pieces.append(Piece(fa, fb, f"speech too short ({length / fps:.2f} s < {cfg.min_clip_seconds} s)"))
+            why = f"speech too short ({length / fps:.2f} s < {cfg.min_clip_seconds} s)"
+            pieces.append(Piece(fa, fb, why, "silence.short"))
         else:
             n = max(1, math.ceil(length / max_f))
             edges = [fa + (k * length) // n for k in range(n + 1)]
@@ -103,6 +107,35 @@ def split_speech(
                 pieces.append(Piece(s, e, None))
         cursor = fb
     if cursor < num_frames:
-        text = "no speech" if not frames_iv else "silence"
-        pieces.append(Piece(cursor, num_frames, f"{text} ({(num_frames - cursor) / fps:.2f} s)"))
+        text, code = ("no speech", "silence.no_speech") if not frames_iv else ("silence", "silence.silence")
+        pieces.append(Piece(cursor, num_frames, f"{text} ({(num_frames - cursor) / fps:.2f} s)", code))
     return pieces
+
+
+class SilenceStage(Stage):
+    """Stage 3: clips hold continuous speech between min and max length; silence between them
+    is a reject row. In ``measure`` mode only the speech fraction is recorded."""
+
+    name = "silence"
+    summary = "librosa.effects.split: clips hold continuous speech, min/max length"
+    Config = SilenceConfig
+    codes = {
+        "silence.silence": "a pause between (or around) speech",
+        "silence.no_speech": "a segment without any speech",
+        "silence.short": "speech shorter than min_clip_seconds",
+    }
+
+    @classmethod
+    def preload(cls) -> None:
+        import librosa
+
+        librosa.feature.rms  # noqa: B018 - resolve the lazy submodules before workers fork
+        librosa.effects.split  # noqa: B018
+
+    def run(self, span: Span, chunk) -> list[Part]:
+        audio = chunk.audio_slice(span.start, span.end)
+        pieces = split_speech(audio, chunk.sample_rate, span.length, chunk.fps, self.cfg)
+        if self.mode != "enforce":
+            speech = sum(p.end - p.start for p in pieces if p.reason is None)
+            return [Part(span.start, span.end, meta={"speech_fraction": round(speech / max(1, span.length), 3)})]
+        return [Part(span.start + p.start, span.start + p.end, p.code, p.reason) for p in pieces]

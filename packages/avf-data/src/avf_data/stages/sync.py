@@ -61,15 +61,20 @@ Rejection (:func:`sync_reject_reason`): ``|offset| > max_offset_frames`` or
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from .base import Part, Span, Stage
 
 __all__ = [
     "SyncConfig",
     "SyncResult",
+    "SyncStage",
     "SyncScorer",
     "SyncView",
     "SyncInput",
@@ -151,8 +156,8 @@ class SyncResult:
         return d
 
 
-@runtime_checkable
-class SyncView(Protocol):
+@dataclass
+class SyncView:
     """What the pipeline hands a scorer for one clip (see :meth:`SyncScorer.score_clip`).
 
     crop_frames: (T, 160, 160, 3) uint8 RGB training crops at ``fps``.
@@ -161,16 +166,15 @@ class SyncView(Protocol):
         detections interpolated between detection frames), or None.
     cut_region(k, x0, y0, x1, y1, out_w, out_h): frame k's source-pixel
         rectangle, grey 110 outside the frame, resized (see
-        :data:`avf_data.stages.syncnet_input.CutRegion`).
+        :data:`avf_data.stages.syncnet_input.CutRegion`), or None.
     """
 
     crop_frames: np.ndarray
     audio: np.ndarray
     fps: float
     sample_rate: int
-    face_boxes: np.ndarray | None
-
-    def cut_region(self, k: int, x0: int, y0: int, x1: int, y1: int, out_w: int, out_h: int) -> np.ndarray: ...
+    face_boxes: np.ndarray | None = None
+    cut_region: Callable[[int, float, float, float, float, int, int], np.ndarray] | None = None
 
 
 @runtime_checkable
@@ -661,3 +665,80 @@ def build_sync_scorer(cfg: SyncConfig, weights_path: str | os.PathLike | None = 
 
     model = load_syncnet_v2(path, device=cfg.device)
     return SyncNetScorer(model, cfg)
+
+
+class SyncStage(Stage):
+    """Stage 5a: audio-visual sync. SyncNet v2 decides when its weights are given; without
+    them the weight-free scorer's numbers are recorded as an estimate (``sync_estimate``),
+    with no verdict and no flag, because on real faces it cannot tell in-sync audio from
+    audio shifted by five frames or from another speaker's (``sync.enforce_fallback`` lets
+    it decide anyway, for synthetic data)."""
+
+    name = "sync"
+    summary = (
+        "SyncNet v2 with weights (--syncnet-weights, sync.weights or AVF_SYNCNET_WEIGHTS); "
+        "without weights sync is only MEASURED (weight-free estimate), never enforced"
+    )
+    Config = SyncConfig
+    codes = {
+        "sync.offset": "audio and video are more than max_offset_frames apart",
+        "sync.confidence": "the scorer's confidence is below its threshold",
+        "sync.unmeasurable": "too short, silent or still to measure",
+    }
+
+    def __init__(self, cfg: SyncConfig, weights: str | None = None) -> None:
+        super().__init__(cfg, weights)
+        self.scorer: Any = None
+        self.note: str | None = None
+        if cfg.mode != "off":
+            try:
+                self.scorer = build_sync_scorer(cfg, weights or None)
+            except ImportError as exc:  # the curation extra without torch: recorded, not fatal
+                self.note = f"sync stage unavailable: {exc}"
+        method = getattr(self.scorer, "method", None)
+        self.decides = method == METHOD_SYNCNET or cfg.enforce_fallback  # its numbers are a verdict
+        self.enforced = cfg.mode == "enforce" and self.scorer is not None and self.decides
+        self.mode = "off" if cfg.mode == "off" else ("enforce" if self.enforced else "measure")
+
+    @classmethod
+    def preload(cls) -> None:
+        import scipy.signal  # noqa: F401 - used by the scorers; imported once before workers fork
+
+    def record(self) -> dict[str, Any]:
+        methods = [] if self.cfg.mode == "off" else [getattr(self.scorer, "method", "none")]
+        return {"sync_methods": methods, "sync_enforced": self.enforced}
+
+    def run(self, span: Span, chunk) -> list[Part]:
+        if self.scorer is None:
+            return [
+                Part(span.start, span.end, meta={"sync": {"method": "none", "note": self.note}, "sync_method": "none"})
+            ]
+        view = SyncView(
+            span.data["crop"],
+            chunk.audio_slice(span.start, span.end),
+            chunk.fps,
+            chunk.sample_rate,
+            span.data["face_boxes"],
+            functools.partial(_cut_source, chunk.regions, span.start),
+        )
+        r = self.scorer.score_clip(view)
+        sj = r.to_json()
+        if not self.decides:
+            meta = {"sync_estimate": sj, "sync_method": r.method, "sync_enforced": False}
+            return [Part(span.start, span.end, meta=meta, row={"sync_estimate": sj})]
+        meta = {
+            "sync": sj,
+            "sync_offset": sj["offset_frames"],
+            "sync_confidence": sj["confidence"],
+            "sync_method": r.method,
+            "sync_enforced": self.enforced,
+        }
+        code = sync_reject_code(r, self.cfg)
+        reason = sync_reject_reason(r, self.cfg) if code else None
+        return [Part(span.start, span.end, code, reason, meta=meta, row={"sync": sj})]
+
+
+def _cut_source(regions, start: int, k: int, x0: float, y0: float, x1: float, y1: float, w: int, h: int) -> np.ndarray:
+    """A source rectangle of clip frame ``k``, grey 110 outside the picture (as the reference
+    SyncNet pipeline pads)."""
+    return regions.cut(start + k, x0, y0, x1, y1, w, h, fill=110)

@@ -50,10 +50,12 @@ def write_outputs(
     report_examples: int = 12,
     thumbnails: bool = True,
     progress: bool = False,
+    stage_order: list[str] | None = None,
 ) -> dict[str, Any]:
     """(Re)write the outputs from the logs; returns the stats dict (see module doc).
 
     ``extra``: fields to add to stats.json (e.g. the pipeline version, the sync pass's summary).
+    ``stage_order``: the order of the stages' rows in the tables (the pipeline's).
     """
     sizes = log_sizes(folder)
     old = _read_json(folder.stats)
@@ -61,7 +63,7 @@ def write_outputs(
     if old.get("outputs_from") == sizes and data and folder.manifest.exists() and folder.rejects.exists():
         stats = {**old, **(extra or {}), "run": run_info}
     else:
-        stats, data = _stream(folder, sizes, report_examples, thumbnails, progress)
+        stats, data = _stream(folder, sizes, report_examples, thumbnails, progress, stage_order)
         stats.update(extra or {})
         stats["run"] = run_info
         write_atomic(folder.report_data, json.dumps(data, ensure_ascii=False))
@@ -154,11 +156,11 @@ class _ReportData:
 class _OutputsPass:
     """One pass over ``build.jsonl`` writing the manifest and the rejects (see module doc)."""
 
-    def __init__(self, folder: OutputFolder, k: int, man, rej, sync_rej) -> None:
+    def __init__(self, folder: OutputFolder, k: int, man, rej, sync_rej, stage_order: list[str] | None) -> None:
         self.folder, self.man, self.rej, self.sync_rej = folder, man, rej, sync_rej
         self.log = JsonLog(folder.build_log)
         self.sync = _SyncDecisions(folder)
-        self.acc = StatsAccumulator()
+        self.acc = StatsAccumulator(stage_order)
         self.report = _ReportData(k)
         self.task_at: dict[str, int] = {}  # tasks with clips not all emitted yet: their line's offset
         self.cache: OrderedDict[str, dict[str, Any]] = OrderedDict()  # the last task lines read
@@ -225,7 +227,7 @@ class _OutputsPass:
 
 
 def _stream(
-    folder: OutputFolder, sizes: dict[str, int], k: int, thumbnails: bool, progress: bool
+    folder: OutputFolder, sizes: dict[str, int], k: int, thumbnails: bool, progress: bool, stage_order
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     from tqdm import tqdm
 
@@ -235,7 +237,7 @@ def _stream(
     bar = tqdm(total=sizes["build"], unit="B", unit_scale=True, desc="outputs", file=sys.stderr, disable=not progress)
     with open(tmp_manifest, "w", encoding="utf-8") as man, open(tmp_rejects, "w", encoding="utf-8") as rej:
         with open(tmp_sync, "w", encoding="utf-8") as sync_rej:
-            run = _OutputsPass(folder, k, man, rej, sync_rej)
+            run = _OutputsPass(folder, k, man, rej, sync_rej, stage_order)
             last = 0
             for offset, line in run.log.iter_from(0, sizes["build"]):
                 bar.update(offset - last)

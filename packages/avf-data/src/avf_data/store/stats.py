@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-STAGES = ["decode", "scene", "face", "silence", "crop", "sync", "quality"]
 METHOD_SYNCNET = "syncnet_v2"  # the sync pass's scorer (avf_data.stages.sync names it so too)
 
 
@@ -28,10 +27,11 @@ def _stage_table() -> dict[str, float]:
 
 
 class StatsAccumulator:
-    """Totals over finished inputs, as :func:`result` returns them for ``stats.json``."""
+    """Totals over finished inputs, as :func:`result` returns them for ``stats.json``.
+    ``stage_order``: the stages' names as the tables list them (the pipeline's order)."""
 
-    def __init__(self) -> None:
-        self.stages: dict[str, dict[str, float]] = {s: _stage_table() for s in STAGES}
+    def __init__(self, stage_order: list[str] | None = None) -> None:
+        self.stages: dict[str, dict[str, float]] = {s: _stage_table() for s in stage_order or ["decode"]}
         self.codes: dict[str, dict[str, float]] = {}
         self.reject_seconds: Counter[str] = Counter()
         self.methods: Counter[str] = Counter()

@@ -42,16 +42,9 @@ class CuratedVideo:
 
 def prediction_config() -> Any:
     """avf-data's default curation config with sync/quality reported, not enforced."""
-    import dataclasses
-
     from avf_data.config import BuildConfig
 
-    cfg = BuildConfig()
-    return dataclasses.replace(
-        cfg,
-        sync=dataclasses.replace(cfg.sync, mode="measure"),
-        quality=dataclasses.replace(cfg.quality, mode="measure"),
-    )
+    return BuildConfig.from_dict({"sync": {"mode": "measure"}, "quality": {"mode": "measure"}})
 
 
 def _from_sample(sample: Any) -> CuratedClip:
