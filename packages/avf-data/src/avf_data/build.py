@@ -24,10 +24,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from .config import PIPELINE_VERSION, BuildConfig
-from .engines import Task, default_workers, run_local, run_ray
+from .engines import WorkerSpec, default_workers, run_jobs
 from .inputs import InputPlan, input_id
 from .media import MediaError, check_file, path_text
-from .pipeline import rejected_input, task_id
+from .pipeline import CurationWorker, Task, rejected_input, task_id
 from .stages import registry
 from .store.build_store import BuildStore
 from .store.examples import Reservoir, reject_row_id, unit_hash
@@ -200,15 +200,14 @@ def _build_locked(
                 "no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
                 "(see --syncnet-weights, --require-syncnet)"
             )
-        workers = default_workers() if workers is None else workers
+        if workers is None:  # a joined Ray cluster: one actor per CPU of the cluster
+            workers = 0 if engine == "ray" and ray_address else default_workers()
         size = task_size(plan.pending_count, cfg.output.inputs_per_task, workers)
         run = _Run(store, cfg, plan.pending_count, progress)
         source = _TaskSource(plan, size, labels, cfg, run.commit, run.thumb_policy)
-        if engine == "local":
-            results = run_local(source, cfg, str(folder.root), weights, workers)
-        else:
-            results = run_ray(source, cfg, str(folder.root), weights, workers, ray_address)
-        for result in results:
+        spec = WorkerSpec(CurationWorker, (cfg.to_dict(), str(folder.root), weights), preload="avf_data._preload")
+        policy = _CrashPolicy(folder, cfg)
+        for result in run_jobs(source, spec, workers, engine, ray_address, policy.split, policy.give_up):
             run.commit(result)
         run.close()
         sealed = store.finish()
@@ -249,6 +248,29 @@ def _build_locked(
         progress=progress,
         stage_order=["decode", *registry.names()],
     )
+
+
+class _CrashPolicy:
+    """What the engine does with a task that keeps crashing its worker: split it into
+    single-input tasks (each a task of its own), and reject an input that still crashes alone
+    (stage ``error``, code ``error.crash``), so the other inputs of a task are never lost. The
+    crashed task's segment is deleted either way: it will never be committed."""
+
+    def __init__(self, folder: OutputFolder, cfg: BuildConfig) -> None:
+        self.folder, self.cfg = folder, cfg
+
+    def split(self, task: Task) -> list[Task]:
+        self.folder.segment(task.task_id).unlink(missing_ok=True)
+        if len(task.items) < 2:
+            return []
+        return [
+            Task(task_id([input_id(item[0])]), task.seq + i, [item], task.thumbs) for i, item in enumerate(task.items)
+        ]
+
+    def give_up(self, task: Task, reason: str) -> dict[str, Any]:
+        self.folder.segment(task.task_id).unlink(missing_ok=True)
+        recs = [rejected_input(path, self.cfg, "error.crash", reason) for path, _ in task.items]
+        return {"task_id": task.task_id, "seq": task.seq, "n": len(task.items), "segment": None, "inputs": recs}
 
 
 class _Run:

@@ -260,7 +260,14 @@ def make_parser() -> argparse.ArgumentParser:
         help="local: this process (all cores or the GPU); ray: a pool of scorer actors, one per GPU "
         "with --device cuda, else --workers one-CPU actors",
     )
-    y.add_argument("--workers", type=int, default=None, metavar="N", help="Ray actors (default: one per GPU, or 1)")
+    y.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="scorer processes (local; default: this process, all cores or the GPU) or Ray actors (default: one "
+        "per GPU, or one)",
+    )
     y.add_argument(
         "--ray-address",
         default=None,

@@ -378,6 +378,38 @@ def _accept(
     res.manifest.append(ManifestRow.from_meta({**meta, "key": key}, label).to_dict())
 
 
+Item = tuple[str, dict[str, Any] | None]  # (path, label or None)
+
+
+@dataclass
+class Task:
+    """Consecutive pending inputs curated together; ``seq`` is the position of the first one in
+    the run (the order the store packs segments in); ``thumbs`` says which reject rows get a
+    picture (the driver's policy when the task was handed out)."""
+
+    task_id: str
+    seq: int
+    items: list[Item]
+    thumbs: dict[str, Any] | None = None
+
+
+class CurationWorker:
+    """One worker process of a build (:mod:`avf_data.engines`): the libraries, detectors and
+    stages loaded once when it starts (a Ray actor does it itself; the local pool's workers
+    fork from a server that did), then one task per call."""
+
+    def __init__(self, cfg_dict: dict[str, Any], out_dir: str | None, weights: str | None) -> None:
+        preload_modules()
+        self.cfg = BuildConfig.from_dict(cfg_dict)
+        self.out_dir, self.weights = out_dir, weights
+        get_context(self.cfg, weights)
+
+    def __call__(self, task: Task) -> dict[str, Any]:
+        return process_task(
+            task.items, self.out_dir, self.cfg, self.weights, tid=task.task_id, seq=task.seq, thumbs=task.thumbs
+        )
+
+
 def task_id(input_ids: list[str]) -> str:
     """Stable id of a task (a group of inputs): a hash of its sorted input ids; its clips go to
     ``segments/<task id>.tar``."""

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from .engines import WorkerSpec, run_jobs
 from .settings import gather, update
 from .stages import registry
 from .store.folder import FolderLock, OutputFolder, write_atomic
@@ -370,19 +371,21 @@ def run_sync_pass(
                 bar.update(1)
             else:
                 tmp.unlink(missing_ok=True)
-                todo.append((rel, shard, tmp))
-        # the scorer is built only when there is work (torch alone is ~0.5 GB), and before the
-        # log's first line: a weights file that does not load fails here, leaving nothing behind
-        args = (path, asdict(sync_cfg), settings.face_crop_scale, clip_frames)
-        if not todo:
-            results: Any = iter(())
-        elif engine == "ray":
+                todo.append((rel, str(shard), str(tmp)))
+        # SyncNet is loaded only when there is work (torch alone is ~0.5 GB), and checked before
+        # the log's first line: a weights file that does not load fails here, leaving nothing behind
+        results: Any = iter(())
+        if todo:
             from .stages.sync import build_sync_scorer
 
             build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
-            results = _score_ray(todo, *args, workers, ray_address)
-        else:
-            results = _score_local(todo, ShardScorer(*args))
+            results = run_jobs(
+                todo,
+                _scorer_spec(path, sync_cfg, settings, clip_frames, engine, workers),
+                workers or 0,
+                engine,
+                ray_address,
+            )
         if header is None:
             log.append({"kind": "header", "version": LOG_VERSION, **_settings(path, sync_cfg)})
         for rel, res in results:
@@ -531,6 +534,11 @@ class ShardScorer:
         self.face_crop_scale = face_crop_scale
         self.clip_frames = clip_frames
 
+    def __call__(self, job: tuple[str, str, str]) -> tuple[str, dict[str, Any]]:
+        """One shard job ``(name, path, tmp path)`` -> ``(name, result)``."""
+        rel, shard, tmp = job
+        return rel, self.score(shard, tmp)
+
     def score(self, shard: str, tmp: str) -> dict[str, Any]:
         """Score every sample of ``shard``, write the kept ones to ``tmp`` (fsynced); returns
         ``{"clips": {key: {"sync", "code", "reason", "input"}}, "kept", "rejected", "sha1",
@@ -581,76 +589,16 @@ class ShardScorer:
         }
 
 
-def _score_local(todo: list[tuple[str, Path, Path]], scorer: ShardScorer):
-    for rel, shard, tmp in todo:
-        yield rel, scorer.score(str(shard), str(tmp))
-
-
-def _score_ray(
-    todo: list[tuple[str, Path, Path]],
-    weights: str,
-    sync_cfg: dict[str, Any],
-    face_crop_scale: float,
-    clip_frames: int,
-    workers: int | None,
-    address: str | None,
-):
-    """A pool of :class:`ShardScorer` actors: one per GPU on CUDA (``num_gpus=1`` each), else
-    ``workers`` one-CPU actors. Shards go to whichever actor is free; results come back in
-    completion order and are committed by the driver (the only writer of the log)."""
-    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover
-        raise ValueError("--engine ray needs Ray: pip install 'avf-data[distributed]'") from exc
-    gpu = str(sync_cfg.get("device", "cpu")).startswith("cuda")
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        try:
-            if address:
-                ray.init(address=address, **kwargs)
-            else:
-                ray.init(num_cpus=max(1, workers or 1) + 1, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - one line, not a traceback
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ValueError(f"cannot start or join Ray: {type(exc).__name__}: {first}") from None
-        started = True
-    try:
-        if gpu:
-            n = workers or int(ray.cluster_resources().get("GPU", 0))
-            if n < 1:
-                raise ValueError("--device cuda with --engine ray: the Ray cluster has no GPU")
-            cfg = {**sync_cfg, "device": "cuda"}  # each actor sees its own GPU as cuda:0
-            actor_cls = ray.remote(num_gpus=1, num_cpus=1)(ShardScorer)
-            actors = [actor_cls.remote(weights, cfg, face_crop_scale, clip_frames) for _ in range(n)]
-        else:
-            n = max(1, workers or 1)
-            actor_cls = ray.remote(num_cpus=1)(ShardScorer)
-            actors = [actor_cls.remote(weights, sync_cfg, face_crop_scale, clip_frames, 1) for _ in range(n)]
-        queue = list(reversed(todo))
-        pending: dict[Any, tuple[str, Any]] = {}
-        free = list(actors)
-        while queue or pending:
-            while queue and free:
-                rel, shard, tmp = queue.pop()
-                actor = free.pop()
-                pending[actor.score.remote(str(shard), str(tmp))] = (rel, actor)
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                rel, actor = pending.pop(ref)
-                free.append(actor)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    raise ValueError(
-                        f"scoring {rel} failed on Ray ({type(exc).__name__}: {first}); rerun the same command to resume"
-                    ) from None
-                yield rel, result
-    finally:
-        if started:
-            ray.shutdown()
+def _scorer_spec(path: str, sync_cfg, settings: SyncSettings, clip_frames: int, engine: str, workers: int | None):
+    """Where shards are scored: this process (the local engine's default: all cores or the
+    GPU), ``workers`` one-thread processes, or Ray actors (one per GPU with ``--device cuda``,
+    each seeing its GPU as ``cuda:0``; else one-CPU actors)."""
+    gpu = engine == "ray" and sync_cfg.device.startswith("cuda")
+    cfg = asdict(dataclasses.replace(sync_cfg, device="cuda") if gpu else sync_cfg)
+    threads = None if (engine == "local" and not workers) or gpu else 1
+    return WorkerSpec(
+        ShardScorer, (path, cfg, settings.face_crop_scale, clip_frames, threads), num_gpus=1 if gpu else 0
+    )
 
 
 def _ensure_applied(shard: Path, tmp: Path, line: dict[str, Any], log: JsonLog | None = None) -> None:
