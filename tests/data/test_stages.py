@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from avf_data.stages.crop import CropConfig, crop_clip
-from avf_data.stages.face_filter import FaceFilterConfig, check_faces
+from avf_data.stages.face_filter import FaceFilterConfig, check_faces, face_stretches
 from avf_data.stages.scene import SceneConfig, detect_cuts, split_scenes
 from avf_data.stages.silence import SilenceConfig, split_speech
 
@@ -70,6 +70,26 @@ def test_face_filter_rejects_tiny_and_cut_faces(canvas):
     edge = np.stack([canvas(head=260, centre=(640, 180))] * 3)  # half the head out of frame
     r = check_faces(edge, 0, 3)
     assert r.reason is not None
+
+
+def test_face_filter_cuts_out_the_moment_a_second_face_appears(canvas):
+    """One talking face for 4.4 s, then a second one joins without a cut, then leaves: the
+    single-face stretches are kept, the moment with two is rejected with a 0.5 s margin
+    (sampled every 0.2 s). Judged per scene, as before, the whole 12 s was lost."""
+    one, two = canvas(head=200), canvas(head=200, faces=2)
+    cfg = FaceFilterConfig(good_score=0.0)  # the still canvas face scores low; only the count matters here
+    frames = np.stack([one] * 110 + [two] * 140 + [one] * 50)
+    stretches = face_stretches(frames, 0, len(frames), 25.0, cfg)
+    assert [st.check.code for st in stretches] == [None, "face.several", None]
+    margin, step = 12, 5  # several_margin_seconds and resolution_seconds at 25 fps
+    assert 110 - margin - step <= stretches[0].end <= 110 - margin + step
+    assert 250 + margin - step <= stretches[1].end <= 250 + margin + step
+    assert (stretches[0].start, stretches[-1].end) == (0, len(frames))
+    assert "several faces (2 in a sampled frame)" in stretches[1].check.reason
+    assert check_faces(frames, 0, len(frames), cfg).code == "face.several"  # the whole-scene verdict
+    # a single-face moment shorter than min_seconds is not a clip of its own
+    short = np.stack([two] * 100 + [one] * 15 + [two] * 100)
+    assert [st.check.code for st in face_stretches(short, 0, len(short), 25.0, cfg)] == ["face.several"]
 
 
 # ---------------------------------------------------------------- stage 3: silence split
