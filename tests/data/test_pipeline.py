@@ -244,3 +244,20 @@ def test_unexpected_error_rejects_the_input_only(demo_inputs, monkeypatch):
     assert row["stage"] == "error" and row["code"] == "error.internal" and "boom" in row["reason"]
     assert row["start"] == 0.0 and row["end"] == r["seconds"] > 0
     json.dumps(r)
+
+
+@pytest.mark.slow
+def test_two_builds_of_the_same_inputs_are_byte_identical(demo_build, tmp_path):
+    """Same inputs and config: the same bytes in every shard, index, manifest and rejects file,
+    whatever the worker count (the session's build ran 2 workers, this one runs inline)."""
+    from avf_data.build import build
+
+    out = tmp_path / "again"
+    build([str(p) for p in demo_build["inputs"].values()], out, workers=0, progress=False)
+    first = demo_build["out"]
+    names = sorted(p.name for p in (first / "shards").iterdir())
+    assert names == sorted(p.name for p in (out / "shards").iterdir())
+    for name in names:
+        assert (first / "shards" / name).read_bytes() == (out / "shards" / name).read_bytes(), name
+    for name in ("manifest.jsonl", "rejects.jsonl"):
+        assert (first / name).read_bytes() == (out / name).read_bytes(), name

@@ -104,20 +104,25 @@ class _TaskSource:
 
     def __iter__(self) -> Iterator[Task]:
         group: list[tuple[str, Any]] = []
-        seq = 0
+        seq = 0  # position of the next input in the run: tasks and early rejects take their places
         for path in self.plan.pending():
             try:
                 check_file(path)
             except MediaError as exc:
+                if group:  # a task covers consecutive positions: the group ends here
+                    yield self._task(group, seq)
+                    seq, group = seq + len(group), []
                 rec = rejected_input(path, self.cfg, exc.code, str(exc))
                 self.early += 1
-                self.commit({"task_id": task_id([rec["input_id"]]), "seq": None, "segment": None, "inputs": [rec]})
+                self.commit(
+                    {"task_id": task_id([rec["input_id"]]), "seq": seq, "n": 1, "segment": None, "inputs": [rec]}
+                )
+                seq += 1
                 continue
             group.append((path, (self.labels or {}).get(path)))
             if len(group) == self.size:
                 yield self._task(group, seq)
-                seq += len(group)
-                group = []
+                seq, group = seq + len(group), []
         if group:
             yield self._task(group, seq)
 

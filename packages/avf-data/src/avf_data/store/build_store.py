@@ -77,8 +77,9 @@ class BuildStore:
             state = PackState()  # a derived file lost entries (or the log was cut by hand): replay it all
         self._set_state(state)
         self.done_ids.truncate(state.done_ids)
-        # tasks finished but not fully packed: the checkpoint's backlog, then what the tail adds;
-        # an entry leaves as soon as its last clip is packed, so this stays as small as the backlog
+        # tasks finished but not in their place yet (or not fully packed): the checkpoint's
+        # backlog, then what the tail adds; an entry leaves with its last pack line, so this
+        # stays as small as the backlog
         pending: dict[str, Waiting] = {w.task_id: w for w in state.backlog}
         earlier = [w.task_id for w in state.backlog]
         for offset, line in self.log.iter_from(state.log_bytes):
@@ -86,9 +87,8 @@ class BuildStore:
             kind = line.get("kind")
             if kind == "task":
                 self.done_ids.append(r["input_id"] for r in line.get("inputs", []))
-                seg = line.get("segment")
-                if seg and seg.get("samples"):
-                    pending[line["task_id"]] = Waiting(line["task_id"], offset, int(line.get("seq") or 0))
+                if line.get("seq") is not None:  # it waits for its place in the order
+                    pending[line["task_id"]] = Waiting(line["task_id"], offset, int(line["seq"]))
                     self._remember(line)
             elif kind == "pack":
                 w = pending.get(line["task_id"])
@@ -98,7 +98,7 @@ class BuildStore:
                     )
                 task = self._task_line(w)
                 self.packer.apply(line, task, w)
-                if w.packed >= task["segment"]["samples"]:
+                if w.packed >= (task.get("segment") or {}).get("samples", 0):
                     del pending[w.task_id]
             elif kind == "seal":
                 self.packer.apply_seal(int(line["shard"]))
@@ -157,18 +157,18 @@ class BuildStore:
     def commit(self, result: dict[str, Any]) -> None:
         """Log a finished task (its inputs are done from here on) and pack what is now in order.
 
-        ``result["seq"]``/``result["n"]``: the positions of its inputs in this run's pending list
-        (None for inputs rejected before any worker saw them: nothing to pack, no order to keep).
+        ``result["seq"]``/``result["n"]``: the positions of its inputs in this run's pending list;
+        the task waits until every position before it is committed, then takes its place in the
+        order (its clips are packed; a task without clips gets a pack line of none). ``seq``
+        None (the import's bad CSV rows) has no place to wait for.
         """
         line = {"kind": "task", **result}
         offset = self.log.append(line)
         self.done_ids.append(r["input_id"] for r in result["inputs"])
         seq = result.get("seq")
         if seq is not None:
-            seg = result.get("segment")
-            if seg and seg.get("samples"):
-                self._remember(line)
-                heapq.heappush(self._waiting, (seq, next(self._ticket), Waiting(result["task_id"], offset, seq)))
+            self._remember(line)
+            heapq.heappush(self._waiting, (seq, next(self._ticket), Waiting(result["task_id"], offset, seq)))
             self._committed[seq] = seq + int(result.get("n", len(result["inputs"])))
             while self._watermark in self._committed:
                 self._watermark = self._committed.pop(self._watermark)

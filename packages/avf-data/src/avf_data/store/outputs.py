@@ -6,7 +6,8 @@ the line at hand and a bounded sample for the report, whatever the size of the c
 
 * manifest rows come out where their clips were packed (``pack`` lines), so the manifest is
   in shard order: row ``i`` of shard ``n`` is sample ``i`` of ``shard-n.tar``;
-* reject rows come out in the order their tasks finished, then the clips the sync pass moved;
+* reject rows come out in the order of the inputs (a task is counted where it takes its place in
+  the order, not when its worker finished), then the clips the sync pass moved;
 * a clip the sync pass turned down leaves the manifest for the rejects with its scores, and
   the stage counts follow, so every input second stays in a clip or a reject row.
 
@@ -162,31 +163,46 @@ class _OutputsPass:
         self.sync = _SyncDecisions(folder)
         self.acc = StatsAccumulator(stage_order)
         self.report = _ReportData(k)
-        self.task_at: dict[str, int] = {}  # tasks with clips not all emitted yet: their line's offset
+        self.task_at: dict[str, int] = {}  # tasks not all emitted yet: their line's offset
         self.cache: OrderedDict[str, dict[str, Any]] = OrderedDict()  # the last task lines read
         self.shard_pos: dict[int, int] = {}
         self.sealed = self.sync_moved = 0
 
     def task(self, offset: int, line: dict[str, Any]) -> None:
+        """A committed task: counted where it takes its place in the order (its first pack
+        line), so the outputs do not depend on which worker finished first."""
+        if line.get("seq") is None:  # the import's bad CSV rows: no place to wait for
+            self._counted(line)
+            return
+        self.task_at[line["task_id"]] = offset
+        self.cache[line["task_id"]] = line
+        while len(self.cache) > 64:
+            self.cache.popitem(last=False)
+
+    def _counted(self, line: dict[str, Any]) -> None:
         for rec in line.get("inputs", []):
             self.acc.add_record(rec)
             self.report.input(rec)
             for r in rec["rejects"]:
                 self.rej.write(json.dumps(r, ensure_ascii=False) + "\n")
                 self.report.reject(r)
-        if (line.get("segment") or {}).get("samples"):
-            self.task_at[line["task_id"]] = offset
-            self.cache[line["task_id"]] = line
-            while len(self.cache) > 64:
-                self.cache.popitem(last=False)
 
     def pack(self, line: dict[str, Any]) -> None:
-        tid, number = line["task_id"], int(line["shard"])
+        tid = line["task_id"]
         task = self.cache.get(tid) or self.log.read_at(self.task_at[tid])
+        if line["first"] == 0:
+            self._counted(task)
+        rows = segment_rows(task)
+        if line["count"]:
+            self._emit(rows[line["first"] : line["first"] + line["count"]], int(line["shard"]))
+        if line["first"] + line["count"] >= len(rows):
+            self.task_at.pop(tid, None)
+
+    def _emit(self, rows: list[dict[str, Any]], number: int) -> None:
+        """Manifest rows of clips packed into shard ``number``, with the sync pass's verdicts."""
         shard = self.folder.shard_name(number)
         decisions = self.sync.for_shard(shard)
-        rows = segment_rows(task)
-        for row in rows[line["first"] : line["first"] + line["count"]]:
+        for row in rows:
             row = {**row, "shard": shard}
             d = decisions.get(row["key"])
             if d is not None and d.get("code"):  # the sync pass turned it down
@@ -202,8 +218,6 @@ class _OutputsPass:
             pos = self.shard_pos.get(number, 0)
             self.shard_pos[number] = pos + 1
             self.report.clip(row, number, pos)
-        if line["first"] + line["count"] >= len(rows):
-            self.task_at.pop(tid, None)
 
     def seal(self, line: dict[str, Any]) -> None:
         self.sealed = max(self.sealed, int(line["shard"]) + 1)

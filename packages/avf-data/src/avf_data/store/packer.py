@@ -1,4 +1,4 @@
-"""Packing finished tasks' clips into shards of a target size in bytes.
+"""Packing finished tasks' clips into shards of a target size in bytes, in the order of the inputs.
 
 A worker writes a task's clips into a segment (``segments/<task>.tar``) whatever their number;
 the driver then copies segments, in the order of their inputs, into the shard being filled
@@ -8,7 +8,8 @@ index, rename to ``shard-NNNNNN.tar``. Shards are numbered without gaps, so the 
 brace pattern.
 
 Every step is logged after it is durable (``pack``: these clips of this task are now at these
-bytes of this shard; ``seal``: this shard is complete), so a crash leaves a state the next run
+bytes of this shard, and a task's first pack line is its place in the order, so a task without
+clips gets one of none; ``seal``: this shard is complete), so a crash leaves a state the next run
 repairs exactly: a ``.part`` longer than its logged length is cut back, a seal that was not
 logged is finished, a segment whose clips are all placed is deleted.
 
@@ -114,11 +115,12 @@ class ShardPacker:
         return self.state.open_bytes + size + sample_bytes <= self.target_bytes
 
     def pack(self, waiting: Waiting, task: dict[str, Any] | None = None) -> None:
-        """Place the rest of ``waiting``'s segment into shards (sealing full ones)."""
+        """Place the rest of ``waiting``'s segment into shards (sealing full ones). A task
+        without clips gets a pack line of no clips: its place in the order all the same."""
         task = task if task is not None else self.log.read_at(waiting.line)
         seg = task.get("segment")
         if not seg or seg["samples"] == 0:
-            waiting.packed = 0
+            self.log.append({"kind": "pack", "task_id": task["task_id"], "first": 0, "count": 0})
             return
         path = self.folder.root / seg["name"]
         offsets, n = seg["offsets"], seg["samples"]
@@ -158,6 +160,8 @@ class ShardPacker:
 
     def apply(self, record: dict[str, Any], task: dict[str, Any], waiting: Waiting) -> None:
         """Reflect a logged ``pack`` line in the state (while packing, and when replaying a log)."""
+        if not record["count"]:
+            return
         seg = task["segment"]
         offsets, n = seg["offsets"], seg["samples"]
         rows = segment_rows(task)
