@@ -37,6 +37,11 @@ def test_build_demo_cli(demo_inputs, tmp_path, monkeypatch, capsys):
     assert {c.frames.shape[1:] for c in iter_clips(out / "shards")} == {(96, 96, 3)}
     stats = json.loads((out / "stats.json").read_text())
     assert stats["run"]["workers"] == 2 and stats["clips"] == 6 and stats["sync_enforced"] is False
+    # the CPU of every process (workers and their fork server too, which `time` does not see)
+    cpu = stats["run"]["cpu_seconds_all_processes"]
+    assert cpu["worker_start_up"] > 0 and cpu["workers"] >= cpu["inputs"] > 0
+    assert cpu["total"] == pytest.approx(cpu["driver"] + cpu["worker_start_up"] + cpu["workers"], abs=0.01)
+    assert f"CPU: {cpu['total']:.1f} s in all processes" in text
 
 
 def test_resolve_inputs(tmp_path):

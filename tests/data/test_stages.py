@@ -168,3 +168,16 @@ def test_crop_rejects_no_face_and_two_faces(demo_media):
     assert r.reason and "face lost" in r.reason
     r = crop_clip(demo_media("two_faces").frames[:40])
     assert r.reason and "several faces" in r.reason
+
+
+@pytest.mark.parametrize("n", [3, 8, 13, 40, 200])
+def test_savgol_equals_scipy(n):
+    """The crop track's smoothing is scipy's Savitzky-Golay filter, computed without scipy.signal."""
+    from scipy.signal import savgol_filter
+
+    from avf_data.stages.crop import savgol
+
+    x = np.cumsum(np.random.default_rng(n).normal(size=n)) * 10 + 300
+    w = min(13, n if n % 2 else n - 1)
+    expected = savgol_filter(x, w, 2, mode="interp") if w >= 3 else x
+    np.testing.assert_allclose(savgol(x, 13, 2), expected, rtol=0, atol=1e-9)

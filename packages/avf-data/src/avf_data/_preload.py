@@ -1,6 +1,12 @@
-"""Imported by the local engine's fork server: heavy libraries are imported once there and
-every worker forked from it inherits them (a clean, single-threaded parent to fork from)."""
+"""Imported by the local engine's fork server: heavy libraries are imported and the stages'
+models loaded once there, and every worker forked from it inherits them (a clean,
+single-threaded parent to fork from). What that cost is recorded here, so the build can count
+it once in the CPU it reports for all its processes."""
 
-from .pipeline import preload_modules
+import os
+
+from .pipeline import cpu_now, preload_modules
 
 preload_modules()
+PRELOAD_PID = os.getpid()
+PRELOAD_CPU = cpu_now()

@@ -27,7 +27,7 @@ from .config import PIPELINE_VERSION, BuildConfig
 from .engines import WorkerSpec, default_workers, run_jobs
 from .inputs import InputPlan, input_id
 from .media import MediaError, check_file, path_text
-from .pipeline import CurationWorker, Task, rejected_input, task_id
+from .pipeline import CurationWorker, Task, cpu_now, rejected_input, task_id
 from .stages import registry
 from .store.build_store import BuildStore
 from .store.examples import Reservoir, reject_row_id, unit_hash
@@ -241,8 +241,10 @@ def _build_locked(
         "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
         # the same per CPU-second of the workers (comparable across machines and loads)
         "frames_per_cpu_second": round(frames / cpu, 2) if cpu > 0 else 0.0,
+        "cpu_seconds_all_processes": run.cpu_report(),
         "syncnet_weights": path_text(weights) if weights else None,
         "inputs_skipped": plan.notes,
+        "files_skipped": {k: n for k, n in plan.skipped.items() if n},
     }
     return write_outputs(
         folder,
@@ -290,6 +292,8 @@ class _Run:
         self.frames = self.clips = self.inputs = 0
         self.busy = self.cpu = 0.0
         self.by_stage: Counter[str] = Counter()
+        self.workers_cpu: dict[int, float] = {}  # pid -> CPU so far of each worker process
+        self.preload_cpu: dict[int, float] = {}  # pid -> CPU a fork server spent loading for its workers
         self.examples = Reservoir(cfg.output.report_examples)
         self.cap = cfg.output.report_examples + 8
         self._pruned_at = 0
@@ -305,6 +309,11 @@ class _Run:
         }
 
     def commit(self, result: dict[str, Any]) -> None:
+        worker = result.pop("worker", None)
+        if worker and worker["pid"] != os.getpid():  # inline work is the driver's own CPU
+            self.workers_cpu[worker["pid"]] = max(self.workers_cpu.get(worker["pid"], 0.0), worker["cpu"])
+            if worker.get("preload"):
+                self.preload_cpu[worker["preload"][0]] = worker["preload"][1]
         self.store.commit(result)
         for rec in result["inputs"]:
             self.inputs += 1
@@ -342,3 +351,18 @@ class _Run:
 
     def close(self) -> None:
         self.bar.close()
+
+    def cpu_report(self) -> dict[str, float]:
+        """CPU seconds of every process of the run: what ``time`` of the build command does not
+        see (the workers are not its children), next to what the stages themselves used."""
+        driver = cpu_now()
+        workers, start_up = sum(self.workers_cpu.values()), sum(self.preload_cpu.values())
+        total = driver + workers + start_up
+        return {
+            "total": round(total, 3),
+            "driver": round(driver, 3),
+            "worker_start_up": round(start_up, 3),
+            "workers": round(workers, 3),
+            "inputs": round(self.cpu, 3),
+            "frames_per_cpu_second_all_processes": round(self.frames / total, 2) if total > 0 else 0.0,
+        }

@@ -331,8 +331,16 @@ def _summary(stats: dict, out: Path) -> None:
         f"{stats['inputs']} inputs -> {stats['clips']} clips: kept {stats['seconds_accepted']:.1f} s of "
         f"{stats['seconds_in']:.1f} s ({stats['seconds_accepted'] / max(stats['seconds_in'], 1e-9):.0%})"
         + (f"; top rejects: {top}" if top else "")
-        + f"; sync: {stats['sync_scorer']}; {run.get('frames_per_cpu_second', 0):.0f} frames per CPU-second"
+        + f"; sync: {stats['sync_scorer']}"
     )
+    cpu = run.get("cpu_seconds_all_processes")
+    if cpu:
+        print(
+            f"CPU: {cpu['total']:.1f} s in all processes (driver {cpu['driver']:.1f}, worker start-up "
+            f"{cpu['worker_start_up']:.1f}, workers {cpu['workers']:.1f}, of which the inputs themselves "
+            f"{cpu['inputs']:.1f}); {cpu['frames_per_cpu_second_all_processes']:.0f} frames per CPU-second in all, "
+            f"{run.get('frames_per_cpu_second', 0):.0f} in the stages"
+        )
     for line in stats.get("warnings", []):
         print(f"avf-data: warning: {line}", file=sys.stderr)
     for line in stats["run"].get("inputs_skipped", [])[:10]:

@@ -14,6 +14,7 @@ import hashlib
 import os
 import tempfile
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -33,16 +34,21 @@ def input_id(path: str | os.PathLike) -> str:
     return hashlib.sha1(raw).hexdigest()[:16]
 
 
-def iter_input_paths(items: Iterable[str | os.PathLike], notes: list[str]) -> Iterator[str]:
+def iter_input_paths(
+    items: Iterable[str | os.PathLike], notes: list[str], skipped: Counter[str] | None = None
+) -> Iterator[str]:
     """Absolute input paths from INPUT arguments: video files, folders (recursive, by
     extension, sorted) and text files listing one path per line (relative paths are relative
     to the list file; ``#`` comments). ``notes`` collects what was skipped and why (unreadable
-    subfolders, folders without videos). Duplicates are not removed here."""
+    subfolders, folders without videos); ``skipped`` counts what folders held besides videos
+    (other files by extension, hidden entries, folders named like videos). Duplicates are not
+    removed here."""
+    skipped = Counter() if skipped is None else skipped
     for item in items:
         p = os.fspath(item)
         if os.path.isdir(p):
             found = 0
-            for path in _walk_sorted(p, notes):
+            for path in _walk_sorted(p, notes, skipped):
                 found += 1
                 yield os.path.abspath(path)
             if not found:
@@ -59,19 +65,24 @@ def iter_input_paths(items: Iterable[str | os.PathLike], notes: list[str]) -> It
             yield os.path.abspath(p)  # a missing or unreadable file still becomes a reject row
 
 
-def _walk_sorted(top: str, notes: list[str]) -> Iterator[str]:
+def _walk_sorted(top: str, notes: list[str], skipped: Counter[str]) -> Iterator[str]:
     """Video files under ``top`` in the order of their sorted full paths, one folder listed at
-    a time (hidden files and folders skipped, unreadable folders noted)."""
+    a time (hidden files and folders skipped and counted, unreadable folders noted)."""
     stack: list[Iterator[tuple[str, str, bool]]] = []
 
     def listing(folder: str) -> Iterator[tuple[str, str, bool]]:
         try:
             with os.scandir(folder) as it:
-                entries = [(e.name, e.path, e.is_dir()) for e in it if not e.name.startswith(".")]
+                entries = [(e.name, e.path, e.is_dir()) for e in it]
         except OSError as exc:
             if len(notes) < MAX_NOTES:
                 notes.append(f"{path_text(exc.filename or folder)}: folder skipped ({exc.strerror or exc})")
             return iter(())
+        skipped["hidden"] += sum(1 for name, _, _ in entries if name.startswith("."))
+        entries = [e for e in entries if not e[0].startswith(".")]
+        skipped["folder named like a video"] += sum(
+            1 for n, _, d in entries if d and Path(n).suffix.lower() in VIDEO_EXTS
+        )
         # a folder sorts as "name/", so the order is that of sorted full paths
         return iter(sorted(entries, key=lambda e: e[0] + "/" if e[2] else e[0]))
 
@@ -86,6 +97,8 @@ def _walk_sorted(top: str, notes: list[str]) -> Iterator[str]:
             stack.append(listing(path))
         elif Path(name).suffix.lower() in VIDEO_EXTS:
             yield path
+        else:
+            skipped[Path(name).suffix.lower() or "no extension"] += 1
 
 
 class _RealPaths:
@@ -115,10 +128,15 @@ class InputPlan:
 
     def __init__(self, items: Iterable[str | os.PathLike], done: DoneSet, *, expand: bool = True) -> None:
         self.notes: list[str] = []
+        self.skipped: Counter[str] = Counter()
         self._spill = tempfile.TemporaryFile(prefix="avf-inputs-")
         real = _RealPaths()
         reals, ids = array("Q"), array("Q")
-        paths = iter_input_paths(items, self.notes) if expand else (os.path.abspath(os.fspath(p)) for p in items)
+        paths = (
+            iter_input_paths(items, self.notes, self.skipped)
+            if expand
+            else (os.path.abspath(os.fspath(p)) for p in items)
+        )
         for path in paths:
             raw = os.fsencode(path)
             self._spill.write(raw + b"\0")
@@ -143,6 +161,9 @@ class InputPlan:
         if self._dup_of:
             dups[list(self._dup_of)] = True
         self.given = self.found - len(self._dup_of)
+        note = skipped_note(self.skipped)
+        if note:
+            self.notes.insert(0, note)
         self.already_done = int((self._done & ~dups).sum())
         self.pending_count = self.given - self.already_done
 
@@ -177,6 +198,21 @@ class InputPlan:
 
     def close(self) -> None:
         self._spill.close()
+
+
+def skipped_note(skipped: Counter[str]) -> str | None:
+    """One line on what the input folders held besides videos (None: nothing)."""
+    special = ("hidden", "folder named like a video")
+    files = sum(n for k, n in skipped.items() if k not in special)
+    parts = []
+    if files:
+        kinds = ", ".join(f"{k} {n}" for k, n in skipped.most_common() if k not in special and n)
+        parts.append(f"{files} {'file that is not a video' if files == 1 else 'files that are not videos'} ({kinds})")
+    if n := skipped["hidden"]:
+        parts.append(f"{n} hidden {'file or folder' if n == 1 else 'files or folders'}")
+    if n := skipped["folder named like a video"]:
+        parts.append(f"{n} {'folder' if n == 1 else 'folders'} named like a video (searched as a folder)")
+    return "skipped in the input folders: " + "; ".join(parts) if parts else None
 
 
 def resolve_inputs(items: list[str | os.PathLike], notes: list[str] | None = None) -> list[str]:

@@ -144,6 +144,16 @@ def frame_rotation(frame: Any) -> int:
     return int(round((rot or 0) / 90.0)) * 90 % 360
 
 
+def ffmpeg_reason(exc: BaseException) -> str:
+    """An FFmpeg error in words, without the file name PyAV appends (reject rows name their
+    source already, and an absolute path says where the curator's files are)."""
+    strerror, filename = getattr(exc, "strerror", None), getattr(exc, "filename", None)
+    if strerror:
+        return str(strerror)
+    text = str(exc)
+    return text.replace(f": {filename!r}", "").replace(str(filename), "<file>") if filename else text
+
+
 def open_checked(path: str | os.PathLike, cfg: MediaConfig):
     """Open ``path`` with PyAV after the cheap checks; returns the container."""
     import av
@@ -153,7 +163,7 @@ def open_checked(path: str | os.PathLike, cfg: MediaConfig):
         container = av.open(os.fspath(path), timeout=30.0)
     except Exception as exc:  # av.error.InvalidDataError and friends
         raise MediaError(
-            f"corrupt or unsupported file: cannot open ({type(exc).__name__}: {exc})", "decode.corrupt"
+            f"corrupt or unsupported file: cannot open ({type(exc).__name__}: {ffmpeg_reason(exc)})", "decode.corrupt"
         ) from None
     try:
         if not container.streams.video:
@@ -352,7 +362,7 @@ class MediaReader:
                 yield frame, t
         except av.error.FFmpegError as exc:
             if t0 is None:
-                raise MediaError(f"corrupt video stream: {exc}", "decode.corrupt") from None
+                raise MediaError(f"corrupt video stream: {ffmpeg_reason(exc)}", "decode.corrupt") from None
             self.clock.truncated_error = str(exc)
 
     def frames(self) -> Iterator[tuple[int, Any]]:

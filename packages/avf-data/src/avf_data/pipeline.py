@@ -62,6 +62,12 @@ class WorkerContext:
 _CTX: dict[str, WorkerContext] = {}
 
 
+def cpu_now() -> float:
+    """CPU seconds (user + system) this process has used, all its threads included."""
+    t = os.times()
+    return t.user + t.system
+
+
 def limit_threads() -> None:
     """One worker = one core: keep OpenCV / ONNX / torch from spawning thread pools."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -405,9 +411,23 @@ class CurationWorker:
         get_context(self.cfg, weights)
 
     def __call__(self, task: Task) -> dict[str, Any]:
-        return process_task(
+        result = process_task(
             task.items, self.out_dir, self.cfg, self.weights, tid=task.task_id, seq=task.seq, thumbs=task.thumbs
         )
+        result["worker"] = worker_cpu()
+        return result
+
+
+def worker_cpu() -> dict[str, Any]:
+    """This process's CPU so far, and the start-up its fork server spent for it (once per
+    server), so the driver can report the CPU of every process of a build."""
+    import sys
+
+    pre = sys.modules.get("avf_data._preload")
+    preload = None
+    if pre is not None and pre.PRELOAD_PID != os.getpid():
+        preload = [pre.PRELOAD_PID, round(pre.PRELOAD_CPU, 3)]
+    return {"pid": os.getpid(), "cpu": round(cpu_now(), 3), "preload": preload}
 
 
 def task_id(input_ids: list[str]) -> str:

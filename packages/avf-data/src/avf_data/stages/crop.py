@@ -90,14 +90,24 @@ class CropResult:
     code: str | None = None
 
 
-def _savgol(x: np.ndarray, window: int, order: int) -> np.ndarray:
-    from scipy.signal import savgol_filter
-
+def savgol(x: np.ndarray, window: int, order: int) -> np.ndarray:
+    """Savitzky-Golay smoothing of ``x`` as ``scipy.signal.savgol_filter(x, window, order,
+    mode="interp")`` computes it (least-squares polynomial per window; the first and last half
+    windows from the polynomial fitted to the first and last window), in numpy: importing
+    scipy.signal costs ~1.5 CPU-s, most of what a build spent before its first frame."""
+    x = np.asarray(x, dtype=np.float64)
     n = len(x)
     w = min(window, n if n % 2 else n - 1)
     if w < 3 or w <= order:
         return x
-    return savgol_filter(x, w, min(order, w - 1), mode="interp")
+    half = w // 2
+    t = np.arange(w, dtype=np.float64)
+    coeffs = np.linalg.pinv(np.vander(t - half, order + 1, increasing=True))[0]  # the fit's value at the centre
+    y = np.empty(n)
+    y[half : n - half] = np.convolve(x, coeffs[::-1], mode="valid")
+    y[:half] = np.polyval(np.polyfit(t, x[:w], order), t[:half])
+    y[n - half :] = np.polyval(np.polyfit(t, x[n - w :], order), t[w - half :])
+    return y
 
 
 def plan_track(
@@ -139,8 +149,8 @@ def plan_track(
     t = np.arange(t_len)
     b = np.asarray(boxes)
     face_boxes = np.stack([np.interp(t, xs, b[:, j]) for j in range(4)], axis=1)
-    cx = _savgol((face_boxes[:, 0] + face_boxes[:, 2]) / 2, cfg.savgol_window, cfg.savgol_order)
-    cy = _savgol((face_boxes[:, 1] + face_boxes[:, 3]) / 2, cfg.savgol_window, cfg.savgol_order)
+    cx = savgol((face_boxes[:, 0] + face_boxes[:, 2]) / 2, cfg.savgol_window, cfg.savgol_order)
+    cy = savgol((face_boxes[:, 1] + face_boxes[:, 3]) / 2, cfg.savgol_window, cfg.savgol_order)
     face_side = float(np.max(np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])))
     win = max(8.0, max(min(face_side * cfg.margin, float(min(width, height))), face_side * cfg.min_margin))
     # slide the window into the frame where it fits (a close-up's face is not re-centred

@@ -700,10 +700,6 @@ class SyncStage(Stage):
         self.enforced = cfg.mode == "enforce" and self.scorer is not None and self.decides
         self.mode = "off" if cfg.mode == "off" else ("enforce" if self.enforced else "measure")
 
-    @classmethod
-    def preload(cls) -> None:
-        import scipy.signal  # noqa: F401 - used by the scorers; imported once before workers fork
-
     def record(self) -> dict[str, Any]:
         methods = [] if self.cfg.mode == "off" else [getattr(self.scorer, "method", "none")]
         return {"sync_methods": methods, "sync_enforced": self.enforced}
