@@ -133,7 +133,8 @@ def test_label_maps_for_import(tmp_path):
         "d.mp4,,0\n"  # label_id alone
         "a.mp4,NEU,2\n"
     )  # duplicate
-    labels, space, rejects, rows = read_label_csv(csv, protocol="crema-d-4")
+    table = read_label_csv(csv, protocol="crema-d-4")
+    labels, space, rejects, rows = table.labels, table.space, table.rejects, table.rows
     assert space.classes == ("anger", "happiness", "neutral", "sadness") and rows == 5
     assert {k.rsplit("/", 1)[-1]: v["label"] for k, v in labels.items()} == {"a.mp4": 2, "d.mp4": 0}
     assert labels[str(tmp_path / "a.mp4")]["classes"] == list(space.classes)
@@ -147,7 +148,7 @@ def test_label_maps_for_import(tmp_path):
     assert read_class_list("x, y") == ["x", "y"]
     plain = tmp_path / "plain.csv"
     plain.write_text("a.mp4,NEU\nb.mp4,ang\n")
-    labels, space, _, _ = read_label_csv(plain, classes=read_class_list(str(tmp_path / "classes.json")))
-    assert [v["label"] for v in labels.values()] == [1, 2] and not space.inferred
-    labels, space, _, _ = read_label_csv(plain)  # no map given: sorted names of this CSV, flagged
-    assert space.classes == ("NEU", "ang") and space.inferred
+    table = read_label_csv(plain, classes=read_class_list(str(tmp_path / "classes.json")))
+    assert [v["label"] for v in table.labels.values()] == [1, 2] and not table.inferred
+    table = read_label_csv(plain)  # no map given: sorted names of this CSV, flagged
+    assert table.space.classes == ("NEU", "ang") and table.inferred

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from avf_data.labels import builtin
 from avf_data.settings import ConfigError
 from avf_train.cli import build_parser, main
-from avf_train.config import load_yaml, resolve, save_yaml, stage_defaults, to_dict
-from avf_train.labels import CEA13_CLASSES, TABLE3_DATASET_LABELS, get_label_map
+from avf_train.config import from_dict, load_yaml, resolve, save_yaml, stage_defaults, to_dict
+from avf_train.errors import DataError
+from avf_train.labels import RunLabels, resolve_spec, run_labels
 
 
 def resolve_config(args):
@@ -122,27 +124,61 @@ def test_cli_precedence_flags_then_set(tmp_path):
     assert old.data.shards == "y/*.tar"
 
 
+# Paper Table 3: the emotion names each targeted dataset uses.
+TABLE3_DATASET_LABELS: dict[str, tuple[str, ...]] = {
+    "MAFW": ("Anger", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise", "Contempt", "Anxiety",
+             "Helplessness", "Disappointment"),
+    "DFEW": ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
+    "MER-MULTI": ("Worried", "Happy", "Neutral", "Angry", "Surprise", "Sad"),
+    "MER24-T&V": ("Worried", "Happy", "Neutral", "Angry", "Surprise", "Sad"),
+    "IEMOCAP": ("Anger", "Happy", "Neutral", "Sad"),
+    "CREMA-D": ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sadness"),
+    "RAVDESS": ("Neutral", "Calm", "Happy", "Sad", "Angry", "Fearful", "Disgust", "Surprised"),
+}  # fmt: skip
+CEA13 = ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sadness", "Surprise", "Worried", "Calm", "Contempt",
+         "Anxiety", "Helplessness", "Disappointment")  # fmt: skip
+
+
 def test_table3_every_dataset_label_maps_into_the_13_classes():
-    cea = get_label_map("cea13")
-    assert cea.num_classes == 13 and len(set(CEA13_CLASSES)) == 13
+    cea = resolve_spec("cea13")
+    assert cea.remap and cea.space.classes == CEA13
+    index = cea.space.resolve
     for dataset, names in TABLE3_DATASET_LABELS.items():
-        idx = [cea.index({"label_name": n}) for n in names]
+        idx = [index(n) for n in names]
         assert len(set(idx)) == len(names), f"{dataset}: two labels collapsed into one class"
-    assert cea.index({"label_name": "Happiness"}) == cea.index({"label_name": "happy"})
-    assert cea.index({"label_name": "Fearful"}) == CEA13_CLASSES.index("Fear")
-    assert cea.index({"label_name": "Excitement"}) == CEA13_CLASSES.index("Happy")  # IEMOCAP merge
-    mer = get_label_map("mer3")
-    assert mer.num_classes == 3 and mer.index({"label_name": "positive"}) == 1
-    with pytest.raises(KeyError, match="Boredom"):
-        cea.index({"label_name": "Boredom"})
-    assert get_label_map("") is None
+    assert index("Happiness") == index("happy") == index("HAP")
+    assert index("Fearful") == CEA13.index("Fear") and index("Clam") == CEA13.index("Calm")
+    assert index("Excitement") == index("exc") == CEA13.index("Happy")  # IEMOCAP merge (paper §4.3)
+    assert cea.index({"label_name": "Sad"}, "k") == CEA13.index("Sadness")
+    mer = resolve_spec("mer3")
+    assert mer.space.num_classes == 3 and mer.index({"label_name": "positive"}, "k") == 1
+    with pytest.raises(DataError, match="Boredom"):
+        cea.index({"label_name": "Boredom"}, "k")
+    with pytest.raises(ConfigError, match="neither a built-in label space"):
+        resolve_spec("cea14")
 
 
 def test_label_map_from_yaml(tmp_path):
     path = tmp_path / "two.yaml"
     path.write_text("classes: [low, high]\naliases: {calm: low, excited: high}\n")
-    m = get_label_map(str(path))
-    assert m.index({"label_name": "Excited"}) == 1 and m.index({"label_name": "low"}) == 0
+    m = resolve_spec(str(path))
+    assert m.index({"label_name": "Excited"}, "k") == 1 and m.index({"label_name": "low"}, "k") == 0
+    path.write_text("classes: [low, high]\naliases: {calm: medium}\n")
+    with pytest.raises(ConfigError, match="'calm' -> 'medium' names no class"):
+        resolve_spec(str(path))
+
+
+def test_the_resolved_label_map_is_one_field_that_survives_a_config_round_trip():
+    """Pre-flight writes the full map into data.label_map; checkpoints and resumes read it back."""
+    cfg = stage_defaults("finetune")
+    cfg.data.label_map = RunLabels(builtin("iemocap"), remap=False).to_config()
+    again = from_dict(to_dict(cfg), "finetune")
+    labels = run_labels(again)
+    assert labels == run_labels(cfg) and not labels.remap
+    assert labels.space.classes == ("anger", "happiness", "neutral", "sadness") and labels.space.protocol == "iemocap"
+    assert labels.space.resolve("exc") == 1  # aliases and merges travel with it
+    with pytest.raises(ConfigError, match="unknown config key 'data.classes'"):
+        from_dict({"data": {"classes": ["a", "b"]}}, "finetune")
 
 
 def test_shipped_configs_load_for_their_stage(tmp_path):

@@ -106,7 +106,7 @@ def test_finetune_val_predictions_and_report_keep_the_protocol_order(data, tmp_p
     )  # no --num-classes: 4, from the shards' label map
     ckpt = torch.load(run / "checkpoint", weights_only=True)
     assert ckpt["class_names"] == IEMOCAP and ckpt["label_protocol"] == "iemocap"
-    assert ckpt["model"]["head.weight"].shape[0] == 4 and ckpt["config"]["data"]["classes"] == IEMOCAP
+    assert ckpt["model"]["head.weight"].shape[0] == 4 and ckpt["config"]["data"]["label_map"]["classes"] == IEMOCAP
     rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
     assert sorted({r["key"]: r["label"] for r in rows}.values()) == [2, 3, 3]
     assert all(r["classes"] == IEMOCAP and r["protocol"] == "iemocap" for r in rows)

@@ -32,6 +32,7 @@ from .stages import registry
 from .store.build_store import BuildStore
 from .store.examples import Reservoir, reject_row_id, unit_hash
 from .store.folder import THUMB_NAME, FolderLock, OutputFolder, claim
+from .store.log import DoneSet
 from .store.outputs import write_outputs
 
 # --------------------------------------------------------------------------- sync set-up
@@ -192,19 +193,10 @@ def _build_locked(
 
     store, recovery = open_store(folder, cfg)
     folder.config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
-    done = store.done()
-    for rec in preface:
-        if not done.contains(rec["input_id"]):
-            store.commit({"task_id": rec["input_id"], "seq": None, "segment": None, "inputs": [rec]})
+    done = _commit_preface(store, preface)
     plan = InputPlan(inputs, done, expand=labels is None)
     try:
-        if plan.given == 0:
-            raise ValueError("no inputs to curate" + (": " + "; ".join(plan.notes[:3]) if plan.notes else ""))
-        if warn is not None and not weights and cfg.sync.mode == "enforce" and not cfg.sync.enforce_fallback:
-            warn(
-                "no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
-                "(see --syncnet-weights, --require-syncnet)"
-            )
+        _check_start(plan, cfg, weights, warn)
         if workers is None:  # a joined Ray cluster: one actor per CPU of the cluster
             workers = 0 if engine == "ray" and ray_address else default_workers()
         size = task_size(plan.pending_count, cfg.output.inputs_per_task, workers)
@@ -219,8 +211,6 @@ def _build_locked(
     finally:
         plan.close()
         store.close()
-    wall = time.perf_counter() - run.t0
-    frames, busy, cpu, clips = run.frames, run.busy, run.cpu, run.clips
     run_info = {
         "engine": engine,
         "workers": workers,
@@ -232,16 +222,7 @@ def _build_locked(
         "shards_sealed": len(sealed),
         "orphan_shards_removed": len(recovery.shard_files_removed) + len(recovery.segments_removed),
         "tasks_packed_from_earlier_run": recovery.backlog,
-        "wall_seconds": round(wall, 3),
-        "frames_processed": frames,
-        "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
-        "frames_per_second_per_core": round(frames / wall / max(1, workers), 2) if wall > 0 else 0.0,
-        "clips_per_second": round(clips / wall, 3) if wall > 0 else 0.0,
-        # throughput of one busy worker (excludes pool start-up and idle time)
-        "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
-        # the same per CPU-second of the workers (comparable across machines and loads)
-        "frames_per_cpu_second": round(frames / cpu, 2) if cpu > 0 else 0.0,
-        "cpu_seconds_all_processes": run.cpu_report(),
+        **run.figures(workers),
         "syncnet_weights": path_text(weights) if weights else None,
         "inputs_skipped": plan.notes,
         "files_skipped": {k: n for k, n in plan.skipped.items() if n},
@@ -255,6 +236,26 @@ def _build_locked(
         progress=progress,
         stage_order=["decode", *registry.names()],
     )
+
+
+def _commit_preface(store: BuildStore, preface: list[dict[str, Any]]) -> DoneSet:
+    """Log pseudo-inputs (an import's bad CSV rows) once; returns the ids done so far."""
+    done = store.done()
+    for rec in preface:
+        if not done.contains(rec["input_id"]):
+            store.commit({"task_id": rec["input_id"], "seq": None, "segment": None, "inputs": [rec]})
+    return done
+
+
+def _check_start(plan: InputPlan, cfg: BuildConfig, weights: str | None, warn: Any) -> None:
+    """Refuse a build without inputs; say so when sync will be measured but not enforced."""
+    if plan.given == 0:
+        raise ValueError("no inputs to curate" + (": " + "; ".join(plan.notes[:3]) if plan.notes else ""))
+    if warn is not None and not weights and cfg.sync.mode == "enforce" and not cfg.sync.enforce_fallback:
+        warn(
+            "no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
+            "(see --syncnet-weights, --require-syncnet)"
+        )
 
 
 class _CrashPolicy:
@@ -300,6 +301,23 @@ class _Run:
         self.bar = tqdm(
             total=total, unit="input", desc="curating", file=sys.stderr, disable=not progress, dynamic_ncols=True
         )
+
+    def figures(self, workers: int) -> dict[str, Any]:
+        """Throughput of the run, by wall clock, by busy worker time and by CPU time."""
+        wall = time.perf_counter() - self.t0
+        frames, busy, cpu = self.frames, self.busy, self.cpu
+        return {
+            "wall_seconds": round(wall, 3),
+            "frames_processed": frames,
+            "frames_per_second": round(frames / wall, 2) if wall > 0 else 0.0,
+            "frames_per_second_per_core": round(frames / wall / max(1, workers), 2) if wall > 0 else 0.0,
+            "clips_per_second": round(self.clips / wall, 3) if wall > 0 else 0.0,
+            # throughput of one busy worker (excludes pool start-up and idle time)
+            "frames_per_worker_second": round(frames / busy, 2) if busy > 0 else 0.0,
+            # the same per CPU-second of the workers (comparable across machines and loads)
+            "frames_per_cpu_second": round(frames / cpu, 2) if cpu > 0 else 0.0,
+            "cpu_seconds_all_processes": self.cpu_report(),
+        }
 
     def thumb_policy(self) -> dict[str, Any]:
         return {

@@ -262,15 +262,9 @@ class ChunkPlan:
 
 
 @dataclass
-class _Pending:
-    k: int
-    image: FrameImage
-
-
-@dataclass
 class _Builder:
-    plan: ChunkPlan
-    info: SourceInfo
+    """The chunk being collected; frame indices are relative to ``start``."""
+
     start: int
     small: list[np.ndarray] = field(default_factory=list)
     analysis: dict[int, np.ndarray] = field(default_factory=dict)
@@ -280,26 +274,79 @@ class _Builder:
     stored: list[list[int]] = field(default_factory=list)
 
 
-def iter_chunks(reader: MediaReader, plan: ChunkPlan) -> Iterator[Chunk]:
-    """Decode ``reader`` once and yield consecutive chunks of about ``plan.chunk_frames`` frames
-    (a multiple of ``detect_every``, so every chunk starts on a detection frame)."""
-    fps, sr = reader.cfg.fps, reader.cfg.sample_rate
-    spf = sr / fps
-    every = max(1, plan.detect_every)
-    size = max(every, plan.chunk_frames - plan.chunk_frames % every)
-    detector = _Detector(plan)
-    cur: _Builder | None = None
-    pending: list[_Pending] = []
-    last_face: Face | None = None  # the tracked face at the last detection frame
-    prev_centre: tuple[float, float] | None = None
-    geo: dict[str, Any] = {}
+class _ChunkStream:
+    """The state of one decode pass of :func:`iter_chunks`: the chunk being built, the frames
+    waiting for the next detection (their regions need the face at both ends of the run) and
+    the tracked face. An object, so that the generator stays a short per-frame loop."""
 
-    def new_builder(k: int) -> _Builder:
-        return _Builder(plan=plan, info=reader.info, start=k)
+    def __init__(self, reader: MediaReader, plan: ChunkPlan) -> None:
+        self.reader, self.plan, self.info = reader, plan, reader.info
+        self.fps, self.sr = reader.cfg.fps, reader.cfg.sample_rate
+        self.spf = self.sr / self.fps
+        self.every = max(1, plan.detect_every)
+        self.size = max(self.every, plan.chunk_frames - plan.chunk_frames % self.every)
+        self.detector = _Detector(plan)
+        self.cur: _Builder | None = None
+        self.pending: list[tuple[int, FrameImage]] = []
+        self.last_face: Face | None = None  # the tracked face at the last detection frame
+        self.prev_centre: tuple[float, float] | None = None
+        self.aw = self.ah = self.step = 0
+        self.a_scale = 0.0  # analysis px per source px
 
-    def square_for(a: Face | None, b: Face | None) -> tuple[float, float, float]:
-        info = reader.info
-        if not plan.detect:
+    def _begin(self, k: int, img: FrameImage) -> _Builder:
+        """The first frame fixes the analysis size and the thumbnail stride for the whole pass."""
+        w, h = img.width, img.height
+        a = min(1.0, self.plan.analysis_side / max(w, h))
+        self.aw, self.ah = max(2, int(round(w * a / 2)) * 2), max(2, int(round(h * a / 2)) * 2)
+        self.step = max(1, w // self.plan.small_width)
+        self.a_scale = self.aw / w
+        return _Builder(start=k)
+
+    def push(self, k: int, img: FrameImage) -> Chunk | None:
+        """Take decoded frame ``k``; returns the chunk that it closes, if any. Frames between
+        detection frames only wait (no RGB copy) until the next detection places their regions."""
+        if self.cur is None:
+            self.cur = self._begin(k, img)
+        cur = self.cur
+        small = img.strided(self.step)
+        if k % self.every:
+            cur.small.append(small)
+            self.pending.append((k, img))
+            return None
+        analysis = img.scaled(self.aw, self.ah)
+        faces = self.detector(analysis, self.a_scale) if self.plan.detect else []
+        face = pick_face(faces, self.prev_centre)
+        self._flush(cur, face)  # the frames since the last detection end at this face
+        done = None
+        if k - cur.start >= self.size:
+            done = self._finish(cur)
+            self.cur = cur = _Builder(start=k)
+        cur.analysis[k - cur.start] = analysis
+        cur.faces[k - cur.start] = faces
+        if face is not None:
+            self.last_face, self.prev_centre = face, face.centre
+        cur.small.append(small)
+        self._store_region(cur, k, img, self._square(self.last_face, self.last_face))
+        return done
+
+    def close(self) -> Chunk | None:
+        """The last chunk at the end of the input; its waiting frames keep the last face."""
+        if self.cur is None:
+            return None
+        self._flush(self.cur, self.last_face)
+        return self._finish(self.cur)
+
+    def _flush(self, cur: _Builder, face: Face | None) -> None:
+        """Store the regions of the waiting frames, spanning the last tracked face and ``face``."""
+        sq = self._square(self.last_face, face)
+        for k, image in self.pending:
+            self._store_region(cur, k, image, sq)
+        self.pending.clear()
+
+    def _square(self, a: Face | None, b: Face | None) -> tuple[float, float, float]:
+        """The region square ``(x0, y0, side)`` that holds faces ``a`` and ``b`` with margin."""
+        info = self.info
+        if not self.plan.detect:
             side = float(min(info.width, info.height))
             return (info.width - side) / 2, (info.height - side) / 2, side
         faces = [f for f in (a, b) if f is not None]
@@ -309,11 +356,13 @@ def iter_chunks(reader: MediaReader, plan: ChunkPlan) -> Iterator[Chunk]:
         x0, y0 = min(f.x0 for f in faces), min(f.y0 for f in faces)
         x1, y1 = max(f.x1 for f in faces), max(f.y1 for f in faces)
         biggest = max(f.side for f in faces)
-        side = plan.region_factor * biggest + max(x1 - x0, y1 - y0) - biggest
+        side = self.plan.region_factor * biggest + max(x1 - x0, y1 - y0) - biggest
         return (x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2, side
 
-    def store_region(b: _Builder, k: int, image: FrameImage, sq: tuple[float, float, float]) -> None:
-        info = reader.info
+    def _store_region(self, b: _Builder, k: int, image: FrameImage, sq: tuple[float, float, float]) -> None:
+        """Keep frame ``k``'s part inside ``sq`` (clipped to the picture) as RGB at about
+        ``region_size``: crops are cut from it later, so the whole frame is never converted."""
+        info = self.info
         x0, y0, side = sq
         x0, y0 = max(0, int(x0) & ~1), max(0, int(y0) & ~1)  # even: chroma planes are half size
         x1, y1 = min(float(info.width), sq[0] + side), min(float(info.height), sq[1] + side)
@@ -321,7 +370,7 @@ def iter_chunks(reader: MediaReader, plan: ChunkPlan) -> Iterator[Chunk]:
             x0, y0, x1, y1 = 0, 0, float(info.width), float(info.height)
         # an integer downscale factor and even sizes: OpenCV's area resize is several times
         # faster for those; the stored side stays within 2/3..4/3 of region_size
-        f = max(1, int(round(max(x1 - x0, y1 - y0) / plan.region_size)))
+        f = max(1, int(round(max(x1 - x0, y1 - y0) / self.plan.region_size)))
         w, h = max(2, int((x1 - x0) // f) & ~1), max(2, int((y1 - y0) // f) & ~1)
         x1, y1 = x0 + w * f, y0 + h * f
         assert k - b.start == len(b.images)
@@ -329,15 +378,17 @@ def iter_chunks(reader: MediaReader, plan: ChunkPlan) -> Iterator[Chunk]:
         b.rects.append([x0, y0, x1, y1])
         b.stored.append([w, h])
 
-    def finish(b: _Builder) -> Chunk:
+    def _finish(self, b: _Builder) -> Chunk:
+        """The chunk of builder ``b``; its audio is read now, so audio streams along with video."""
+        reader = self.reader
         before = reader.audio.covered
-        a0, a1 = int(round(b.start * spf)), int(round((b.start + len(b.small)) * spf))
+        a0, a1 = int(round(b.start * self.spf)), int(round((b.start + len(b.small)) * self.spf))
         audio = reader.audio.read(a1 - a0)
         n = len(b.small)
         regions = FaceRegions(
-            size=plan.region_size,
-            width=reader.info.width,
-            height=reader.info.height,
+            size=self.plan.region_size,
+            width=self.info.width,
+            height=self.info.height,
             images=b.images,
             rects=np.asarray(b.rects, np.float64).reshape(n, 4),
             stored=np.asarray(b.stored, np.int64).reshape(n, 2),
@@ -345,57 +396,31 @@ def iter_chunks(reader: MediaReader, plan: ChunkPlan) -> Iterator[Chunk]:
         cov = min(1.0, (reader.audio.covered - before) / max(1, len(audio)))
         return Chunk(
             start_frame=b.start,
-            fps=fps,
-            sample_rate=sr,
+            fps=self.fps,
+            sample_rate=self.sr,
             audio=audio,
             audio_coverage=cov,
             small=np.stack(b.small),
             analysis=b.analysis,
-            analysis_scale=geo["a"],
+            analysis_scale=self.a_scale,
             faces=b.faces,
             regions=regions,
-            source=reader.info,
+            source=self.info,
             source_vfr=reader.clock.vfr,
         )
 
+
+def iter_chunks(reader: MediaReader, plan: ChunkPlan) -> Iterator[Chunk]:
+    """Decode ``reader`` once and yield consecutive chunks of about ``plan.chunk_frames`` frames
+    (a multiple of ``detect_every``, so every chunk starts on a detection frame)."""
+    stream = _ChunkStream(reader, plan)
     for k, frame in reader.frames():
-        img = FrameImage(frame, reader.info.rotation)
-        if not geo:
-            w, h = img.width, img.height
-            a = min(1.0, plan.analysis_side / max(w, h))
-            geo.update(
-                aw=max(2, int(round(w * a / 2)) * 2),
-                ah=max(2, int(round(h * a / 2)) * 2),
-                step=max(1, w // plan.small_width),
-            )
-            geo["a"] = geo["aw"] / w
-        if cur is None:
-            cur = new_builder(k)
-        small = img.strided(geo["step"])
-        if k % every:
-            cur.small.append(small)
-            pending.append(_Pending(k, img))
-            continue
-        analysis = img.scaled(geo["aw"], geo["ah"])
-        faces = detector(analysis, geo["a"]) if plan.detect else []
-        face = pick_face(faces, prev_centre)
-        for p in pending:  # the frames since the last detection end at this face
-            store_region(cur, p.k, p.image, square_for(last_face, face))
-        pending.clear()
-        if k - cur.start >= size:
-            yield finish(cur)
-            cur = new_builder(k)
-        cur.analysis[k - cur.start] = analysis
-        cur.faces[k - cur.start] = faces
-        if face is not None:
-            last_face, prev_centre = face, face.centre
-        cur.small.append(small)
-        store_region(cur, k, img, square_for(last_face, last_face))
-    if cur is not None:
-        for p in pending:
-            store_region(cur, p.k, p.image, square_for(last_face, last_face))
-        pending.clear()
-        yield finish(cur)
+        chunk = stream.push(k, FrameImage(frame, reader.info.rotation))
+        if chunk is not None:
+            yield chunk
+    last = stream.close()
+    if last is not None:
+        yield last
 
 
 class _Detector:

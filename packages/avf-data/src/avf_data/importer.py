@@ -14,9 +14,9 @@ CSV columns (a header row is optional when the order is ``path,label[,subject,fo
 The label map (which index each class gets) travels with the data, so train and test folds
 agree even when a fold lacks a class:
 
-``--protocol NAME``  classes in the order of an avf-eval protocol (`avf-eval protocols NAME`);
-                     native codes and spellings are mapped through the protocol's aliases and
-                     merges, labels the protocol drops are rejected rows
+``--protocol NAME``  the protocol's label space (``label_spaces.yaml``; `avf-eval protocols NAME`
+                     shows it): its class order, native codes and merges; labels the protocol
+                     drops are rejected rows
 ``--classes FILE``   classes in the order of FILE: a previous import's classes.json, a JSON/YAML
                      list, or one name per line (or NAMES, comma-separated)
 neither              sorted names found in this CSV (a warning: another CSV may differ)
@@ -36,58 +36,32 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .build import build
 from .config import BuildConfig, lenient
+from .labels import LabelSpace, builtin, from_names
 from .media import path_text
 from .rows import RejectRow
 
 
-@dataclass(frozen=True)
-class LabelSpace:
-    """The class order every sample of one import is numbered by: the label map that travels.
-
-    ``resolve`` turns a raw CSV label into a class index, ``None`` for a label the protocol
-    drops, and raises ValueError for an unknown one.
-    """
-
-    classes: tuple[str, ...]
-    source: str
-    protocol: str | None = None
-    inferred: bool = False  # numbered from this CSV alone (no --protocol / --classes)
-    resolve: Callable[[str], int | None] = field(default=lambda label: None, compare=False, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "classes": list(self.classes),
-            "num_classes": len(self.classes),
-            "protocol": self.protocol,
-            "source": self.source,
-        }
-
-
-def protocol_label_space(name: str) -> LabelSpace:
-    """Classes, aliases and merges of an avf-eval protocol (avf-eval holds the registry)."""
+def label_space_for(protocol: str | None, classes: list[str] | None) -> LabelSpace | None:
+    """``--protocol``'s space (classes, native codes, merges), ``--classes`` in their order, or None."""
+    if classes is not None and protocol is not None:
+        raise ValueError("give --protocol or --classes, not both")
+    if classes is not None:
+        return from_names(classes, "--classes")
+    if protocol is None:
+        return None
     try:
-        from avf_eval.protocols import get_protocol
-    except ImportError:
-        raise ValueError(
-            "--protocol needs the avf-eval package (its protocol registry): pip install avf-eval"
-        ) from None
-    try:
-        protocol = get_protocol(name)
+        space = builtin(protocol)
     except KeyError as exc:
-        raise ValueError(exc.args[0]) from None
-    if protocol.kind != "classification":
-        raise ValueError(
-            f"protocol {protocol.name} is a {protocol.kind} protocol: it has dimensions "
-            f"({', '.join(protocol.dimensions)}), not classes; give target_* columns instead"
-        )
-    return LabelSpace(tuple(protocol.classes), f"protocol {protocol.name}", protocol.name, resolve=protocol.map_label)
+        raise ValueError(f"{exc.args[0]} (a regression protocol has no classes: give target_* columns)") from None
+    if not space.protocol:
+        raise ValueError(f"{space.name} is a training label map, not a protocol: import with --classes instead")
+    return space
 
 
 def read_class_list(spec: str) -> list[str]:
@@ -116,21 +90,6 @@ def read_class_list(spec: str) -> list[str]:
     return names
 
 
-def given_label_space(classes: list[str], source: str) -> LabelSpace:
-    """Classes in the given order; a label is a class name (any case) or an index into them."""
-    lowered = [c.lower() for c in classes]
-
-    def resolve(label: str) -> int:
-        key = label.strip().lower()
-        if key in lowered:
-            return lowered.index(key)
-        if _is_int(label) and 0 <= int(label) < len(classes):
-            return int(label)
-        raise ValueError(f"label {label!r} is not one of the classes {list(classes)}")
-
-    return LabelSpace(tuple(classes), source, resolve=resolve)
-
-
 def inferred_label_space(labels: list[str], csv_name: str) -> LabelSpace:
     """The old rule, for corpora without a protocol: indices if every label is an integer, else
     sorted names. It depends on which labels this one CSV holds, hence the warning."""
@@ -138,8 +97,7 @@ def inferred_label_space(labels: list[str], csv_name: str) -> LabelSpace:
         classes = [str(i) for i in range(max(int(lab) for lab in labels) + 1)]
     else:
         classes = sorted({lab for lab in labels if not _is_int(lab)})
-    space = given_label_space(classes, f"sorted labels of {csv_name}")
-    return LabelSpace(space.classes, space.source, inferred=True, resolve=space.resolve)
+    return from_names(classes, f"sorted labels of {csv_name}")
 
 
 def _reason_kind(reason: str) -> str:
@@ -160,115 +118,137 @@ def _reason_kind(reason: str) -> str:
     return text.split(" (")[0]
 
 
-def read_label_csv(
-    csv_path: str | os.PathLike, classes: list[str] | None = None, protocol: str | None = None
-) -> tuple[dict[str, dict[str, Any]], LabelSpace, list[dict[str, Any]], int]:
-    """Parse the CSV. Returns ({path: label fields}, label space, reject rows, number of data rows)."""
-    if classes is not None and protocol is not None:
-        raise ValueError("give --protocol or --classes, not both")
-    csv_path = Path(csv_path)
-    base = csv_path.resolve().parent
+@dataclass
+class LabelCsv:
+    """What a label CSV says: label fields per video path, the space they are numbered by, bad rows."""
+
+    labels: dict[str, dict[str, Any]]
+    space: LabelSpace
+    rejects: list[dict[str, Any]]
+    rows: int
+    inferred: bool  # numbered from this CSV alone (no --protocol / --classes)
+
+
+@dataclass
+class _Row:
+    path: str
+    label: str
+    label_id: int | None
+    extra: dict[str, Any]
+    where: str
+
+
+def _read_table(csv_path: Path) -> tuple[list[str], list[list[str]], int]:
+    """(column names, data rows, line number of the first data row); a header row is optional."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     if not rows:
         raise ValueError(f"{csv_path} holds no rows")
     head = [c.strip().lower() for c in rows[0]]
     if ("path" in head or "key" in head) and ("label" in head or "label_id" in head):
-        columns, body, first_line = head, rows[1:], 2
-        if "path" not in head:
-            columns = ["path" if c == "key" else c for c in head]
-    else:
-        columns, body, first_line = ["path", "label", "subject", "fold"][: max(len(r) for r in rows)], rows, 1
-    space = (
-        protocol_label_space(protocol)
-        if protocol is not None
-        else given_label_space(classes, "--classes")
-        if classes is not None
-        else None
-    )
+        columns = head if "path" in head else ["path" if c == "key" else c for c in head]
+        return columns, rows[1:], 2
+    return ["path", "label", "subject", "fold"][: max(len(r) for r in rows)], rows, 1
+
+
+def _parse_row(rec: dict[str, str], where: str, base: Path) -> _Row:
+    """One CSV row checked field by field; ValueError names what is wrong with it."""
+    if not rec.get("path"):
+        raise ValueError("empty path")
+    label_id: int | None = None
+    if rec.get("label_id"):
+        if not _is_int(rec["label_id"]):
+            raise ValueError(f"label_id {rec['label_id']!r} is not an integer")
+        label_id = int(rec["label_id"])
+    if not rec.get("label") and label_id is None:
+        raise ValueError("empty label")
+    extra: dict[str, Any] = {"subject": rec.get("subject") or None, "fold": None}
+    if rec.get("fold"):
+        if not _is_int(rec["fold"]):
+            raise ValueError(f"fold {rec['fold']!r} is not an integer")
+        extra["fold"] = int(rec["fold"])
+    targets = _targets(rec)
+    if targets is not None:
+        extra["targets"] = targets
+    path = rec["path"] if os.path.isabs(rec["path"]) else str(base / rec["path"])
+    return _Row(path, rec.get("label", ""), label_id, extra, where)
+
+
+def _class_of(row: _Row, space: LabelSpace) -> int:
+    """The row's class index in ``space``; ValueError says why the row has none."""
+    i: int | None = row.label_id
+    if row.label:
+        try:
+            i = space.resolve(row.label)
+        except ValueError as exc:
+            raise ValueError(f"unknown label {row.label!r} ({exc})") from None
+        if i is None:
+            raise ValueError(f"dropped label {row.label!r}: {space.title} does not score it")
+        if row.label_id is not None and row.label_id != i:
+            raise ValueError(
+                f"label_id {row.label_id} disagrees with label {row.label!r} = class {i} "
+                f"({space.classes[i]}) of {space.title}"
+            )
+    if i is None or not 0 <= i < space.num_classes:
+        raise ValueError(f"label_id {i} out of range 0..{space.num_classes - 1} of {space.title}")
+    return i
+
+
+def read_label_csv(
+    csv_path: str | os.PathLike, classes: list[str] | None = None, protocol: str | None = None
+) -> LabelCsv:
+    """Parse the CSV into label fields per video, numbered by the given (or inferred) space."""
+    space = label_space_for(protocol, classes)
+    csv_path = Path(csv_path)
+    columns, body, first_line = _read_table(csv_path)
     if space is None and "label_id" in columns:
         raise ValueError(
             f"{csv_path} has a label_id column (avf-eval splits output) but nothing names its indices: "
             "pass --protocol NAME (or --classes FILE)"
         )
     rejects: list[dict[str, Any]] = []
-    parsed: list[tuple[str, str, int | None, dict[str, Any], int]] = []
-    seen: set[str] = set()
 
-    def bad(rec: dict[str, str], where: str, reason: str) -> None:
+    def bad(path: str, where: str, reason: str) -> None:
         rejects.append(
-            RejectRow(
-                path_text(rec.get("path") or where), "", 0.0, 0.0, "import", "import.row", f"{where}: {reason}"
-            ).to_dict()
+            RejectRow(path_text(path or where), "", 0.0, 0.0, "import", "import.row", f"{where}: {reason}").to_dict()
         )
 
+    parsed: list[_Row] = []
+    seen: set[str] = set()
+    base = csv_path.resolve().parent
     for n, r in enumerate(body, start=first_line):
         rec = {c: (r[i].strip() if i < len(r) else "") for i, c in enumerate(columns)}
         where = f"{csv_path.name}:{n}"
-        if not rec.get("path"):
-            bad(rec, where, "empty path")
-            continue
-        label_id: int | None = None
-        if rec.get("label_id"):
-            if not _is_int(rec["label_id"]):
-                bad(rec, where, f"label_id {rec['label_id']!r} is not an integer")
-                continue
-            label_id = int(rec["label_id"])
-        if not rec.get("label") and label_id is None:
-            bad(rec, where, "empty label")
-            continue
-        path = rec["path"] if os.path.isabs(rec["path"]) else str(base / rec["path"])
-        if os.path.abspath(path) in seen:
-            bad(rec, where, "duplicate path (first row wins)")
-            continue
-        extra: dict[str, Any] = {"subject": rec.get("subject") or None, "fold": None}
-        if rec.get("fold"):
-            try:
-                extra["fold"] = int(rec["fold"])
-            except ValueError:
-                bad(rec, where, f"fold {rec['fold']!r} is not an integer")
-                continue
         try:
-            targets = _targets(rec)
+            row = _parse_row(rec, where, base)
         except ValueError as exc:
-            bad(rec, where, str(exc))
+            bad(rec.get("path", ""), where, str(exc))
             continue
-        if targets is not None:
-            extra["targets"] = targets
-        seen.add(os.path.abspath(path))
-        parsed.append((path, rec.get("label", ""), label_id, extra, n))
+        if os.path.abspath(row.path) in seen:
+            bad(row.path, where, "duplicate path (first row wins)")
+            continue
+        seen.add(os.path.abspath(row.path))
+        parsed.append(row)
+    inferred = space is None
     if space is None:
-        space = inferred_label_space([lab for _, lab, _, _, _ in parsed], csv_path.name)
+        space = inferred_label_space([row.label for row in parsed], csv_path.name)
     out: dict[str, dict[str, Any]] = {}
-    for path, lab, label_id, extra, n in parsed:
-        where = f"{csv_path.name}:{n}"
-        rec = {"path": path}
-        i: int | None = label_id
-        if lab:
-            try:
-                i = space.resolve(lab)
-            except ValueError as exc:
-                bad(rec, where, f"unknown label {lab!r} ({exc})")
-                continue
-            if i is None:
-                bad(rec, where, f"dropped label {lab!r}: {space.source} does not score it")
-                continue
-            if label_id is not None and label_id != i:
-                bad(
-                    rec,
-                    where,
-                    f"label_id {label_id} disagrees with label {lab!r} = class {i} "
-                    f"({space.classes[i]}) of {space.source}",
-                )
-                continue
-        if i is None or not 0 <= i < len(space.classes):
-            bad(rec, where, f"label_id {i} out of range 0..{len(space.classes) - 1} of {space.source}")
+    for row in parsed:
+        try:
+            i = _class_of(row, space)
+        except ValueError as exc:
+            bad(row.path, row.where, str(exc))
             continue
-        fields: dict[str, Any] = {"label": i, "label_name": space.classes[i], **extra, "classes": list(space.classes)}
+        fields: dict[str, Any] = {
+            "label": i,
+            "label_name": space.classes[i],
+            **row.extra,
+            "classes": list(space.classes),
+        }
         if space.protocol:
             fields["protocol"] = space.protocol
-        out[path] = fields
-    return out, space, rejects, len(body)
+        out[row.path] = fields
+    return LabelCsv(out, space, rejects, len(body), inferred)
 
 
 def _is_int(text: str) -> bool:
@@ -315,49 +295,73 @@ def import_csv(
         cfg = lenient(cfg)
     if not curate:
         cfg.curate = False
-    labels, space, rejects, num_rows = read_label_csv(csv_path, classes, protocol)
-    out = Path(out_dir)
+    table = read_label_csv(csv_path, classes, protocol)
+    label_map = _write_classes_json(Path(out_dir), table.space)
+    stats = build(
+        list(table.labels),
+        out_dir,
+        cfg,
+        labels=table.labels,
+        preface=[_csv_rows_input(csv_path, table)],
+        **build_kwargs,
+    )
+    stats["classes"] = list(table.space.classes)
+    stats["label_map"] = label_map
+    stats["csv"] = _csv_summary(Path(csv_path).name, table)
+    stats["import_warnings"] = []
+    if table.inferred:
+        stats["import_warnings"].append(
+            f"classes are numbered by the sorted labels of this CSV {list(table.space.classes)}; another CSV (a test "
+            "fold without some class) will number them differently. Pass --protocol NAME or --classes FILE "
+            "(e.g. this import's classes.json) to fix the order"
+        )
+    return stats
+
+
+def _write_classes_json(out: Path, space: LabelSpace) -> dict[str, Any]:
+    """``OUT/classes.json``, the label map beside the shards; another numbering in the same OUT is refused."""
     previous = out / "classes.json"
     if previous.is_file():
         old = json.loads(previous.read_text(encoding="utf-8")).get("classes")
         if old is not None and [str(c) for c in old] != list(space.classes):
             raise ValueError(
                 f"{out} already holds an import numbered {old}; this one numbers {list(space.classes)} "
-                f"({space.source}): use a new --out"
+                f"({space.title}): use a new --out"
             )
+    label_map = {
+        "classes": list(space.classes),
+        "num_classes": space.num_classes,
+        "protocol": space.protocol or None,
+        "source": space.title,
+    }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "classes.json").write_text(json.dumps(space.to_json(), indent=2) + "\n", encoding="utf-8")
-    # bad CSV rows are logged once, as a pseudo-input, so that resumes keep them
-    rid = "csvrows_" + hashlib.sha1(os.fsencode(os.path.abspath(csv_path))).hexdigest()[:8]
-    csv_rows = {
-        "input_id": rid,
+    previous.write_text(json.dumps(label_map, indent=2) + "\n", encoding="utf-8")
+    return label_map
+
+
+def _csv_rows_input(csv_path: str | os.PathLike, table: LabelCsv) -> dict[str, Any]:
+    """Bad CSV rows as one pseudo-input of the build log, so that a resumed import keeps them."""
+    return {
+        "input_id": "csvrows_" + hashlib.sha1(os.fsencode(os.path.abspath(csv_path))).hexdigest()[:8],
         "source": path_text(csv_path),
         "seconds": 0.0,
         "frames": 0,
         "manifest": [],
-        "rejects": rejects,
+        "rejects": table.rejects,
         "stages": {},
         "sync_methods": [],
         "proc_seconds": 0.0,
     }
-    stats = build(list(labels), out, cfg, labels=labels, preface=[csv_rows], **build_kwargs)
-    stats["classes"] = list(space.classes)
-    stats["label_map"] = space.to_json()
-    by_reason = Counter(_reason_kind(r["reason"]) for r in rejects)
+
+
+def _csv_summary(name: str, table: LabelCsv) -> dict[str, Any]:
+    by_reason = Counter(_reason_kind(r["reason"]) for r in table.rejects)
     detail = ", ".join(f"{n} {kind}" for kind, n in by_reason.most_common())
-    stats["csv"] = {
-        "rows": num_rows,
-        "imported": len(labels),
-        "rejected": len(rejects),
+    return {
+        "rows": table.rows,
+        "imported": len(table.labels),
+        "rejected": len(table.rejects),
         "rejected_by_reason": dict(by_reason),
-        "line": f"CSV {Path(csv_path).name}: {num_rows} rows -> {len(labels)} inputs, {len(rejects)} rejected"
+        "line": f"CSV {name}: {table.rows} rows -> {len(table.labels)} inputs, {len(table.rejects)} rejected"
         + (f" ({detail})" if detail else ""),
     }
-    stats["import_warnings"] = []
-    if space.inferred:
-        stats["import_warnings"].append(
-            f"classes are numbered by the sorted labels of this CSV {list(space.classes)}; another CSV (a test fold "
-            "without some class) will number them differently. Pass --protocol NAME or --classes FILE "
-            "(e.g. this import's classes.json) to fix the order"
-        )
-    return stats

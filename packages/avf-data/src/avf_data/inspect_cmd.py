@@ -33,11 +33,26 @@ def summarize(target: str | os.PathLike, *, verify: bool = False) -> dict[str, A
         raise FileNotFoundError(f"{target} not found")
     info: dict[str, Any] = {"path": str(target), "problems": []}
     shards = _shards_of(target)
-    samples = 0
-    nbytes = 0
+    counts = _tally(shards, info)
+    if verify:
+        _verify(target, shards, counts, info)
+    stats_path = target / "stats.json"
+    if stats_path.exists():
+        st = json.loads(stats_path.read_text())
+        info["stats"] = _stats_highlights(st)
+        if st.get("clips") is not None and st["clips"] != info["samples"]:
+            info["problems"].append(f"stats.json counts {st['clips']} clips, the shard indexes {info['samples']}")
+    classes = target / "classes.json"
+    if classes.exists():
+        info["classes"] = json.loads(classes.read_text())
+    return info
+
+
+def _tally(shards: list[str], info: dict[str, Any]) -> dict[str, int]:
+    """Corpus totals into ``info`` from the cheap indexes; returns samples per shard for ``--verify`` to check."""
     exts: Counter[str] = Counter()
     labels: Counter[str] = Counter()
-    seconds = 0.0
+    nbytes, seconds = 0, 0.0
     unindexed: list[str] = []
     counts: dict[str, int] = {}
     for shard in shards:
@@ -46,67 +61,53 @@ def summarize(target: str | os.PathLike, *, verify: bool = False) -> dict[str, A
             unindexed.append(shard)
             continue
         counts[shard] = index.samples
-        samples += index.samples
         nbytes += index.bytes
         exts.update(index.extensions)
         labels.update(index.labels)
         seconds += index.seconds
-    for shard in unindexed:  # no index (or a stale one): count the tar headers, no member data
-        try:
-            n = sum(1 for _ in iter_raw_samples([shard], exts=()))
-        except OSError as exc:
-            raise ValueError(f"{shard} is not a tar shard ({exc})") from None
-        counts[shard] = n
-        samples += n
-        try:
-            nbytes += os.path.getsize(shard)
-        except OSError:
-            pass
+    for shard in unindexed:
+        counts[shard], size = _count_tar(shard)
+        nbytes += size
     info.update(
         shards=len(shards),
         shard_bytes=nbytes,
-        samples=samples,
+        samples=sum(counts[s] for s in shards),
         extensions=dict(sorted(exts.items())),
         seconds=round(seconds, 3),
         shards_without_index=len(unindexed),
     )
     if labels:
         info["labels"] = {int(k): v for k, v in sorted(labels.items(), key=lambda kv: int(kv[0]))}
-    if verify:
-        _verify(target, shards, counts, info)
-    stats_path = target / "stats.json"
-    if stats_path.exists():
-        st = json.loads(stats_path.read_text())
-        info["stats"] = {
-            k: st.get(k)
-            for k in (
-                "inputs",
-                "inputs_rejected",
-                "clips",
-                "seconds_in",
-                "seconds_accepted",
-                "seconds_rejected",
-                "sync_scorer",
-            )
-        }
-        info["stats"]["stages"] = {k: f"{v['in']} -> {v['out']}" for k, v in st.get("stages", {}).items()}
-        info["stats"]["rejects_by_code"] = {k: v.get("count") for k, v in (st.get("rejects_by_code") or {}).items()}
-        info["stats"]["sync_enforced"] = st.get("sync_enforced")
-        info["stats"]["shard_pattern"] = (st.get("shards") or {}).get("pattern")
-        if st.get("clips") is not None and st["clips"] != samples:
-            info["problems"].append(f"stats.json counts {st['clips']} clips, the shard indexes {samples}")
-    classes = target / "classes.json"
-    if classes.exists():
-        info["classes"] = json.loads(classes.read_text())
-    return info
+    return counts
+
+
+def _count_tar(shard: str) -> tuple[int, int]:
+    """Samples and bytes of a shard with no (or a stale) index: tar headers only, no member data."""
+    try:
+        n = sum(1 for _ in iter_raw_samples([shard], exts=()))
+    except OSError as exc:
+        raise ValueError(f"{shard} is not a tar shard ({exc})") from None
+    try:
+        return n, os.path.getsize(shard)
+    except OSError:
+        return n, 0
+
+
+def _stats_highlights(st: dict[str, Any]) -> dict[str, Any]:
+    """The stats.json fields the summary prints, flattened so they read on one line each."""
+    fields = "inputs inputs_rejected clips seconds_in seconds_accepted seconds_rejected sync_scorer".split()
+    return {
+        **{k: st.get(k) for k in fields},
+        "stages": {k: f"{v['in']} -> {v['out']}" for k, v in st.get("stages", {}).items()},
+        "rejects_by_code": {k: v.get("count") for k, v in (st.get("rejects_by_code") or {}).items()},
+        "sync_enforced": st.get("sync_enforced"),
+        "shard_pattern": (st.get("shards") or {}).get("pattern"),
+    }
 
 
 def _verify(target: Path, shards: list[str], counts: dict[str, int], info: dict[str, Any]) -> None:
     """Read every sample; record what disagrees with the indexes and the manifest."""
-    from .shards import decode_sample
-
     keys: set[str] = set()
-    dup = 0
     exts: Counter[str] = Counter()
     per_shard: Counter[str] = Counter()
     first = None
@@ -114,8 +115,6 @@ def _verify(target: Path, shards: list[str], counts: dict[str, int], info: dict[
         try:
             for s in iter_raw_samples([shard]):
                 per_shard[shard] += 1
-                if s["__key__"] in keys:
-                    dup += 1
                 keys.add(s["__key__"])
                 exts.update(k for k in s if not k.startswith("__"))
                 if first is None:
@@ -128,41 +127,52 @@ def _verify(target: Path, shards: list[str], counts: dict[str, int], info: dict[
                 f"{shard}: index says {counts.get(shard)} samples, the tar holds {per_shard[shard]}"
             )
     info["verified"] = {"samples": sum(per_shard.values()), "extensions": dict(sorted(exts.items()))}
+    dup = info["verified"]["samples"] - len(keys)  # every sample read either adds a new key or repeats one
     info["duplicate_keys"] = dup
     if dup:
         info["problems"].append(f"{dup} duplicate keys")
     manifest = target / "manifest.jsonl"
     if manifest.is_file():
-        listed: set[str] = set()
-        shard_names: set[str] = set()
-        with open(manifest, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    row = json.loads(line)
-                    listed.add(row["key"])
-                    if row.get("shard"):
-                        shard_names.add(row["shard"])
-        missing = sorted(s for s in shard_names if not (target / s).is_file())
-        info["missing_shards"] = missing
-        if missing:
-            info["problems"].append(
-                f"{len(missing)} shards listed in manifest.jsonl are missing: {', '.join(missing[:5])}"
-            )
-        if listed != keys:
-            info["problems"].append(
-                f"manifest.jsonl and the shards disagree: {len(listed - keys)} keys only in the manifest, "
-                f"{len(keys - listed)} only in the shards"
-            )
+        _check_manifest(target, manifest, keys, info)
     if first is not None:
-        c = decode_sample(first)
-        info["example"] = {
-            "key": c.key,
-            "frames": list(c.frames.shape),
-            "fps": c.fps,
-            "audio_samples": int(len(c.audio)),
-            "sample_rate": c.sample_rate,
-            "meta_keys": sorted(c.meta),
-        }
+        info["example"] = _example(first)
+
+
+def _check_manifest(target: Path, manifest: Path, keys: set[str], info: dict[str, Any]) -> None:
+    """Flag shards the manifest names that are gone, and keys it lists that the shards lack (or vice versa)."""
+    listed: set[str] = set()
+    shard_names: set[str] = set()
+    with open(manifest, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                listed.add(row["key"])
+                if row.get("shard"):
+                    shard_names.add(row["shard"])
+    missing = sorted(s for s in shard_names if not (target / s).is_file())
+    info["missing_shards"] = missing
+    if missing:
+        info["problems"].append(f"{len(missing)} shards listed in manifest.jsonl are missing: {', '.join(missing[:5])}")
+    if listed != keys:
+        info["problems"].append(
+            f"manifest.jsonl and the shards disagree: {len(listed - keys)} keys only in the manifest, "
+            f"{len(keys - listed)} only in the shards"
+        )
+
+
+def _example(first: dict[str, Any]) -> dict[str, Any]:
+    """Decode one sample, proving the members are readable, and describe its shapes."""
+    from .shards import decode_sample
+
+    c = decode_sample(first)
+    return {
+        "key": c.key,
+        "frames": list(c.frames.shape),
+        "fps": c.fps,
+        "audio_samples": int(len(c.audio)),
+        "sample_rate": c.sample_rate,
+        "meta_keys": sorted(c.meta),
+    }
 
 
 def format_summary(info: dict[str, Any]) -> str:

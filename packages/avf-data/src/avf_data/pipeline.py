@@ -462,7 +462,6 @@ def process_task(
     out = Path(out_dir) if out_dir is not None else None
     pictures = Thumbs(out, thumbs if cfg.output.thumbnails else None)
     records: list[dict[str, Any]] = []
-    segment: dict[str, Any] | None = None
     if out is None:
         for (path, label), iid in zip(items, iids, strict=True):
             if before_input is not None:
@@ -470,8 +469,7 @@ def process_task(
             res, _, t0 = curate_input(path, cfg, weights, label, iid, True)
             records.append(_finish(res, t0))
         return {"task_id": tid, "seq": seq, "n": len(items), "segment": None, "inputs": records}
-    folder = OutputFolder(out)
-    path_seg = folder.segment(tid)
+    path_seg = OutputFolder(out).segment(tid)
     path_seg.parent.mkdir(parents=True, exist_ok=True)
     members: set[tuple[str, ...]] = set()
     with open(path_seg, "wb") as fh:
@@ -490,21 +488,29 @@ def process_task(
         size = writer.finish()
         fh.flush()
         os.fsync(fh.fileno())
+    segment = _segment_entry(out, path_seg, writer, size, members, tid)
+    return {"task_id": tid, "seq": seq, "n": len(items), "segment": segment, "inputs": records}
+
+
+def _segment_entry(
+    out: Path, path_seg: Path, writer: SampleTarWriter, size: int, members: set[tuple[str, ...]], tid: str
+) -> dict[str, Any] | None:
+    """What the packer needs of a written segment (sample offsets, sizes, members); None, and no
+    file, when the task kept no clip."""
     if len(members) > 1:  # one task writes one kind of sample; the shard index counts members by it
         raise ValueError(f"task {tid}: samples with different members {sorted(members)}")
     n = len(writer.index.offsets)
-    if n:
-        segment = {
-            "name": path_seg.relative_to(out).as_posix(),
-            "samples": n,
-            "offsets": writer.index.offsets,
-            "data_bytes": writer.position,
-            "bytes": size,
-            "members": list(next(iter(members))),
-        }
-    else:
+    if not n:
         path_seg.unlink(missing_ok=True)
-    return {"task_id": tid, "seq": seq, "n": len(items), "segment": segment, "inputs": records}
+        return None
+    return {
+        "name": path_seg.relative_to(out).as_posix(),
+        "samples": n,
+        "offsets": writer.index.offsets,
+        "data_bytes": writer.position,
+        "bytes": size,
+        "members": list(next(iter(members))),
+    }
 
 
 def process_input(

@@ -342,8 +342,6 @@ def run_sync_pass(
     must see ``out_dir`` and the sources). ``after_shard(rel)``: test hook, called after each
     shard is committed. Returns the regenerated stats dict (with ``sync_pass``).
     """
-    from tqdm import tqdm
-
     if engine not in ("local", "ray"):
         raise ValueError(f"engine must be 'local' or 'ray', not {engine!r}")
     folder = OutputFolder(out_dir)
@@ -352,6 +350,26 @@ def run_sync_pass(
     settings = load_sync_settings(folder, config, sets)
     sync_cfg = _with_overrides(settings.sync, device, batch_size, engine)
     path = _weights_path(weights, sync_cfg)
+    return _score_shards(
+        folder, settings, sync_cfg, path, clip_frames, engine, workers, ray_address, progress, after_shard
+    )
+
+
+def _score_shards(
+    folder: OutputFolder,
+    settings: Any,
+    sync_cfg: Any,
+    path: str,
+    clip_frames: int,
+    engine: str,
+    workers: int | None,
+    ray_address: str | None,
+    progress: bool,
+    after_shard: Any,
+) -> dict[str, Any]:
+    """The pass itself, under the folder's lock: resume from the log, score the rest, write outputs."""
+    from tqdm import tqdm
+
     t_start = time.perf_counter()
     rep = SyncPassReport()
     with FolderLock(folder):
@@ -359,19 +377,13 @@ def run_sync_pass(
         log, header, logged = _open_log(folder, path, sync_cfg)
         rep.shards = n_shards
         bar = tqdm(total=n_shards, unit="shard", desc="sync", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        todo = []
-        for rel in (folder.shard_name(n) for n in range(n_shards)):
-            shard = folder.root / rel
-            tmp = shard.with_name(shard.name + ".sync.tmp")
-            if rel in logged:
-                _ensure_applied(shard, tmp, logged[rel], log)
-                rep.shards_resumed += 1
-                if after_shard is not None:
-                    after_shard(rel)
-                bar.update(1)
-            else:
-                tmp.unlink(missing_ok=True)
-                todo.append((rel, str(shard), str(tmp)))
+
+        def shard_done(rel: str) -> None:
+            if after_shard is not None:
+                after_shard(rel)
+            bar.update(1)
+
+        todo = _shards_to_score(folder, n_shards, logged, log, rep, shard_done)
         # SyncNet is loaded only when there is work (torch alone is ~0.5 GB), and checked before
         # the log's first line: a weights file that does not load fails here, leaving nothing behind
         results: Any = iter(())
@@ -379,26 +391,38 @@ def run_sync_pass(
             from .stages.sync import build_sync_scorer
 
             build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
-            results = run_jobs(
-                todo,
-                _scorer_spec(path, sync_cfg, settings, clip_frames, engine, workers),
-                workers or 0,
-                engine,
-                ray_address,
-            )
+            spec = _scorer_spec(path, sync_cfg, settings, clip_frames, engine, workers)
+            results = run_jobs(todo, spec, workers or 0, engine, ray_address)
         if header is None:
             log.append({"kind": "header", "version": LOG_VERSION, **_settings(path, sync_cfg)})
         for rel, res in results:
             _commit_shard(folder, log, rel, res, rep)
-            if after_shard is not None:
-                after_shard(rel)
-            bar.update(1)
+            shard_done(rel)
         bar.close()
         log.close()
         _count_verdicts(log, rep)
         rep.wall_seconds = round(time.perf_counter() - t_start, 3)
         stats = _write_outputs(folder, settings, sync_cfg, path, engine, rep, progress)
     return stats
+
+
+def _shards_to_score(
+    folder: OutputFolder, n_shards: int, logged: dict[str, Any], log: JsonLog, rep: SyncPassReport, shard_done: Any
+) -> list[tuple[str, str, str]]:
+    """(shard, path, temporary path) of every shard without a logged verdict; a logged one is
+    made sure to be applied (a crash may have come between the log line and the rename)."""
+    todo = []
+    for rel in (folder.shard_name(n) for n in range(n_shards)):
+        shard = folder.root / rel
+        tmp = shard.with_name(shard.name + ".sync.tmp")
+        if rel in logged:
+            _ensure_applied(shard, tmp, logged[rel], log)
+            rep.shards_resumed += 1
+            shard_done(rel)
+        else:
+            tmp.unlink(missing_ok=True)
+            todo.append((rel, str(shard), str(tmp)))
+    return todo
 
 
 def _with_overrides(sync_cfg, device: str | None, batch_size: int | None, engine: str):

@@ -290,7 +290,7 @@ def _check_label_map(
         raise _fail(source, f"classes must be a list of class names, got {names!r}")
     key = tuple(str(n) for n in names)
     if key not in seen:
-        seen[key] = protocol.check_class_names(key)
+        seen[key] = protocol.labels.check_names(key) if protocol.labels is not None else None
     if seen[key]:
         raise _fail(
             source,

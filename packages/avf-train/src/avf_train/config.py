@@ -103,12 +103,11 @@ class DataArgs:
     # --num_sample): a batch of run.batch_size clips holds batch_size x repeated_aug views
     repeated_aug: int = 2
     # label handling (labelled stages)
-    label_map: str = ""  # "" = the shards' own label map; "cea13" / "mer3" = paper Table 3 alignment; or a YAML path
-    # class names of the model's outputs in index order. Empty: taken from the shards' label map
-    # (``avf-data import`` stores it in every sample and in classes.json); set (or resumed), the
-    # shards must carry the same map. Copied into checkpoints and predictions.
-    classes: tuple[str, ...] = ()
-    label_protocol: str = ""  # the avf-eval protocol the shards' label map comes from, if any
+    # what the classifier's outputs mean, in index order (avf_train/labels.py): "" = the map the
+    # shards carry; "cea13" / "mer3" = paper Table 3 hybrids, or any protocol name, or a YAML file.
+    # Resolved once before training into the full map (a mapping), which checkpoints carry and a
+    # resumed run checks its shards against.
+    label_map: str | dict[str, Any] = ""
     # streaming
     shuffle_buffer: int = 256
     num_workers: int = 4

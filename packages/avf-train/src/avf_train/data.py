@@ -58,7 +58,7 @@ from avf_data.shards import SAMPLE_RATE, VideoReader, decode_audio, expand_shard
 
 from .batches import BatchBuilder, BufferPool, collate, model_inputs, release
 from .errors import DataError
-from .labels import LabelMap
+from .labels import RunLabels
 from .sample_order import SeekableShuffle, UnitSamples, skip_state
 from .transforms import ClipTransformConfig, audio_span, finish_view, view_frames, view_start
 
@@ -157,16 +157,15 @@ class ClipStream(IterableDataset):
         num_workers: int = 0,
         shuffle_buffer: int = 256,
         repeats: int = 1,
-        label_map: LabelMap | None = None,
+        labels: RunLabels | None = None,
         labelled: bool = False,
         state: StreamState | None = None,
-        classes: tuple[str, ...] = (),
         num_classes: int = 0,
         device_features: bool = False,
     ) -> None:
         """``batch_size``: clips per batch when training (each as ``repeats`` views), views per
-        batch at test time. ``classes``: the label map the clips must carry (when they carry
-        one); ``num_classes`` > 0 bounds integer labels. ``device_features`` (pre-training
+        batch at test time. ``labels``: the run's label map (clips are placed through it);
+        without one, ``num_classes`` > 0 bounds the clips' integer labels. ``device_features`` (pre-training
         only): batches carry uint8 video and waveforms, which ``model_inputs`` turns into the
         model's inputs where it runs."""
         super().__init__()
@@ -174,8 +173,7 @@ class ClipStream(IterableDataset):
         self.train, self.seed, self.rank, self.world_size = train, seed, rank, world_size
         self.num_workers = max(1, num_workers)
         self.shuffle_buffer, self.repeats = shuffle_buffer, max(1, repeats)
-        self.label_map, self.labelled = label_map, labelled
-        self.classes, self.num_classes = tuple(classes), num_classes
+        self.labels, self.labelled, self.num_classes = labels, labelled, num_classes
         self.state = state or StreamState()
         if device_features and transform.mode != "pretrain":
             raise ValueError(f"device_features is for pre-training views, not {transform.mode!r}")
@@ -252,25 +250,17 @@ class ClipStream(IterableDataset):
 
     def _label(self, meta: dict[str, Any], key: str) -> tuple[int, list[float] | None]:
         targets = meta.get("targets")
-        carried = meta.get("classes")
-        if self.label_map is None and self.classes and carried is not None and tuple(carried) != self.classes:
-            raise DataError(
-                f"clip {key!r} is numbered by the label map {list(carried)}, this model by "
-                f"{list(self.classes)}; import every fold with the same --protocol / --classes"
-            )
-        if self.label_map is not None:
-            try:
-                return self.label_map.index(meta), targets
-            except KeyError as exc:
-                raise DataError(f"clip {key!r}: {exc.args[0]}") from None
-        label = meta.get("label")
+        if self.labels is not None:
+            label = self.labels.index(meta, key)
+        else:
+            label = None if meta.get("label") is None else int(meta["label"])
+            if label is not None and self.num_classes > 0 and not 0 <= label < self.num_classes:
+                raise DataError(f"clip {key!r} has label {label}, outside the label map's {self.num_classes} classes")
         if label is None:
             if self.labelled and targets is None:
                 raise DataError(f"clip {key!r} has no label; labelled stages need labelled shards (avf-data import)")
             return -1, targets
-        if self.num_classes > 0 and not 0 <= int(label) < self.num_classes:
-            raise DataError(f"clip {key!r} has label {label}, outside the label map's {self.num_classes} classes")
-        return int(label), targets
+        return label, targets
 
     def _views(
         self, raw: dict[str, Any], unit: int, pass_index: int, sample_index: int, first_repeat: int, batch: BatchBuilder

@@ -1,163 +1,88 @@
-"""Label alignment for the labelled hybrid datasets (paper §4.2, Table 3), kept as data.
+"""The run's label map: one field (``data.label_map``), resolved once before training starts.
 
-Post-pre-training merges several downstream datasets into one labelled hybrid. Each dataset
-names its emotions differently ("Happy" vs "Happiness", "Fearful" vs "Fear"), so labels are
-mapped *by name* onto the hybrid's classes. The CEA hybrid has 13 classes (Table 3, last row;
-the paper's "Clam" is read as "Calm", RAVDESS's extra class). IEMOCAP's "Excitement" is merged
-into Happy as the paper describes (§4.3). The MER hybrid uses the three-emotion paradigm
-(Negative, Positive, Surprise) shared by all micro-expression sets.
+What a user writes there is a spec: ``""`` (the map the shards carry, which ``avf-data import``
+wrote into every sample and classes.json), a built-in label space of avf-data (``cea13`` and
+``mer3``, the paper's Table 3 hybrids that post-pre-training aligns several datasets onto; any
+protocol name), or a YAML file ``{classes, aliases, merges, dropped}``. The pre-flight check
+resolves the spec against the shards and writes the full map back into the same field, as a
+mapping, so checkpoints carry it and a resumed run, ``predict`` and avf-eval read it without
+resolving anything again.
 
-A map can also be given as a YAML file ``{classes: [...], aliases: {name: class}}`` for corpora
-outside this table.
+A map given by the user *remaps*: clips are placed by their ``label_name`` through its aliases
+and spellings (DFEW's "Happy" and MAFW's "Happiness" both become cea13's Happy). The shards' own
+map does not: clips keep their integer labels, and each must carry that same map.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+from avf_data.labels import LabelSpace, load_label_space
 from avf_data.settings import ConfigError
 
-# Paper Table 3: the emotion names each targeted dataset uses.
-TABLE3_DATASET_LABELS: dict[str, tuple[str, ...]] = {
-    "MAFW": (
-        "Anger",
-        "Disgust",
-        "Fear",
-        "Happiness",
-        "Neutral",
-        "Sadness",
-        "Surprise",
-        "Contempt",
-        "Anxiety",
-        "Helplessness",
-        "Disappointment",
-    ),
-    "DFEW": ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
-    "MER-MULTI": ("Worried", "Happy", "Neutral", "Angry", "Surprise", "Sad"),
-    "MER24-T&V": ("Worried", "Happy", "Neutral", "Angry", "Surprise", "Sad"),
-    "IEMOCAP": ("Anger", "Happy", "Neutral", "Sad"),
-    "CREMA-D": ("Anger", "Disgust", "Fear", "Happy", "Neutral", "Sadness"),
-    "RAVDESS": ("Neutral", "Calm", "Happy", "Sad", "Angry", "Fearful", "Disgust", "Surprised"),
-}
-
-# Paper Table 3, "Labeled Hybrid" row: the 13 CEA classes in this (fixed) index order.
-CEA13_CLASSES: tuple[str, ...] = (
-    "Anger",
-    "Disgust",
-    "Fear",
-    "Happy",
-    "Neutral",
-    "Sadness",
-    "Surprise",
-    "Worried",
-    "Calm",
-    "Contempt",
-    "Anxiety",
-    "Helplessness",
-    "Disappointment",
-)
-
-# Every spelling in Table 3 (and the usual dataset spellings) -> hybrid class.
-CEA13_ALIASES: dict[str, str] = {
-    "anger": "Anger",
-    "angry": "Anger",
-    "ang": "Anger",
-    "disgust": "Disgust",
-    "disgusted": "Disgust",
-    "dis": "Disgust",
-    "fear": "Fear",
-    "fearful": "Fear",
-    "fea": "Fear",
-    "happy": "Happy",
-    "happiness": "Happy",
-    "hap": "Happy",
-    "excitement": "Happy",
-    "excited": "Happy",
-    "exc": "Happy",
-    "neutral": "Neutral",
-    "neu": "Neutral",
-    "sad": "Sadness",
-    "sadness": "Sadness",
-    "surprise": "Surprise",
-    "surprised": "Surprise",
-    "sur": "Surprise",
-    "worried": "Worried",
-    "worry": "Worried",
-    "calm": "Calm",
-    "clam": "Calm",
-    "contempt": "Contempt",
-    "anxiety": "Anxiety",
-    "anxious": "Anxiety",
-    "helplessness": "Helplessness",
-    "helpless": "Helplessness",
-    "disappointment": "Disappointment",
-    "disappointed": "Disappointment",
-}
-
-MER3_CLASSES: tuple[str, ...] = ("Negative", "Positive", "Surprise")
-MER3_ALIASES: dict[str, str] = {
-    "negative": "Negative",
-    "positive": "Positive",
-    "surprise": "Surprise",
-    "surprised": "Surprise",
-}
+from .errors import DataError
 
 
-@dataclass
-class LabelMap:
-    """Maps a clip's ``label_name`` (or, failing that, its integer label) to a hybrid class index."""
+@dataclass(frozen=True)
+class RunLabels:
+    """The label space of a run and how clips reach it."""
 
-    name: str
-    classes: tuple[str, ...]
-    aliases: dict[str, str] = field(default_factory=dict)
+    space: LabelSpace
+    remap: bool  # clips are placed by label_name (a user's map), not by the integer label they carry
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
+    def to_config(self) -> dict[str, Any]:
+        return {**self.space.to_dict(), "remap": self.remap}
 
-    def index(self, meta: dict[str, Any]) -> int:
-        """Class index for one clip's metadata; raises with the clip's label when it can't map."""
-        raw = meta.get("label_name")
-        if raw is None:
-            raise KeyError(
-                f"label map {self.name!r} needs 'label_name' in the clip metadata; got label={meta.get('label')!r}"
+    def index(self, meta: dict[str, Any], key: str) -> int | None:
+        """Class index of one clip (None: it carries no label); DataError names what does not fit."""
+        if self.remap:
+            raw = meta.get("label_name")
+            if raw is None:
+                raise DataError(
+                    f"clip {key!r}: label map {self.space.name!r} needs 'label_name' in the clip metadata; "
+                    f"got label={meta.get('label')!r}"
+                )
+            try:
+                index = self.space.resolve(str(raw))
+            except ValueError as exc:
+                raise DataError(f"clip {key!r}: {exc}") from None
+            if index is None:
+                raise DataError(f"clip {key!r}: label {raw!r} is one that {self.space.title} drops")
+            return index
+        carried = meta.get("classes")
+        if carried is not None and tuple(carried) != self.space.classes:
+            raise DataError(
+                f"clip {key!r} is numbered by the label map {list(carried)}, this model by "
+                f"{list(self.space.classes)}; import every fold with the same --protocol / --classes"
             )
-        key = str(raw).strip().lower()
-        target = self.aliases.get(key)
-        if target is None:
-            direct = {c.lower(): c for c in self.classes}
-            target = direct.get(key)
-        if target is None:
-            raise KeyError(f"label {raw!r} has no class in label map {self.name!r} ({list(self.classes)})")
-        return self.classes.index(target)
+        label = meta.get("label")
+        if label is None:
+            return None
+        if not 0 <= int(label) < self.space.num_classes:
+            raise DataError(f"clip {key!r} has label {label}, outside the label map's {self.space.num_classes} classes")
+        return int(label)
 
 
-def get_label_map(spec: str) -> LabelMap | None:
-    """``""`` -> None (use the shard's integer labels), ``cea13``, ``mer3`` or a YAML file."""
-    if not spec:
-        return None
-    if spec == "cea13":
-        return LabelMap("cea13", CEA13_CLASSES, dict(CEA13_ALIASES))
-    if spec == "mer3":
-        return LabelMap("mer3", MER3_CLASSES, dict(MER3_ALIASES))
-    path = Path(spec)
-    if not path.exists():
-        raise FileNotFoundError(f"label map {spec!r} is neither 'cea13', 'mer3' nor an existing YAML file")
+def resolve_spec(spec: str) -> RunLabels:
+    """A user's spec (built-in name or YAML file) as a remapping label map; ConfigError otherwise."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"label map {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"label map {path} must be a mapping {{classes: [...], aliases: {{...}}}}")
-    classes = tuple(data.get("classes") or ())
-    if not classes:
-        raise ConfigError(f"label map {path} has no 'classes' list")
-    aliases = {str(k).lower(): str(v) for k, v in (data.get("aliases") or {}).items()}
-    unknown = sorted(set(aliases.values()) - set(classes))
-    if unknown:
-        raise ConfigError(f"label map {path}: aliases point at unknown classes {unknown}")
-    return LabelMap(path.stem, classes, aliases)
+        return RunLabels(load_label_space(spec), remap=True)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def run_labels(cfg: Any) -> RunLabels | None:
+    """The run's label map from ``cfg.data.label_map``: resolved (a mapping), a spec, or none."""
+    value = cfg.data.label_map
+    if isinstance(value, dict):
+        return RunLabels(LabelSpace.from_dict(value), remap=bool(value.get("remap")))
+    return resolve_spec(value) if value else None
+
+
+def class_names(cfg: Any) -> list[str] | None:
+    """Names of a classifier's outputs (checkpoints and predictions carry them), None otherwise."""
+    if cfg.stage == "pretrain" or cfg.finetune.task == "dea":
+        return None
+    labels = run_labels(cfg)
+    return list(labels.space.classes) if labels is not None else None

@@ -21,7 +21,7 @@ from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import ConfigError, TrainConfig, from_dict, migrate, resolve_model_name, transform_config, update
 from .errors import StageError
-from .labels import get_label_map
+from .labels import run_labels
 from .preflight import check_init_classes
 
 if TYPE_CHECKING:
@@ -44,25 +44,10 @@ def num_classes_for(cfg: TrainConfig) -> int:
     """Outputs of the supervised head: ``finetune.num_classes``, else the label map's size."""
     if cfg.finetune.num_classes > 0:
         return cfg.finetune.num_classes
-    label_map = get_label_map(cfg.data.label_map)
-    if label_map is not None:
-        return label_map.num_classes
+    labels = run_labels(cfg)
+    if labels is not None:
+        return labels.space.num_classes
     raise StageError("set --num-classes (finetune.num_classes): it cannot be inferred without a label map")
-
-
-def class_names_for(cfg: TrainConfig) -> list[str] | None:
-    """Names of the classifier's outputs, stored in checkpoints and predictions.
-
-    A label map (``data.label_map``) names its classes; otherwise they are ``data.classes``, the
-    label map the shards were imported with (every sample and ``classes.json`` carry it), which
-    the pre-flight check copied into the config.
-    """
-    if cfg.stage == "pretrain" or cfg.finetune.task == "dea":
-        return None
-    label_map = get_label_map(cfg.data.label_map)
-    if label_map is not None:
-        return list(label_map.classes)
-    return list(cfg.data.classes) or None
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
@@ -218,14 +203,18 @@ class Predictor:
         if self.regression:
             dims = self.checkpoint.get("dimensions") or ()
             return tuple(str(d) for d in dims), "checkpoint" if dims else ""
-        stored = self.checkpoint.get("class_names") or self.config.data.classes
+        stored = self.checkpoint.get("class_names")
         if stored:
             return tuple(str(n) for n in stored), "checkpoint"
         try:
-            label_map = get_label_map(self.config.data.label_map)
-        except (FileNotFoundError, ValueError):  # a label-map YAML of the training machine
-            label_map = None
-        return (tuple(label_map.classes), "training label map") if label_map is not None else ((), "")
+            labels = run_labels(self.config)
+        except ValueError:  # a label-map YAML of the training machine
+            labels = None
+        if labels is None:
+            return (), ""
+        return labels.space.classes, "checkpoint" if isinstance(
+            self.config.data.label_map, dict
+        ) else "training label map"
 
     @torch.no_grad()
     def __call__(self, video: torch.Tensor, audio: torch.Tensor, precision: str = "fp32") -> torch.Tensor:

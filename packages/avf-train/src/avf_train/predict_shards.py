@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 
+from avf_data.labels import from_names
+
 from . import distributed as D
 from .data import ClipStream, make_loader, resolve_shards
 from .errors import DataError, one_line
-from .labels import get_label_map
+from .labels import RunLabels, run_labels
 from .modeling import Predictor, load_predictor
 from .shardinfo import scan_shards
 
@@ -80,16 +82,15 @@ def _write_rows(
     cfg, ckpt = predictor.config, predictor.checkpoint
     views = predictor.views
     regression = predictor.regression
-    label_map = get_label_map(cfg.data.label_map)
     names = [] if regression else list(predictor.names()[0])
     paths = resolve_shards(data)
-    expected = () if regression or label_map is not None else tuple(names)
-    if expected:  # the shards' label map must be the model's (checked before any decoding)
+    labels = None if regression else _predict_labels(predictor, names)
+    if labels is not None and not labels.remap:  # the shards' map must be the model's (before any decoding)
         space = scan_shards(paths, read_meta=True).label_space()
-        if space is not None and tuple(space.classes) != expected:
+        if space is not None and space.classes != labels.space.classes:
             raise DataError(
-                f"{data} number classes as {list(space.classes)} ({space.source}) but "
-                f"{predictor.path} was trained on {list(expected)}; import the test data with the "
+                f"{data} number classes as {list(space.classes)} ({space.title}) but "
+                f"{predictor.path} was trained on {list(labels.space.classes)}; import the test data with the "
                 "training data's --protocol / --classes"
             )
     stream = ClipStream(
@@ -101,9 +102,7 @@ def _write_rows(
         rank=info.rank,
         world_size=info.world_size,
         num_workers=num_workers,
-        label_map=label_map,
-        classes=expected,
-        num_classes=len(expected),
+        labels=labels,
     )
     epoch = int(math.ceil(float(ckpt.get("epoch", 0)) - 1e-9))  # epochs completed (partial counts as one)
     part = out.with_name(out.name + (f".part{info.rank}" if info.distributed else ".tmp"))
@@ -145,6 +144,17 @@ def _write_rows(
                 fh.write(json.dumps(row) + "\n")
     if not info.distributed:
         part.replace(out)
+
+
+def _predict_labels(predictor: Predictor, names: list[str]) -> RunLabels | None:
+    """The training run's map (a remap such as cea13 places clips by name), else the checkpoint's names."""
+    try:
+        labels = run_labels(predictor.config)
+    except ValueError:  # a label-map YAML of the training machine: the checkpoint's names still hold
+        labels = None
+    if labels is not None and labels.remap:
+        return labels
+    return RunLabels(from_names(names, "checkpoint"), remap=False) if names else None
 
 
 def summarize(path: Path, views_per_clip: int, checkpoint: str) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from typing import Any
 
 from .config import TrainConfig
 from .errors import DataError, StageError
-from .labels import get_label_map
-from .shardinfo import LabelSpace, ShardInfo
+from .labels import RunLabels, run_labels
+from .shardinfo import ShardInfo
 
 
 def stream_clips(counts: list[int], units: int) -> int:
@@ -65,35 +65,36 @@ def _check_in_range(info: ShardInfo, num_classes: int, what: str) -> None:
         )
 
 
-def _check_names_map(info: ShardInfo, spec: str, what: str) -> None:
-    label_map = get_label_map(spec)
-    assert label_map is not None
+def _check_names_map(info: ShardInfo, labels: RunLabels, what: str) -> None:
+    """Every clip of a remapped run must have a name the map places."""
+    name = labels.space.name
     if info.unnamed:
         raise DataError(
-            f"label map {label_map.name!r} maps clips by 'label_name', but {info.unnamed} clips of "
+            f"label map {name!r} maps clips by 'label_name', but {info.unnamed} clips of "
             f"{what} {info.where()} have only an integer label"
         )
     unknown = []
-    for name in info.label_names:
+    for label in info.label_names:
         try:
-            label_map.index({"label_name": name})
-        except KeyError:
-            unknown.append(name)
+            if labels.space.resolve(label) is None:
+                unknown.append(label)
+        except ValueError:
+            unknown.append(label)
     if unknown:
         raise DataError(
-            f"{what} {info.where()} hold labels outside the label map {label_map.name!r}: "
+            f"{what} {info.where()} hold labels outside the label map {name!r}: "
             f"{sorted(unknown)[:8]} ({sum(info.label_names[u] for u in unknown)} clips); its classes "
-            f"are {list(label_map.classes)}"
+            f"are {list(labels.space.classes)}"
         )
 
 
-def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) -> LabelSpace | None:
+def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) -> RunLabels | None:
     """Fix the run's label map and number of outputs from the data, refusing every disagreement.
 
-    Sets ``cfg.data.classes``, ``cfg.data.label_protocol`` and ``cfg.finetune.num_classes``.
+    Writes the resolved map into ``cfg.data.label_map`` (the one field every later reader uses)
+    and its size into ``cfg.finetune.num_classes``.
     """
-    f = cfg.finetune
-    if f.task == "dea":
+    if cfg.finetune.task == "dea":
         _resolve_targets(cfg, train, val)
         return None
     if train.unlabelled:
@@ -102,36 +103,51 @@ def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) ->
             f"{train.unlabelled[0]}); {cfg.stage} needs labelled shards: make them with "
             "`avf-data import labels.csv --protocol NAME`"
         )
-    if cfg.data.label_map:
-        label_map = get_label_map(cfg.data.label_map)
-        assert label_map is not None
-        _check_names_map(train, cfg.data.label_map, "the shards")
+    labels = run_labels(cfg)
+    if labels is not None and labels.remap:
+        _check_names_map(train, labels, "the shards")
         if val is not None:
-            _check_names_map(val, cfg.data.label_map, "--val-data")
-        if f.num_classes and f.num_classes != label_map.num_classes:
+            _check_names_map(val, labels, "--val-data")
+    else:
+        labels = _shards_labels(train, val, labels)
+    f = cfg.finetune
+    if labels is None:
+        if f.num_classes <= 0:
             raise StageError(
-                f"--num-classes {f.num_classes} differs from label map {label_map.name!r} "
-                f"({label_map.num_classes} classes); drop --num-classes"
+                "set --num-classes (finetune.num_classes): the shards carry no label map to infer it "
+                "from (make them with `avf-data import --protocol NAME`)"
             )
-        f.num_classes = label_map.num_classes
-        cfg.data.classes = tuple(label_map.classes)
-        return LabelSpace(tuple(label_map.classes), "", f"label map {label_map.name}")
+    else:
+        if f.num_classes and f.num_classes != labels.space.num_classes:
+            raise StageError(
+                f"--num-classes {f.num_classes} differs from the label map ({labels.space.num_classes} classes: "
+                f"{', '.join(labels.space.classes)}; {labels.space.title}); drop --num-classes to use the map"
+            )
+        f.num_classes = labels.space.num_classes
+        cfg.data.label_map = labels.to_config()
+    if labels is None or not labels.remap:
+        _check_in_range(train, f.num_classes, "the shards")
+        if val is not None:
+            _check_in_range(val, f.num_classes, "--val-data")
+    return labels
+
+
+def _shards_labels(train: ShardInfo, val: ShardInfo | None, pinned: RunLabels | None) -> RunLabels | None:
+    """The map the training shards carry; ``--val-data`` and a resumed run's map must be the same."""
     space = train.label_space()
-    if cfg.data.classes:
-        if space is not None and tuple(space.classes) != tuple(cfg.data.classes):
+    if pinned is not None:
+        if space is not None and space.classes != pinned.space.classes:
             raise DataError(
-                f"the shards ({space.source}) number classes as {list(space.classes)}, but this run "
-                f"(data.classes) as {list(cfg.data.classes)}"
+                f"the shards ({space.title}) number classes as {list(space.classes)}, but this run "
+                f"({pinned.space.title}) as {list(pinned.space.classes)}"
             )
-        space = LabelSpace(
-            tuple(cfg.data.classes), cfg.data.label_protocol or (space.protocol if space else ""), "data.classes"
-        )
+        space = pinned.space
     if val is not None:
         val_space = val.label_space()
         if val_space is not None and space is not None and val_space.classes != space.classes:
             raise DataError(
-                f"the training shards number classes as {list(space.classes)} ({space.source}) but "
-                f"--val-data as {list(val_space.classes)} ({val_space.source}); import every fold "
+                f"the training shards number classes as {list(space.classes)} ({space.title}) but "
+                f"--val-data as {list(val_space.classes)} ({val_space.title}); import every fold "
                 "with the same --protocol (or --classes FILE)"
             )
         if val_space is not None and space is None:
@@ -139,25 +155,7 @@ def resolve_labels(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) ->
                 f"--val-data carries the label map {list(val_space.classes)} but the training shards "
                 "carry none; import both with the same --protocol"
             )
-    if space is not None:
-        if f.num_classes and f.num_classes != len(space.classes):
-            raise StageError(
-                f"--num-classes {f.num_classes} differs from the shards' label map "
-                f"({len(space.classes)} classes: {', '.join(space.classes)}; {space.source}); "
-                "drop --num-classes to use the map"
-            )
-        f.num_classes = len(space.classes)
-        cfg.data.classes = tuple(space.classes)
-        cfg.data.label_protocol = space.protocol
-    elif f.num_classes <= 0:
-        raise StageError(
-            "set --num-classes (finetune.num_classes): the shards carry no label map to infer it "
-            "from (make them with `avf-data import --protocol NAME`)"
-        )
-    _check_in_range(train, f.num_classes, "the shards")
-    if val is not None:
-        _check_in_range(val, f.num_classes, "--val-data")
-    return space
+    return RunLabels(space, remap=False) if space is not None else None
 
 
 def _resolve_targets(cfg: TrainConfig, train: ShardInfo, val: ShardInfo | None) -> None:
@@ -187,16 +185,18 @@ def check_init_classes(cfg: TrainConfig, ckpt: dict[str, Any]) -> str | None:
     """
     if cfg.finetune.task == "dea":
         return None
-    names = ckpt.get("class_names") or list(((ckpt.get("config") or {}).get("data") or {}).get("classes") or [])
+    saved = ((ckpt.get("config") or {}).get("data") or {}).get("label_map")
+    names = ckpt.get("class_names") or (list(saved.get("classes") or []) if isinstance(saved, dict) else [])
     head = (ckpt.get("model") or {}).get("head.weight")
     rows = int(head.shape[0]) if head is not None and hasattr(head, "shape") else len(names)
     if rows != cfg.finetune.num_classes:
         return None  # a head of another size is dropped: nothing carries over
-    if names and cfg.data.classes:
-        if [str(n).lower() for n in names] != [c.lower() for c in cfg.data.classes]:
+    labels = run_labels(cfg)
+    if names and labels is not None:
+        if [str(n).lower() for n in names] != [c.lower() for c in labels.space.classes]:
             raise StageError(
                 f"--init {ckpt.get('path')} names its {rows} outputs {list(names)}, this run's label "
-                f"map is {list(cfg.data.classes)}: its head would be loaded with the classes in the "
+                f"map is {list(labels.space.classes)}: its head would be loaded with the classes in the "
                 "wrong places; fine-tune from a checkpoint with the same map or another size of head"
             )
         return None

@@ -16,18 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avf_data.labels import LabelSpace
 from avf_data.shards import iter_raw_samples, shard_counts
 
 from .errors import DataError
-
-
-@dataclass(frozen=True)
-class LabelSpace:
-    """A label map as the data carries it: class names in index order, and their protocol."""
-
-    classes: tuple[str, ...]
-    protocol: str = ""
-    source: str = ""  # where it was read: "the clips' metadata" or a classes.json path
 
 
 @dataclass
@@ -74,7 +66,7 @@ class ShardInfo:
                     f"{self.total - carried} carry none; re-import them together"
                 )
             protocol = self.protocols.most_common(1)[0][0] if len(self.protocols) == 1 else ""
-            return LabelSpace(classes, protocol, "the clips' metadata")
+            return LabelSpace(protocol or "shards", classes, protocol=protocol, source="the clips' metadata")
         found: dict[tuple[str, ...], str] = {}
         protocol = ""
         for folder in sorted({Path(p).parent for p in self.paths}):
@@ -93,7 +85,7 @@ class ShardInfo:
             )
         if found:
             ((classes, path),) = found.items()
-            return LabelSpace(classes, protocol, path)
+            return LabelSpace(protocol or "shards", classes, protocol=protocol, source=path)
         return None
 
 

@@ -27,10 +27,10 @@ from . import distributed as D
 from .config import TrainConfig, resolve_model_name, save_yaml, to_dict, transform_config
 from .data import ClipStream, StreamState, make_loader, model_inputs, resolve_shards
 from .errors import DataError, StageError, one_line
-from .labels import get_label_map
+from .labels import class_names, run_labels
 from .metrics import MetricsLog, format_duration, truncate_metrics
 from .mixup import mix_targets
-from .modeling import build_model, check_input_spec, class_names_for, init_from, model_from_init, num_classes_for
+from .modeling import build_model, check_input_spec, init_from, model_from_init, num_classes_for
 from .optim import CosineSchedule, build_optimizer, plan_schedule
 from .preflight import check_batch_fits, resolve_labels
 from .shardinfo import scan_shards
@@ -55,10 +55,9 @@ def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: S
         num_workers=cfg.data.num_workers,
         shuffle_buffer=cfg.data.shuffle_buffer,
         repeats=repeats,
-        label_map=get_label_map(cfg.data.label_map),
+        labels=run_labels(cfg) if classify else None,
         labelled=cfg.stage != "pretrain",
         state=state,
-        classes=tuple(cfg.data.classes) if classify else (),
         num_classes=cfg.finetune.num_classes if classify else 0,
         device_features=cfg.stage == "pretrain",
     )
@@ -140,9 +139,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     check_batch_fits(data_info, cfg.run.batch_size, info.world_size, cfg.data.num_workers)
     if labelled:
         val_info = scan_shards(resolve_shards(cfg.data.val_shards), read_meta=True) if cfg.data.val_shards else None
-        space = resolve_labels(cfg, data_info, val_info)
-        if space is not None:
-            log(f"label map: {len(space.classes)} classes {list(space.classes)} ({space.source})")
+        labels = resolve_labels(cfg, data_info, val_info)
+        if labels is not None:
+            space = labels.space
+            log(f"label map: {space.num_classes} classes {list(space.classes)} ({space.title})")
     if resume_ckpt is None:
         model_from_init(cfg, log)
     cfg.model.name = resolve_model_name(cfg.model.name)
@@ -342,11 +342,11 @@ def save_checkpoint(
             "data": datas,
             "config": to_dict(cfg),
         }
-        names = class_names_for(cfg)
-        if names is not None:
-            payload["class_names"] = names
-            if cfg.data.label_protocol:
-                payload["label_protocol"] = cfg.data.label_protocol
+        labels = run_labels(cfg) if class_names(cfg) is not None else None
+        if labels is not None:
+            payload["class_names"] = list(labels.space.classes)
+            if labels.space.protocol:
+                payload["label_protocol"] = labels.space.protocol
         path = ckpt_io.save(run_dir, step, payload, keep_last=cfg.run.keep_last)
     if info.distributed:
         torch.distributed.barrier()

@@ -121,6 +121,23 @@ def plan_track(
     if not idx:
         track.reason, track.code = "no RetinaFace detection in the clip", "crop.lost"
         return track
+    xs, boxes, track.det_scores, many = _follow_face(idx, detections, cfg.second_face_ratio)
+    missing = 1 - len(xs) / len(idx)
+    if not xs or missing > cfg.max_missing:
+        track.reason, track.code = f"face lost in {missing:.0%} of RetinaFace detections", "crop.lost"
+    elif many > len(idx) * cfg.max_missing:
+        track.reason, track.code = f"several faces in {many}/{len(idx)} RetinaFace detections", "crop.several"
+    else:
+        _place_windows(track, t_len, xs, np.asarray(boxes), width, height, cfg)
+    return track
+
+
+def _follow_face(
+    idx: list[int], detections: dict[int, list[Face]], second_face_ratio: float
+) -> tuple[list[int], list[list[float]], list[float], int]:
+    """Follow one face through the detection frames ``idx``: the frames where it was found, its
+    boxes there, every frame's score (0 = no face) and how many frames held a second face large
+    enough to matter. Tracking by nearest centre keeps a passer-by from swapping the subject."""
     xs: list[int] = []
     boxes: list[list[float]] = []
     scores: list[float] = []
@@ -132,22 +149,22 @@ def plan_track(
         if f is None:
             scores.append(0.0)
             continue
-        if cfg.second_face_ratio > 0 and any(g is not f and g.side >= cfg.second_face_ratio * f.side for g in faces):
+        if second_face_ratio > 0 and any(g is not f and g.side >= second_face_ratio * f.side for g in faces):
             many += 1
         prev = f.centre
         xs.append(i)
         boxes.append(f.box())
         scores.append(round(float(f.score), 4))
-    track.det_scores = scores
-    missing = 1 - len(xs) / len(idx)
-    if not xs or missing > cfg.max_missing:
-        track.reason, track.code = f"face lost in {missing:.0%} of RetinaFace detections", "crop.lost"
-        return track
-    if many > len(idx) * cfg.max_missing:
-        track.reason, track.code = f"several faces in {many}/{len(idx)} RetinaFace detections", "crop.several"
-        return track
+    return xs, boxes, scores, many
+
+
+def _place_windows(
+    track: Track, t_len: int, xs: list[int], b: np.ndarray, width: int, height: int, cfg: CropConfig
+) -> None:
+    """Fill ``track`` with one fixed-size window per frame, centred on the interpolated and
+    smoothed face boxes ``b`` (found at frames ``xs``) and slid into the picture where it fits;
+    a window that still leaves the picture too far rejects the clip (``crop.edge``)."""
     t = np.arange(t_len)
-    b = np.asarray(boxes)
     face_boxes = np.stack([np.interp(t, xs, b[:, j]) for j in range(4)], axis=1)
     cx = savgol((face_boxes[:, 0] + face_boxes[:, 2]) / 2, cfg.savgol_window, cfg.savgol_order)
     cy = savgol((face_boxes[:, 1] + face_boxes[:, 3]) / 2, cfg.savgol_window, cfg.savgol_order)
@@ -171,7 +188,6 @@ def plan_track(
     elif outside > cfg.max_outside:
         track.reason = f"face too close to the frame edge ({outside:.0%} of the crop outside)"
         track.code = "crop.edge"
-    return track
 
 
 def crop_clip(frames: np.ndarray, cfg: CropConfig | None = None) -> CropResult:

@@ -226,6 +226,21 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
     optional. Anything else raises :class:`SyncNetWeightsError` naming the file.
     """
     p = Path(path)
+    state = _read_state_dict(p)
+    _check_layout(p, state)
+    model = SyncNetV2()
+    own = model.state_dict()
+    with torch.no_grad():
+        for k, v in state.items():
+            if k in own:
+                own[k].copy_(v.to(own[k].dtype))
+    return model.to(device).eval()
+
+
+def _read_state_dict(p: Path) -> dict[str, torch.Tensor]:
+    """The name -> tensor mapping stored in ``p``, unwrapped from a ``{"state_dict": ...}``
+    checkpoint and from the ``__S__.`` / ``module.`` prefixes of training wrappers, so that
+    the keys can be compared with the official ones; a file that is none of these raises."""
     if not p.is_file():
         raise SyncNetWeightsError(f"SyncNet weights file not found: {p}")
     try:
@@ -248,7 +263,12 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
     for prefix in ("__S__.", "module."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
 
+
+def _check_layout(p: Path, state: dict[str, torch.Tensor]) -> None:
+    """Raise unless ``state`` has exactly the official keys and shapes: a wrong file would
+    otherwise load partly and give meaningless sync offsets. Names the likely mix-up."""
     expected = OFFICIAL_STATE_DICT_SHAPES
     optional = {k for k in SyncNetV2().state_dict() if k.endswith("num_batches_tracked")}
     missing = sorted(set(expected) - set(state))
@@ -265,23 +285,17 @@ def load_syncnet_v2(path: str | os.PathLike, device: str = "cpu") -> SyncNetV2:
         problems.append(f"unexpected keys {_short(unexpected)}")
     if wrong:
         problems.append(f"shape mismatch {_short(wrong)}")
-    if problems:
-        hint = ""
-        if any(k.startswith(("conv1_1.", "conv3_3_norm", "fc7.", "conv4_3_norm_mbox")) for k in state):
-            hint = (
-                " (this looks like the S3FD face detector, sfd_face.pth, which download_model.sh fetches "
-                "too; SyncNet's file is syncnet_v2.model)"
-            )
-        raise SyncNetWeightsError(
-            f"SyncNet weights {p} do not match the official syncnet_v2 layout{hint}: " + "; ".join(problems)
+    if not problems:
+        return
+    hint = ""
+    if any(k.startswith(("conv1_1.", "conv3_3_norm", "fc7.", "conv4_3_norm_mbox")) for k in state):
+        hint = (
+            " (this looks like the S3FD face detector, sfd_face.pth, which download_model.sh fetches "
+            "too; SyncNet's file is syncnet_v2.model)"
         )
-    model = SyncNetV2()
-    own = model.state_dict()
-    with torch.no_grad():
-        for k, v in state.items():
-            if k in own:
-                own[k].copy_(v.to(own[k].dtype))
-    return model.to(device).eval()
+    raise SyncNetWeightsError(
+        f"SyncNet weights {p} do not match the official syncnet_v2 layout{hint}: " + "; ".join(problems)
+    )
 
 
 #: Bytes of the official file's tensors (float32): a much smaller file is a cut-off download.

@@ -85,9 +85,17 @@ def contact_sheet(out: Path, accepted: list[dict[str, Any]], rejected: list[dict
 def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
     """``report.md`` and ``contact_sheet.png`` from the stats and the bounded report data that
     :mod:`avf_data.store.outputs` collects (examples, the first rows, the first inputs)."""
-    out = folder.root
-    accepted, rejected = data.get("accepted", []), data.get("rejected", [])
-    contact_sheet(out, accepted, rejected)
+    contact_sheet(folder.root, data.get("accepted", []), data.get("rejected", []))
+    lines = _summary_lines(stats) + _breakdown_lines(stats, data.get("per_input", []))
+    lines += _example_lines(stats, data.get("manifest_head", []), data.get("rejects_head", []))
+    if stats.get("sync_pass"):
+        lines += _sync_pass_lines(stats["sync_pass"])
+    write_atomic(folder.report, "\n".join(lines) + "\n")
+    return folder.report
+
+
+def _summary_lines(stats: dict[str, Any]) -> list[str]:
+    """Title, warnings first so a bad corpus is obvious at a glance, then the headline numbers."""
     run = stats.get("run", {})
     lines = ["# avf-data curation report", ""]
     banner = sync_banner(stats)
@@ -104,7 +112,7 @@ def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
             "",
         ]
     shards = stats.get("shards", {})
-    lines += [
+    return lines + [
         f"- pipeline: `{stats.get('pipeline_version')}`",
         f"- sync scorer: `{stats.get('sync_scorer')}`, enforced: **{stats.get('sync_enforced')}**",
         f"- inputs: {stats['inputs']} ({stats['inputs_rejected']} rejected whole, "
@@ -117,6 +125,12 @@ def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
         f"{run.get('inputs_processed')} inputs processed ({run.get('inputs_skipped_resume')} already done), "
         f"{run.get('wall_seconds')} s wall, {run.get('frames_per_second')} frames/s "
         f"({run.get('frames_per_cpu_second')} per CPU-second of the workers)",
+    ]
+
+
+def _breakdown_lines(stats: dict[str, Any], per_input: list[dict[str, Any]]) -> list[str]:
+    """Where the seconds went: per stage, per reject code and per input (the first few), so a bad one stands out."""
+    lines = [
         "",
         "## Stages",
         "",
@@ -133,7 +147,6 @@ def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
     lines += ["", "## Reject reasons", "", "| code | rows | seconds |", "|---|---:|---:|"]
     for code, d in stats["rejects_by_code"].items():
         lines.append(f"| `{code}` | {d['count']} | {d['seconds']:.2f} |")
-    per_input = data.get("per_input", [])
     more = f" (the first {len(per_input)} of {stats['inputs']})" if len(per_input) < stats["inputs"] else ""
     lines += [
         "",
@@ -145,7 +158,12 @@ def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
     for r in per_input:
         top = max(r["codes"].items(), key=lambda kv: kv[1])[0] if r["codes"] else ""
         lines.append(f"| {Path(r['source']).name} | {r['clips']} | {r['kept']:.2f} | {r['rejected']:.2f} | {top} |")
-    lines += [
+    return lines
+
+
+def _example_lines(stats: dict[str, Any], head: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[str]:
+    """The contact sheet and the first accepted and rejected rows, so a reader can judge the filters by eye."""
+    lines = [
         "",
         "## Contact sheet",
         "",
@@ -159,7 +177,6 @@ def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
         "| key | source | start | end | sync offset | sync conf | blur | flags |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
-    head = data.get("manifest_head", [])
     for r in head:
         conf = r.get("sync_confidence")
         blur = r.get("blur")
@@ -171,7 +188,6 @@ def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
     if stats["clips"] > len(head):
         lines.append(f"| ... {stats['clips'] - len(head)} more in manifest.jsonl | | | | | | | |")
     lines += ["", "## Rejects", "", "| source | start | end | code | reason |", "|---|---:|---:|---|---|"]
-    rows = data.get("rejects_head", [])
     for r in rows:
         lines.append(
             f"| {Path(r['source']).name} | {r['start']:.2f} | {r['end']:.2f} | "
@@ -180,10 +196,7 @@ def write_report(folder, stats: dict[str, Any], data: dict[str, Any]) -> Path:
     total = sum(d["count"] for d in stats["rejects_by_code"].values())
     if total > len(rows):
         lines.append(f"| ... {total - len(rows)} more in rejects.jsonl | | | | |")
-    if stats.get("sync_pass"):
-        lines += _sync_pass_lines(stats["sync_pass"])
-    write_atomic(folder.report, "\n".join(lines) + "\n")
-    return folder.report
+    return lines
 
 
 def _sync_pass_lines(info: dict[str, Any]) -> list[str]:

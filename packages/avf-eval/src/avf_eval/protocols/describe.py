@@ -42,12 +42,12 @@ def describe_protocol(p: Protocol) -> str:
         lines.append("classes (label id: name): " + ", ".join(f"{i}: {c}" for i, c in enumerate(p.classes)))
     if p.dimensions:
         lines.append("dimensions (output order): " + ", ".join(p.dimensions))
-    if p.label_merges:
-        lines.append("label merges: " + ", ".join(f"{a} -> {b}" for a, b in p.label_merges.items()))
-    if p.dropped_labels:
-        lines.append("dropped labels: " + ", ".join(p.dropped_labels))
-    if p.aliases:
-        lines.append("native labels accepted: " + ", ".join(f"{a} -> {b}" for a, b in p.aliases.items()))
+    if p.labels is not None and p.labels.merges:
+        lines.append("label merges: " + ", ".join(f"{a} -> {b}" for a, b in p.labels.merges.items()))
+    if p.labels is not None and p.labels.dropped:
+        lines.append("dropped labels: " + ", ".join(p.labels.dropped))
+    if p.labels is not None and p.labels.aliases:
+        lines.append("native labels accepted: " + ", ".join(f"{a} -> {b}" for a, b in p.labels.aliases.items()))
     lines.append(f"folds: {_folds(p)} ({p.folds.description})")
     lines.append(f"aggregation: {p.fold_aggregation}; primary metric: {p.primary_metric}")
     keys = metric_keys(p.metrics, p.dimensions)

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from avf_data.labels import builtin_spaces
+
 from ..metrics.registry import METRICS, metric_keys
 from .types import PUBLISHED_MODELS, FoldScheme, Protocol
 
@@ -17,11 +19,9 @@ def _build(name: str, raw: dict[str, Any]) -> Protocol:
     protocol = Protocol(
         name=name,
         folds=folds,
-        classes=tuple(str(c) for c in raw.pop("classes", ())),
+        labels=builtin_spaces().get(name),
         dimensions=tuple(raw.pop("dimensions", ())),
         metrics=tuple(raw.pop("metrics")),
-        dropped_labels=tuple(raw.pop("dropped_labels", ())),
-        aliases={str(k): str(v) for k, v in (raw.pop("aliases", None) or {}).items()},
         published_class_recall={
             model: tuple(values) for model, values in raw.pop("published_class_recall", {}).items()
         },
@@ -34,19 +34,10 @@ def _build(name: str, raw: dict[str, Any]) -> Protocol:
 def _validate(p: Protocol) -> None:
     """Fail at import time on an inconsistent entry rather than at scoring time."""
     where = f"registry.yaml: protocol {p.name}"
-    if p.kind == "classification" and not p.classes:
-        raise ValueError(f"{where}: classification protocol without classes")
-    if p.kind == "regression" and not p.dimensions:
-        raise ValueError(f"{where}: regression protocol without dimensions")
-    if len(set(p.classes)) != len(p.classes):
-        raise ValueError(f"{where}: duplicate class names")
-    for target in p.label_merges.values():
-        if target not in p.classes:
-            raise ValueError(f"{where}: merge target {target!r} is not a class")
-    known = {c.lower() for c in p.classes} | {m.lower() for m in p.label_merges} | {d.lower() for d in p.dropped_labels}
-    for alias, target in p.aliases.items():
-        if target.lower() not in known:
-            raise ValueError(f"{where}: alias {alias!r} -> {target!r} names no class, merge or dropped label")
+    if p.kind == "classification" and p.labels is None:
+        raise ValueError(f"{where}: classification protocol without a label space in avf-data's label_spaces.yaml")
+    if p.kind == "regression" and (not p.dimensions or p.labels is not None):
+        raise ValueError(f"{where}: a regression protocol has dimensions and no label space")
     unknown = [m for m in p.metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"{where}: unknown metrics {unknown}")
