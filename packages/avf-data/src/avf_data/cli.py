@@ -62,7 +62,6 @@ CURATION_MODULES = {
     "librosa",
     "scenedetect",
     "dlib",
-    "retinaface",
     "onnxruntime",
     "skimage",
     "PIL",

