@@ -35,20 +35,20 @@ def test_one_version_and_sibling_pins():
                 assert f"=={version}" in req, (name, req)
 
 
-# torchaudio's compiled extension only loads with the torch build it was made for, so that pair
-# (and torch wherever it is named) is pinned exactly; everything else is a range.
-EXACT_OK = ("torch==", "torchaudio==")
-
-
 def test_no_exact_third_party_pins_in_library_metadata():
-    """The lock pins exact versions; wheels ask for compatible ranges."""
+    """The lock pins exact versions; wheels ask for compatible ranges, torch the same one everywhere,
+    and nothing asks for torchaudio (whose compiled extension would tie torch to one build)."""
+    torch_ranges = set()
     for name in PACKAGES:
         project = _pyproject(name)["project"]
         reqs = list(project.get("dependencies", []))
         for extra in project.get("optional-dependencies", {}).values():
             reqs += extra
-        exact = [r for r in reqs if "==" in r and not r.startswith((*PACKAGES, *EXACT_OK))]
+        exact = [r for r in reqs if "==" in r and not r.startswith(tuple(PACKAGES))]
         assert not exact, (name, exact)
+        assert not [r for r in reqs if r.startswith("torchaudio")], name
+        torch_ranges |= {r.split("#")[0].strip() for r in reqs if r.startswith("torch>") or r.startswith("torch<")}
+    assert len(torch_ranges) == 1, torch_ranges
 
 
 def test_avf_data_core_has_no_curation_stack():

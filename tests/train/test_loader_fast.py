@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from avf_data.shards import VideoReader, decode_mp4, decode_sample, encode_mp4, iter_raw_samples
-from avf_models.features import log_mel_fbank, normalize_video
+from avf_models.features import log_mel_fbank, log_mel_fbank_batch, normalize_video
 from avf_train.data import ClipStream, _seed, model_inputs, release, resolve_shards
-from avf_train.fbank import log_mel_fbank_batch
 from avf_train.transforms import (
     ClipTransformConfig,
     audio_window,

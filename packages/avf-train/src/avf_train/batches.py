@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch.utils.data import get_worker_info
 
-from .fbank import log_mel_fbank_batch
+from avf_models.features import log_mel_fbank_batch
+
 from .transforms import ClipTransformConfig, normalize_u8_batch
 
 POOL = 4

@@ -31,10 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avf_models.features import IMAGENET_MEAN, IMAGENET_STD, normalize_video
+from avf_models.features import IMAGENET_MEAN, IMAGENET_STD, log_mel_fbank_batch, normalize_video
 
 from .config import ClipArgs
-from .fbank import log_mel_fbank_batch
 
 
 @dataclass
