@@ -153,7 +153,10 @@ def rehearse(role: str, index: str, work: Path, python: str, torch_index: str | 
         run([py, "-c", f"from avf_data.demo import make_demo_inputs; make_demo_inputs({str(work / 'videos')!r})"])
         run([str(bindir / "avf-eval"), "predict", str(work / "videos" / "single_face.mp4"), "--checkpoint",
              str(work / "tiny"), "--protocol", "dfew", "--device", "cpu"])  # fmt: skip
-    return {"role": role, "install": ROLES[role], "size_gb": size_of(venv) / 1e9, "install_s": install_s,
+    site = next(venv.glob("lib/python*/site-packages"))
+    torch_part = sum(size_of(site / d) for d in ("torch", "nvidia", "triton", "cusparselt") if (site / d).is_dir())
+    return {"role": role, "install": ROLES[role], "size_gb": size_of(venv) / 1e9, "torch_gb": torch_part / 1e9,
+            "install_s": install_s,
             "command_s": time.perf_counter() - t0}  # fmt: skip
 
 
@@ -189,12 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| role | install | venv size | pip install | command | result |\n|---|---|---:|---:|---:|---|")
+    print("\n| role | install | venv size | of which torch (+ CUDA libraries) | pip install | command | result |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for r in results:
-        print(f"| {r['role']} | `{r['install']}` | {r['size_gb']:.2f} GB | {r['install_s']:.0f} s | "
-              f"{r['command_s']:.0f} s | ok |")  # fmt: skip
+        print(f"| {r['role']} | `{r['install']}` | {r['size_gb']:.2f} GB | {r['torch_gb']:.2f} GB | "
+              f"{r['install_s']:.0f} s | {r['command_s']:.0f} s | ok |")  # fmt: skip
     for role in failed:
-        print(f"| {role} | `{ROLES[role]}` | | | | FAILED |")
+        print(f"| {role} | `{ROLES[role]}` | | | | | FAILED |")
     return 1 if failed else 0
 
 

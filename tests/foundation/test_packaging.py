@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -63,3 +64,12 @@ def test_avf_data_core_has_no_curation_stack():
         "torch",
         "scikit-image",
     }, names
+
+
+def test_long_descriptions_render_on_a_package_index():
+    """A package README is its wheel's long description: no relative links, no pictures that do not ship."""
+    for name in PACKAGES:
+        text = (ROOT / "packages" / name / "README.md").read_text(encoding="utf-8")
+        relative = re.findall(r"\]\((?!https?://)([^)]*)\)", text)
+        assert not relative, (name, relative)
+        assert "![" not in text and "<img" not in text, name
