@@ -102,7 +102,7 @@ def test_batch_counts_clips_and_every_lr_scales_with_it() -> None:
     """32 clips x 2 copies is a batch of 32 (official --num_sample semantics), not 64 views."""
     cfg = stage_defaults("finetune")
     cfg.run.batch_size, cfg.data.repeated_aug, cfg.run.epochs = 32, 2, 10
-    plan = plan_schedule(cfg, epoch_size=6400, world_size=4)
+    plan = plan_schedule(cfg, epoch_size=6400, world_size=4, repeats=cfg.data.repeated_aug)
     assert plan.global_batch == 128 and plan.views_per_step == 256
     assert plan.steps_per_epoch == 50 and plan.total_steps == 500
     s = plan.schedule

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .distributed import unwrap
 from .errors import StageError
 
 FORMAT = 1
@@ -139,3 +140,50 @@ def save(run_dir: str | os.PathLike, step: int, payload: dict[str, Any], keep_la
         for old in sorted(folder.glob("step-*.pt"))[:-keep_last]:
             old.unlink()
     return target
+
+
+# --------------------------------------------------------------------------- a training run's state
+
+
+def _state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool) -> tuple[dict, dict]:
+    """Full (unsharded) model and optimizer state; FSDP2 gathers it to the CPU."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+    return unwrap(model).state_dict(), optimizer.state_dict()
+
+
+def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict, fsdp: bool) -> None:
+    """Model and optimizer of a resumed run (every rank loads the full state; FSDP2 shards it)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+        set_model_state_dict(model, ckpt["model"], options=opts)
+        set_optimizer_state_dict(model, optimizer, ckpt["optimizer"], options=opts)
+        return
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+
+
+def save_training_state(
+    run_dir: Path, payload: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    fsdp: bool, rank_states: dict[str, list[Any]], is_main: bool, keep_last: int,
+) -> Path | None:  # fmt: skip
+    """Collective: every rank hands in its state dicts (FSDP2 gathers them); rank 0 writes
+    ``payload`` plus ``model``, ``optimizer`` and the per-rank ``rank_states`` (RNG, loader)."""
+    model_sd, optim_sd = _state_dicts(model, optimizer, fsdp)
+    if not is_main:
+        return None
+    return save(run_dir, int(payload["step"]), {**payload, "model": model_sd, "optimizer": optim_sd, **rank_states},
+                keep_last=keep_last)  # fmt: skip

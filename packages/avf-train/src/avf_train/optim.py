@@ -89,15 +89,14 @@ class SchedulePlan:
     schedule: CosineSchedule
 
 
-def plan_schedule(cfg: TrainConfig, epoch_size: int, world_size: int) -> SchedulePlan:
+def plan_schedule(cfg: TrainConfig, epoch_size: int, world_size: int, repeats: int = 1) -> SchedulePlan:
     """Steps and lr schedule of a run over ``epoch_size`` clips on ``world_size`` processes.
 
     Official semantics: ``total_batch = batch_size x grad_accum x world`` clips, ``lr = base_lr x
     total_batch / 256`` (and the same factor on ``min_lr`` and ``warmup_lr``), ``steps_per_epoch =
     epoch_size // total_batch``. Repeated augmentation multiplies the views a step sees, not the
-    batch: 32 clips x 2 copies is a batch of 32.
+    batch: 32 clips x 2 copies is a batch of 32 (``repeats``: the stage's views per clip).
     """
-    repeats = 1 if cfg.stage == "pretrain" else max(1, cfg.data.repeated_aug)
     global_batch = cfg.run.batch_size * world_size * max(1, cfg.optim.grad_accum)
     scale = global_batch / 256
     steps_per_epoch = max(1, epoch_size // global_batch)
