@@ -21,7 +21,7 @@ def test_tiny_model_pretrains_on_curated_demo_shards(tmp_path):
                 "pretrain",
                 "--model",
                 "tiny",
-                "--shards",
+                "--data",
                 str(tmp_path / "corpus" / "shards" / "*.tar"),
                 "--out",
                 str(run),

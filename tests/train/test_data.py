@@ -82,6 +82,16 @@ def test_eval_stream_sees_every_clip_once_in_each_split(shards):
     assert sorted(seen) == [f"clip{i:03d}" for i in range(8)]
 
 
+def test_eval_batch_size_counts_clips_with_all_their_views(shards):
+    """--batch-size means clips in predict and at test time too: each batch holds whole clips."""
+    paths = resolve_shards(shards["unlabelled"])
+    cfg = ClipTransformConfig(mode="test", test_segments=2, test_crops=3, num_frames=4, image_size=32)
+    batches = list(ClipStream(paths, cfg, 3, train=False))
+    assert [len(b["key"]) for b in batches] == [18, 18, 12]  # 8 clips: 3 + 3 + 2, 6 views each
+    first = batches[0]
+    assert len(set(first["key"])) == 3 and sorted(first["view"].tolist()) == sorted(list(range(6)) * 3)
+
+
 def test_train_stream_resumes_exactly_with_two_workers(shards):
     paths = resolve_shards(shards["unlabelled"])
     cfg = ClipTransformConfig(mode="pretrain", num_frames=4, image_size=32)

@@ -137,25 +137,10 @@ def test_postpretrain_finetune_predict_chain(pretrained, shards, tmp_path):
         == 0
     )
     assert len((out / "predictions.jsonl").read_text().splitlines()) == 4
-    # the old spelling --ckpt still works
-    assert (
-        main(
-            [
-                "predict",
-                "--ckpt",
-                str(fine),
-                "--data",
-                val,
-                "--out",
-                str(tmp_path / "old"),
-                "--segments",
-                "1",
-                "--crops",
-                "1",
-            ]
-        )
-        == 0
-    )
+    # old spellings are gone before the first release: one line, exit 2
+    with pytest.raises(SystemExit) as exc:
+        main(["predict", "--ckpt", str(fine), "--data", val, "--out", str(tmp_path / "old")])
+    assert exc.value.code == 2
 
 
 def test_dea_regression_finetune(pretrained, shards, tmp_path):

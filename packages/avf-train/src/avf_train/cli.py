@@ -5,6 +5,9 @@
   avf-train finetune     --init RUN2 --data 'TRAIN/*.tar' --val-data 'TEST/*.tar' --out RUN3
   avf-train predict      --checkpoint RUN3 --data 'TEST/*.tar' --out PREDS   (PREDS/predictions.jsonl)
 
+A smoke run first: add --max-steps 2 to any training command (the schedule is unchanged, the run
+just stops there and saves its checkpoint).
+
 Flags: --data shards (glob, folder or comma list); --init the checkpoint a stage starts from;
 --checkpoint the checkpoint predict runs; --out always a folder; --device auto|cpu|cuda[:N].
 A checkpoint is a file, RUN/checkpoint or the run folder.
@@ -13,11 +16,15 @@ Config precedence (later wins): the stage's paper defaults, RUN/config.yaml when
 --config FILE.yaml (or a shipped name), the per-field flags, then --set section.field=value
 (repeatable, values parsed as YAML: --set optim.betas=[0.9,0.95], --set run.tensorboard=false).
 
-Batch size and learning rate follow the official scripts: --batch-size counts clips per process
-per micro-step; with repeated augmentation (supervised stages, data.repeated_aug, default 2) each
-clip enters the batch as that many augmented copies, so 32 clips train on 64 views. An epoch is
-clips // (batch x processes x grad-accum) optimizer steps, and base_lr, min_lr and warmup_lr are
-scaled by that global batch (in clips) / 256.
+--batch-size counts clips per process per micro-step, everywhere. In the supervised stages each
+clip enters the batch as data.repeated_aug augmented copies (default 2, as the official scripts),
+so 32 clips train on 64 views; in predict and at test time each clip brings all its segments x
+crops views. An epoch is clips // (batch x processes x grad-accum) optimizer steps, and base_lr,
+min_lr and warmup_lr are scaled by that global batch (in clips) / 256.
+
+While training, a terminal shows a progress bar (step, epoch, loss, lr, clips/s, ETA); a log file
+gets a plain line every run.log_every steps (and at least every 30 s). Each saved checkpoint gets
+a line, and the run ends with a short summary; RUN/summary.json holds the same for scripts.
 
 Labelled stages take the label map (class names in index order) from the shards that
 `avf-data import --protocol NAME` wrote; --num-classes is inferred from it, and train and
@@ -29,16 +36,19 @@ User errors print one line `avf-train: error: ...` and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from avf_data.settings import ConfigError, merge
 
-from .config import MODEL_SIZES, migrate, parse_override, resolve, task_label_map
+from .config import MODEL_SIZES, parse_override, resolve, task_label_map
 from .errors import StageError, one_line
 
 USER_ERRORS = (ConfigError, StageError, FileNotFoundError, FileExistsError)
+TRAINING = ("pretrain", "postpretrain", "finetune")
+SUPERVISED = ("postpretrain", "finetune")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,148 +58,132 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"avf-train: error: {message} (see {self.prog} --help)\n")
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--out", metavar="RUN", help="run folder (config.yaml, checkpoints/, checkpoint, metrics.jsonl, tb/)"
-    )
-    p.add_argument(
-        "--config",
-        metavar="FILE.yaml",
-        help="YAML file, or the name of a shipped config: pretrain_base, "
-        "pretrain_large, pretrain_huge, postpretrain_cea, finetune_cea (on top of the stage defaults)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override any config field, e.g. --set optim.lr=1e-4 (repeatable, values parsed as YAML)",
-    )
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from RUN/checkpoint")
-    p.add_argument("--model", help=f"size ({'|'.join(MODEL_SIZES)}) or avf-models name")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        help="clips per process per micro-step (run.batch_size), counted as the official scripts "
-        "count it: with repeated augmentation each clip adds data.repeated_aug views",
-    )
-    p.add_argument("--epochs", type=float)
-    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (schedule unchanged)")
-    p.add_argument("--lr", type=float, help="absolute peak lr (otherwise base_lr x global batch / 256)")
-    p.add_argument("--base-lr", type=float)
-    p.add_argument("--num-workers", type=int, help="loader worker processes per rank")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--clip-grad", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto | cpu | cuda[:N] (default auto)")
-    p.add_argument("--fsdp", action="store_true", help="FSDP2 instead of DDP (Huge)")
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag, declared once: the sub-commands that take it and the config key it sets
+    (``None``: read by the command itself)."""
+
+    name: str
+    key: str | None
+    commands: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
 
 
-def _data_arg(p: argparse.ArgumentParser, text: str, required: bool = False) -> None:
-    """``--data``, with the old spelling ``--shards`` kept as a hidden alias for existing scripts."""
-    group = p.add_mutually_exclusive_group(required=required)
-    group.add_argument("--data", metavar="SHARDS", help=text)
-    group.add_argument("--shards", dest="data", help=argparse.SUPPRESS)
+def _f(name: str, key: str | None, commands: tuple[str, ...], help: str, **options: Any) -> Flag:
+    if options.get("type") in (int, float):
+        options.setdefault("metavar", "N" if options["type"] is int else "X")
+    return Flag(name, key, commands, {"help": help, **options})
+
+
+ALL = (*TRAINING, "predict")
+FLAGS: tuple[Flag, ...] = (
+    _f("--data", "data.shards", ALL, "shards: glob, folder or comma-separated list (avf-data build/import)",
+       metavar="SHARDS"),
+    _f("--init", "finetune.init", SUPERVISED, "checkpoint to start from: file, RUN/checkpoint or run folder",
+       metavar="CHECKPOINT"),
+    _f("--allow-partial-init", "finetune.allow_partial_init", SUPERVISED,
+       "start even when --init holds encoder or fusion blocks the model lacks (they are dropped; "
+       "without this flag that is an error naming the blocks)", action="store_true", default=None),
+    _f("--val-data", "data.val_shards", SUPERVISED,
+       "held-out shards: RUN/predictions.jsonl is written and scored after training", metavar="SHARDS"),
+    _f("--num-classes", "finetune.num_classes", SUPERVISED,
+       "outputs of the head; default: the size of the shards' label map (must match it)", type=int),
+    _f("--modality", "model.modality", SUPERVISED, "av (default), audio or video", choices=["av", "audio", "video"]),
+    _f("--checkpoint", None, ("predict",), "post-pre-trained or fine-tuned checkpoint: file, RUN/checkpoint or "
+       "run folder", metavar="CHECKPOINT", required=True),
+    _f("--out", "run.out", ALL, "the folder for the run (config.yaml, checkpoint, metrics.jsonl, summary.json) "
+       "or, in predict, for predictions.jsonl", metavar="DIR"),
+    _f("--config", None, TRAINING, "YAML file, or the name of a shipped config: pretrain_base, pretrain_large, "
+       "pretrain_huge, postpretrain_cea, finetune_cea (on top of the stage defaults)", metavar="FILE.yaml"),
+    _f("--set", None, ALL, "override a config field, e.g. --set optim.lr=1e-4 (repeatable, values parsed as YAML; "
+       "predict takes data.* only)", action="append", default=[], metavar="SECTION.FIELD=VALUE"),
+    _f("--resume", None, TRAINING, "continue the run in --out from RUN/checkpoint", action="store_true"),
+    _f("--model", "model.name", TRAINING, f"size ({'|'.join(MODEL_SIZES)}) or avf-models name"),
+    _f("--batch-size", "run.batch_size", ALL, "clips per process per micro-step (each clip adds its "
+       "data.repeated_aug views when training, its segments x crops views in predict)", type=int),
+    _f("--epochs", "run.epochs", TRAINING, "length of the schedule in epochs", type=float),
+    _f("--max-steps", "run.max_steps", TRAINING, "stop after this many optimizer steps (schedule unchanged): "
+       "a smoke run is --max-steps 2", type=int),
+    _f("--lr", "optim.lr", TRAINING, "absolute peak lr (otherwise base_lr x global batch / 256)", type=float),
+    _f("--base-lr", "optim.base_lr", TRAINING, "peak lr per 256 clips of global batch", type=float),
+    _f("--num-workers", "data.num_workers", ALL, "loader worker processes per rank (default: what the machine "
+       "has, at most 4)", type=int),
+    _f("--precision", "run.precision", ALL, "bf16 | fp16 | fp32 (predict: bf16 | fp32)",
+       choices=["bf16", "fp16", "fp32"]),
+    _f("--grad-accum", "optim.grad_accum", TRAINING, "micro-steps per optimizer step", type=int),
+    _f("--clip-grad", "optim.clip_grad", TRAINING, "gradient-norm clip (0: off)", type=float),
+    _f("--seed", "run.seed", TRAINING, "seed of initialisation, data order, masks and augmentation", type=int),
+    _f("--device", "run.device", ALL, "auto | cpu | cuda[:N] (default auto)"),
+    _f("--fsdp", "run.fsdp", TRAINING, "FSDP2 instead of DDP (Huge)", action="store_true", default=None),
+    _f("--segments", "data.clip.test_segments", ("predict",), "temporal test views per clip", type=int),
+    _f("--crops", "data.clip.test_crops", ("predict",), "spatial test views per segment", type=int),
+    _f("--fold", None, ("predict",), "fold id written into every row (avf-eval groups models by fold)"),
+)  # fmt: skip
+
+HELP = {
+    "pretrain": "self-supervised AVF-MAE++ pre-training on unlabelled shards",
+    "postpretrain": "supervised post-pre-training on the labelled hybrid",
+    "finetune": "targeted fine-tuning on one dataset",
+    "predict": "test-time predictions (segments x crops views) as OUT/predictions.jsonl",
+}
+TASKS = {
+    "postpretrain": (["cea", "mer"], "cea (13-class hybrid) or mer (3 classes)"),
+    "finetune": (["cea", "dea", "mer"], "cea, mer (classes) or dea (regression on the clips' targets)"),
+}
+
+
+REQUIRED = {"predict": ("--data", "--out")}  # flags a command cannot run without (training may take them from --config)
+
+
+def _add_command(sub: Any, command: str) -> argparse.ArgumentParser:
+    """A sub-command with its flags from ``FLAGS`` (and ``--task`` for the supervised stages)."""
+    p = sub.add_parser(command, help=HELP[command], description=HELP[command])
+    for flag in FLAGS:
+        if command in flag.commands:
+            required = flag.name in REQUIRED.get(command, ())
+            p.add_argument(flag.name, **({"required": True} if required else {}), **flag.options)
+    if command in TASKS:
+        choices, text = TASKS[command]
+        p.add_argument("--task", choices=choices, help=text)
+    p.set_defaults(run=_runner(command))
+    return p
+
+
+def _runner(command: str) -> Any:
+    """The function that carries out ``command`` (imports stay inside them: --help is instant)."""
+    return _train if command in TRAINING else _predict
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="avf-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{pretrain,postpretrain,finetune,predict}")
-
-    p = sub.add_parser("pretrain", help="self-supervised AVF-MAE++ pre-training on unlabelled shards")
-    _data_arg(p, "unlabelled shards (avf-data build): glob, folder or comma-separated list")
-    _run_args(p)
-    p.set_defaults(run=_train)
-
-    for name, text, tasks in (
-        ("postpretrain", "supervised post-pre-training on the labelled hybrid", ["cea", "mer"]),
-        ("finetune", "targeted fine-tuning on one dataset", ["cea", "dea", "mer"]),
-    ):
-        p = sub.add_parser(name, help=text)
-        _data_arg(p, "labelled shards (avf-data import): glob, folder or comma-separated list")
-        p.add_argument(
-            "--init", metavar="CHECKPOINT", help="checkpoint to start from: file, RUN/checkpoint or run folder"
-        )
-        p.add_argument(
-            "--val-data", metavar="SHARDS", help="held-out shards: RUN/predictions.jsonl is written after training"
-        )
-        p.add_argument(
-            "--task",
-            choices=tasks,
-            help="cea (13-class hybrid), mer (3 classes)"
-            if name == "postpretrain"
-            else "cea, mer (classes) or dea (regression on the clips' targets)",
-        )
-        p.add_argument(
-            "--num-classes",
-            type=int,
-            help="outputs of the head; default: the size of the shards' label map (must match it)",
-        )
-        p.add_argument("--modality", choices=["av", "audio", "video"])
-        _run_args(p)
-        p.set_defaults(run=_train)
-
-    p = sub.add_parser("predict", help="test-time predictions (segments x crops views) as OUT/predictions.jsonl")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument(
-        "--checkpoint",
-        metavar="CHECKPOINT",
-        help="post-pre-trained or fine-tuned checkpoint: file, RUN/checkpoint or run folder",
-    )
-    group.add_argument("--ckpt", dest="checkpoint", help=argparse.SUPPRESS)
-    _data_arg(p, "shards to predict", required=True)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for predictions.jsonl (created)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="data.FIELD=VALUE",
-        help="override a data.* field of the checkpoint's config, e.g. --set data.clip.test_segments=1",
-    )
-    p.add_argument("--segments", type=int, help="temporal test views per clip (data.clip.test_segments)")
-    p.add_argument("--crops", type=int, help="spatial test views per segment (data.clip.test_crops)")
-    p.add_argument("--batch-size", type=int, default=8, help="views per forward pass")
-    p.add_argument("--num-workers", type=int, default=0, help="loader worker processes")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default auto)")
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="fp32")
-    p.add_argument("--fold", help="fold id written into every row (avf-eval groups models by fold)")
-    p.set_defaults(run=_predict)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(HELP) + "}")
+    for command in HELP:
+        _add_command(sub, command)
     return parser
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    """The per-field flags as dotted config keys (None = not given)."""
+    """The per-field flags of ``args.command`` as dotted config keys (None = not given)."""
+    values = {f.key: getattr(args, f.dest) for f in FLAGS if f.key and args.command in f.commands}
     task = getattr(args, "task", None)
-    return {
-        "run.out": args.out,
-        "model.name": args.model,
-        "run.batch_size": args.batch_size,
-        "run.epochs": args.epochs,
-        "run.max_steps": args.max_steps,
-        "optim.lr": args.lr,
-        "optim.base_lr": args.base_lr,
-        "data.num_workers": args.num_workers,
-        "run.precision": args.precision,
-        "optim.grad_accum": args.grad_accum,
-        "optim.clip_grad": args.clip_grad,
-        "run.seed": args.seed,
-        "run.device": args.device,
-        "run.fsdp": True if args.fsdp else None,
-        "data.shards": args.data,
-        "data.val_shards": getattr(args, "val_data", None),
-        "finetune.init": getattr(args, "init", None),
-        "finetune.num_classes": getattr(args, "num_classes", None),
-        "model.modality": getattr(args, "modality", None),
-        "finetune.task": task,
-        # post-pre-training's label map follows its task (paper Table 3 hybrids)
-        "data.label_map": task_label_map(task) if task and args.command == "postpretrain" else None,
-    }
+    values["finetune.task"] = task
+    if task and args.command == "postpretrain":  # post-pre-training's label map follows its task (Table 3)
+        values["data.label_map"] = task_label_map(task)
+    return values
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from . import checkpoint as ckpt_io
     from .predict_shards import predict_shards
+    from .progress import summary_lines, write_summary
     from .trainer import train
 
     cfg = resolve(
@@ -200,28 +194,36 @@ def _train(args: argparse.Namespace) -> int:
         sets=args.set,
     )
     result = train(cfg, resume=args.resume)
+    summary = dict(result.summary)
     if cfg.stage != "pretrain" and cfg.data.val_shards:  # every rank: predict is distributed too
-        summary = predict_shards(
+        scored = predict_shards(
             ckpt_io.resolve(result.run_dir),
             cfg.data.val_shards,
             result.run_dir,
             batch_size=cfg.run.batch_size,
             device=cfg.run.device,
         )
-        if summary:
-            print(json.dumps(summary))
+        if scored:
+            summary["eval"] = {k: scored[k] for k in ("clips", "rows", "top1") if k in scored}
+            summary["predictions"] = scored["out"]
+    if _is_main_process():
+        write_summary(result.run_dir, summary)
+        for line in summary_lines(summary):
+            print(f"[avf-train {cfg.stage}] {line}", flush=True)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from .predict_shards import PREDICTIONS, predict_shards
 
+    if args.precision == "fp16":
+        raise ConfigError("predict runs in bf16 or fp32 (--precision bf16|fp32); fp16 is for training with a scaler")
     if args.out.endswith(".jsonl"):
         raise ConfigError(f"--out {args.out!r} looks like a file; --out is the folder that gets {PREDICTIONS}")
     views = {k: v for k, v in (("test_segments", args.segments), ("test_crops", args.crops)) if v is not None}
     overrides: dict[str, Any] = {"data": {"clip": views}}
     for assignment in args.set:
-        overrides = merge(overrides, migrate(parse_override(assignment)))
+        overrides = merge(overrides, parse_override(assignment))
     if set(overrides) != {"data"}:
         raise ConfigError(
             f"predict takes --set data.FIELD=VALUE only (the model comes from the checkpoint), "
@@ -231,15 +233,20 @@ def _predict(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.data,
         args.out,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        precision=args.precision,
+        batch_size=args.batch_size or 4,
+        num_workers=args.num_workers or 0,
+        device=args.device or "auto",
+        precision=args.precision or "fp32",
         fold=args.fold,
         data_overrides=overrides["data"],
     )
     if summary:
-        print(json.dumps(summary))
+        top1 = f"; top-1 {summary['top1']:.4f}" if "top1" in summary else ""
+        print(
+            f"avf-train predict: {summary['clips']} clips x {summary['views_per_clip']} views = {summary['rows']} rows "
+            f"in {summary['out']}{top1}",
+            flush=True,
+        )
     return 0
 
 

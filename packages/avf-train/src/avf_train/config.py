@@ -13,7 +13,6 @@ be YAML booleans, ``--set`` values are parsed as YAML) and every problem is a :c
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,6 @@ __all__ = [
     "config_path",
     "from_dict",
     "load_yaml",
-    "migrate",
     "parse_override",
     "resolve",
     "resolve_model_name",
@@ -198,32 +196,7 @@ def stage_defaults(stage: Stage) -> TrainConfig:
     """The paper's Base settings for ``stage``: the dataclass defaults under the stage's recipe."""
     recipe = read_yaml(SHIPPED / f"{STAGE_RECIPES[stage]}.yaml")
     recipe.pop("stage", None)
-    return update(TrainConfig(stage=stage), migrate(recipe))
-
-
-# data.* keys of configs written before the per-clip settings moved into data.clip (each keeps its
-# name there). Checkpoints and run folders store their config, so old ones keep loading.
-MOVED_TO_CLIP: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ClipArgs))
-
-
-def migrate(values: dict[str, Any]) -> dict[str, Any]:
-    """A config dict with old flat ``data.<field>`` keys moved to ``data.clip.<field>``.
-
-    A key given both ways in the same dict is a :class:`ConfigError`; anything else is unchanged.
-    """
-    data = values.get("data") if isinstance(values, dict) else None
-    if not isinstance(data, dict) or not any(key in data for key in MOVED_TO_CLIP):
-        return values
-    data = dict(data)
-    clip = dict(data.get("clip") or {})
-    for key in MOVED_TO_CLIP:
-        if key not in data:
-            continue
-        if key in clip:
-            raise ConfigError(f"config key 'data.{key}' is given twice: as data.{key} and as data.clip.{key}")
-        clip[key] = data.pop(key)
-    data["clip"] = clip
-    return {**values, "data": data}
+    return update(TrainConfig(stage=stage), recipe)
 
 
 # --------------------------------------------------------------------------- reading and writing
@@ -243,7 +216,7 @@ def from_dict(values: dict[str, Any], stage: str | None = None) -> TrainConfig:
     chosen = stage or named or "pretrain"
     if chosen not in STAGES:
         raise ConfigError(f"config key 'stage' must be one of {', '.join(STAGES)}, got {chosen!r}")
-    cfg = update(stage_defaults(chosen), migrate({k: v for k, v in values.items() if k != "stage"}))
+    cfg = update(stage_defaults(chosen), {k: v for k, v in values.items() if k != "stage"})
     cfg.stage = chosen
     return cfg
 
@@ -290,19 +263,19 @@ def resolve(
     values: dict[str, Any] = {}
     saved = Path(resume_dir) / "config.yaml" if resume_dir else None
     if saved is not None and saved.is_file():
-        values = merge(values, migrate(read_yaml(saved)))
+        values = merge(values, read_yaml(saved))
     if config:
         given = read_yaml(config_path(config))
         named = given.get("stage")
         if named is not None and named != stage:
             raise ConfigError(f"--config {config} is for stage {named!r}, not {stage!r}")
-        values = merge(values, migrate(given))
+        values = merge(values, given)
     values.pop("stage", None)
     for dotted, value in (flags or {}).items():
         if value is not None:
-            values = merge(values, migrate(parse_dotted(dotted, value)))
+            values = merge(values, parse_dotted(dotted, value))
     for assignment in sets:
-        values = merge(values, migrate(parse_override(assignment)))
+        values = merge(values, parse_override(assignment))
     cfg = from_dict(values, stage)
     validate(cfg)
     return cfg

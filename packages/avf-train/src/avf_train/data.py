@@ -141,7 +141,8 @@ class ClipStream(IterableDataset):
     """Batches of model inputs from shards; see the module docstring for the splitting scheme.
 
     ``train=True``: infinite, shuffled, augmented, drop-last per pass. ``train=False``: one ordered
-    pass, every clip expanded into ``transform.num_views`` deterministic test views, last batch kept.
+    pass, every clip expanded into ``transform.num_views`` deterministic test views (a batch holds
+    ``batch_size`` whole clips), last batch kept.
     """
 
     def __init__(
@@ -163,9 +164,10 @@ class ClipStream(IterableDataset):
         num_classes: int = 0,
         device_features: bool = False,
     ) -> None:
-        """``batch_size``: clips per batch when training (each as ``repeats`` views), views per
-        batch at test time. ``labels``: the run's label map (clips are placed through it);
-        without one, ``num_classes`` > 0 bounds the clips' integer labels. ``device_features`` (pre-training
+        """``batch_size``: clips per batch, each as ``repeats`` augmented views when training and
+        as ``transform.num_views`` test views otherwise (one meaning of the flag everywhere).
+        ``labels``: the run's label map (clips are placed through it); without one,
+        ``num_classes`` > 0 bounds the clips' integer labels. ``device_features`` (pre-training
         only): batches carry uint8 video and waveforms, which ``model_inputs`` turns into the
         model's inputs where it runs."""
         super().__init__()
@@ -225,7 +227,7 @@ class ClipStream(IterableDataset):
 
     @property
     def views_per_batch(self) -> int:
-        return self.batch_size * self.repeats if self.train else self.batch_size
+        return self.batch_size * (self.repeats if self.train else self.transform.num_views)
 
     # ---- splitting -------------------------------------------------------------------------
 
@@ -388,7 +390,7 @@ class ClipStream(IterableDataset):
         return produced
 
     def _eval_batches(self, unit: int, worker: int) -> Iterator[dict[str, Any]]:
-        batch = BatchBuilder(self.batch_size, self.transform, self._video_dtype, self._pool())
+        batch = BatchBuilder(self.views_per_batch, self.transform, self._video_dtype, self._pool())
         batch_index = 0
         for i, raw in enumerate(self._unit_samples(unit, 0).iter_from(0)):
             for item in self._views(raw, unit, 0, i, 0, batch):

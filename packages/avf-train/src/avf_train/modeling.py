@@ -19,7 +19,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from .config import ConfigError, TrainConfig, from_dict, migrate, resolve_model_name, transform_config, update
+from .config import ConfigError, TrainConfig, from_dict, resolve_model_name, transform_config, update
 from .errors import StageError
 from .labels import run_labels
 from .preflight import check_init_classes
@@ -248,7 +248,7 @@ def load_predictor(
         )
     cfg = inference_config(ckpt)
     if data_overrides:
-        update(cfg.data, migrate({"data": data_overrides})["data"], prefix="data.")
+        update(cfg.data, data_overrides, prefix="data.")
     cfg.model.drop_path = 0.0
     model = build_model(cfg)
     try:
