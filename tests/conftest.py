@@ -1,6 +1,11 @@
-"""Suite-wide pytest setup: GPU tests skip cleanly on machines without CUDA (CI has none)."""
+"""Suite-wide pytest setup: GPU tests skip cleanly on machines without CUDA (CI has none); the
+``cpu_load`` fixture that the kill -9 tests of avf-data and avf-train share."""
 
+import contextlib
 import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -24,3 +29,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@contextlib.contextmanager
+def _busy_processes(n: int | None = None) -> Iterator[None]:
+    """``n`` (default: one per core) busy processes for the duration: a child must notice its
+    parent's death on a loaded machine too, where its watcher waits for a CPU and the GIL."""
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n or os.cpu_count() or 2)]
+    try:
+        yield
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
+
+
+@pytest.fixture
+def cpu_load() -> Callable[..., contextlib.AbstractContextManager[None]]:
+    """``with cpu_load():`` keeps every core busy inside the block."""
+    return _busy_processes

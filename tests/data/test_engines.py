@@ -1,10 +1,18 @@
-"""The Ray engine produces the same outputs as the local process pool."""
+"""The Ray engine produces the same outputs as the local process pool; the pool's workers end
+with their driver."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+
+HERE = Path(__file__).parent
 
 
 def read_jsonl(path) -> list[dict]:
@@ -58,3 +66,38 @@ def test_default_workers_fit_cores_and_available_memory(monkeypatch):
     assert engines.default_workers() == 1
     monkeypatch.undo()
     assert engines.available_memory() > 0  # the real one reads /proc/meminfo
+
+
+DRIVER = """
+import sys
+from avf_data.engines import WorkerSpec, run_local
+from lifetime_helpers import Spinner
+for result in run_local(iter(range(4)), WorkerSpec(Spinner, (sys.argv[1],)), workers=2):
+    pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_exit_within_2_s_of_a_kill_9_of_the_driver(tmp_path, cpu_load):
+    """The local pool's workers (busy, on a loaded machine) and its fork server are gone
+    within 2 s of a kill -9 of the driver, which is not even reaped yet (a zombie)."""
+    from lifetime_helpers import live_group_members, seconds_until_gone
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path)], start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("*.pid"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        workers = {int(p.stem) for p in tmp_path.glob("*.pid")}
+        assert len(workers) == 2 and workers <= set(live_group_members(proc.pid))
+        with cpu_load():
+            os.kill(proc.pid, signal.SIGKILL)
+            took, left = seconds_until_gone(proc.pid, limit=2.0)
+        assert not left, f"pool processes outlived the driver by {took:.1f} s: {left}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for pid in live_group_members(proc.pid):
+            os.kill(pid, signal.SIGKILL)

@@ -55,9 +55,11 @@ def test_import_writes_labelled_shards(labelled):
 
 def test_import_bad_rows_are_rejects(labelled):
     rejects = read_jsonl(labelled / "rejects.jsonl")
-    reasons = " | ".join(r["reason"] for r in rejects)
-    assert "empty label" in reasons and "fold" in reasons and "file does not exist" in reasons
-    assert any(r["stage"] == "face" and "no_face" in r["source"] for r in rejects)
+    codes = sorted(r["code"] for r in rejects)
+    assert codes == ["decode.missing", "face.none", "import.row", "import.row"], codes
+    reasons = " | ".join(r["reason"] for r in rejects if r["code"] == "import.row")  # one code: the text says which
+    assert "empty label" in reasons and "fold" in reasons
+    assert any(r["code"] == "face.none" and "no_face" in r["source"] for r in rejects)
 
 
 def test_import_no_curate(demo_build, tmp_path):
@@ -138,6 +140,7 @@ def test_label_maps_for_import(tmp_path):
     assert space.classes == ("anger", "happiness", "neutral", "sadness") and rows == 5
     assert {k.rsplit("/", 1)[-1]: v["label"] for k, v in labels.items()} == {"a.mp4": 2, "d.mp4": 0}
     assert labels[str(tmp_path / "a.mp4")]["classes"] == list(space.classes)
+    assert len(rejects) == 3 and {(r["stage"], r["code"]) for r in rejects} == {("import", "import.row")}
     reasons = " | ".join(r["reason"] for r in rejects)
     assert "label_id 1 disagrees" in reasons and "dropped label 'DIS'" in reasons and "duplicate path" in reasons
     with pytest.raises(ValueError, match="label_id column"):

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -331,6 +332,96 @@ def test_sync_cli_errors_are_usage_errors(corpus, tmp_path):
     r = _cli("sync", str(tmp_path), "--syncnet-weights", str(corpus["weights"]), "--no-progress")
     assert r.returncode == 2 and "not an avf-data build" in r.stderr
     assert not (out / "sync.jsonl").exists()
+
+
+def _plant_member(shard: Path, kind: str) -> str:
+    """Rewrite ``shard`` with its first sample's wav as a ``kind`` member (symlink, hard link,
+    character device) instead of a file, as a hand-made or hostile tar may hold; returns its name."""
+    samples = list(iter_raw_samples([str(shard)]))
+    types = {"symlink": tarfile.SYMTYPE, "hard link": tarfile.LNKTYPE, "device": tarfile.CHRTYPE}
+    planted = f"{samples[0]['__key__']}.wav"
+    with tarfile.open(shard, "w") as tar:
+        for s in samples:
+            for ext in sorted(k for k in s if not k.startswith("__")):
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                if info.name == planted:
+                    info.type, info.linkname = types[kind], "/etc/passwd"
+                    tar.addfile(info)
+                else:
+                    info.size = len(s[ext])
+                    tar.addfile(info, io.BytesIO(s[ext]))
+    return planted
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["symlink", pytest.param("hard link", marks=pytest.mark.slow), pytest.param("device", marks=pytest.mark.slow)],
+)
+def test_link_and_device_members_refuse_the_shard_in_one_line(corpus, tmp_path, kind):
+    """A shard with a link or device member (it used to crash the pass with KeyError: 'flac'):
+    one line naming the shard and the member, exit 2; the shards before it stay committed."""
+    out = _copy(corpus, tmp_path)
+    shard = sorted((out / "shards").glob("*.tar"))[-1]
+    planted = _plant_member(shard, kind)
+    r = _cli("sync", str(out), "--syncnet-weights", str(corpus["weights"]), "--no-progress", timeout=180)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert str(shard) in lines[0] and repr(planted) in lines[0] and "not a regular file" in lines[0], lines
+    n_shards = len(list((out / "shards").glob("*.tar")))
+    assert len(read_jsonl(out / "sync.jsonl")) == n_shards  # the header, and every shard before the last
+
+
+def _bad_weights(kind: str, path: Path) -> Path:
+    """A --syncnet-weights file that is not the weights, made on the spot."""
+    import pickle
+
+    import torch
+
+    if kind == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(5000))
+    elif kind == "raw pickle":  # never unpickled: weights_only refuses it
+        path.write_bytes(pickle.dumps({"netcnnaud.0.weight": [0.0] * 9}))
+    elif kind == "wrong keys":
+        torch.save({"encoder.weight": torch.zeros(3, 3)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("random bytes", "not a torch.save'd state dict"),
+        ("raw pickle", "plain pickle"),
+        ("wrong keys", "do not match the official syncnet_v2 layout"),
+    ],
+)
+def test_bad_syncnet_weights_are_one_line(corpus, tmp_path, kind, words):
+    """A file that is not SyncNet's weights: one line naming it and why, exit 2, nothing written."""
+    out = _copy(corpus, tmp_path)
+    bad = _bad_weights(kind, tmp_path / "syncnet_v2.model")
+    r = _cli("sync", str(out), "--syncnet-weights", str(bad), "--no-progress", timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("avf-data: error:") and str(bad) in lines[0] and words in lines[0], lines
+    assert not (out / "sync.jsonl").exists()
+
+
+def test_unreachable_ray_address_fails_fast(corpus, tmp_path):
+    """`sync --engine ray` to a port where nothing answers: one line, exit 2, in under 10 s,
+    before SyncNet loads or the pass writes anything."""
+    out = _copy(corpus, tmp_path)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    r = _cli(
+        "sync", str(out), "--syncnet-weights", str(corpus["weights"]), "--engine", "ray",
+        "--ray-address", f"127.0.0.1:{port}", "--no-progress", timeout=60,
+    )  # fmt: skip
+    took = time.perf_counter() - t0
+    assert r.returncode == 2 and took < 10, (took, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avf-data: error: --ray-address"), lines
+    assert "no Ray cluster answers" in lines[0] and not (out / "sync.jsonl").exists()
 
 
 @pytest.mark.slow

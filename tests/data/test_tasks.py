@@ -146,3 +146,30 @@ def test_process_task_writes_one_segment(tiny_inputs, tmp_path):
     stats = build(tiny_inputs, out, cfg, workers=0, progress=False)
     assert not list((out / "segments").iterdir())  # stray segments gone, packed ones too
     assert stats["run"]["orphan_shards_removed"] >= 1 and stats["clips"] == 4
+
+
+def test_orphan_shards_are_removed_at_start_up(tiny_inputs, tmp_path):
+    """What a kill between a shard's rename and its seal line leaves, planted directly (no kill
+    whose timing decides what is there): shard files past what build.jsonl commits, and a
+    segment no task line names. The next run removes exactly those, counts them and keeps
+    every clip once."""
+    import json
+
+    from avf_data.build import build
+
+    cfg = BuildConfig(curate=False)
+    cfg.output.thumbnails = False
+    out = tmp_path / "out"
+    build(tiny_inputs[:2], out, cfg, workers=0, progress=False)
+    state = json.loads((out / "state.json").read_text())
+    orphans = [
+        out / "shards" / f"shard-{state['next_shard'] + 1:06d}.tar",
+        out / "shards" / f"shard-{state['next_shard'] + 1:06d}.idx.json",
+        out / "segments" / "00000000deadbeef.tar",
+    ]
+    for p in orphans:
+        p.write_bytes(b"orphan")
+    stats = build(tiny_inputs, out, cfg, workers=0, progress=False)
+    assert stats["run"]["orphan_shards_removed"] == len(orphans)
+    assert not any(p.exists() and p.read_bytes() == b"orphan" for p in orphans)
+    assert sorted(_keys(out)) == sorted(set(_keys(out))) and stats["clips"] == 4

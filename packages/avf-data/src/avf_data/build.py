@@ -64,11 +64,20 @@ def check_sync_setup(weights: str | None, cfg: BuildConfig) -> None:
     """Refuse a build that must enforce sync with SyncNet but has no usable weights."""
     if weights:
         check_weights(weights, cfg)
+        sync_expert(weights, cfg)  # a sync expert's sidecar, checked before any worker starts
     elif cfg.sync.require_syncnet and cfg.sync.mode != "off":
         raise ValueError(
             "SyncNet is required (--require-syncnet / sync.require_syncnet) but no weights were "
             "given: pass --syncnet-weights syncnet_v2.model, set sync.weights or AVF_SYNCNET_WEIGHTS"
         )
+
+
+def sync_expert(weights: str | None, cfg: BuildConfig) -> dict[str, Any] | None:
+    """Which weights decide sync and by which rule (stats.json ``sync_expert``); None when no
+    SyncNet runs. A sync expert's sidecar rule applies per ``sync.calibration``."""
+    from .stages.sync_calibration import apply_calibration
+
+    return None if cfg.sync.mode == "off" else apply_calibration(cfg.sync, weights)[1]
 
 
 # --------------------------------------------------------------------------- tasks
@@ -230,7 +239,7 @@ def _build_locked(
     return write_outputs(
         folder,
         run_info,
-        extra={"pipeline_version": PIPELINE_VERSION},
+        extra={"pipeline_version": PIPELINE_VERSION, "sync_expert": sync_expert(weights, cfg)},
         report_examples=cfg.output.report_examples,
         thumbnails=cfg.output.thumbnails,
         progress=progress,

@@ -303,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # disk full, read-only file system, permissions: the user's to fix
         import errno
 
+        from .tars import ShardReadError
+
+        if isinstance(exc, ShardReadError):  # a broken or hostile shard: its line names the member
+            print(f"avf-data: error: {exc}", file=sys.stderr)
+            return 2
         if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
             raise
         where = f" ({exc.filename})" if exc.filename else ""
@@ -375,10 +380,21 @@ def _check_inputs(inputs: list[str]) -> None:
             raise ValueError(f"input {p!r} does not exist")
 
 
+def _check_ray(args) -> None:
+    """``--ray-address`` checked first, before models load or anything is written: a cluster
+    that does not answer is a one-line error within seconds (``ray.init`` would retry for
+    20 s to minutes)."""
+    if args.engine == "ray" and args.ray_address:
+        from .engines import check_ray_address
+
+        check_ray_address(args.ray_address)
+
+
 def _build(args) -> int:
     from .build import build, check_sync_setup, resolve_weights
     from .store.folder import check_out
 
+    _check_ray(args)
     cfg = _load_cfg(args)
     if args.require_syncnet:
         cfg.sync.require_syncnet = True
@@ -411,6 +427,7 @@ def _build(args) -> int:
 def _import(args) -> int:
     from .importer import import_csv, read_class_list
 
+    _check_ray(args)
     cfg = _load_cfg(args)
     classes = read_class_list(args.classes) if args.classes else None
     stats = import_csv(
@@ -471,6 +488,7 @@ examples:
 def _sync(args) -> int:
     from .sync_pass import run_sync_pass
 
+    _check_ray(args)
     stats = run_sync_pass(
         args.out,
         args.syncnet_weights,

@@ -14,15 +14,15 @@ reason)``, which returns its result (the build: a reject row per input) or raise
 pass: the run stops, naming the shard).
 
 Workers of the local pool fork from a server that imported the caller's ``preload`` module
-(libraries, detectors) once; Ray actors build their worker when they start. Both watch the
-driver and exit when it dies.
+(libraries, detectors) once; Ray actors build their worker when they start. Pool workers
+exit within a second of the driver's death, even a ``kill -9`` on a loaded machine
+(:mod:`avf_data.lifetime`); Ray ends its actors with their driver's job.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -32,7 +32,7 @@ from typing import Any
 
 MAX_TRIES = 3
 WORKER_MEMORY_BYTES = 1_500_000_000  # peak RSS budget of one curation worker (tools/bench/real.py)
-RAY_CONNECT_TIMEOUT = 10.0
+RAY_CONNECT_TIMEOUT = 4.0  # per step of check_ray_address: the whole check well under 10 s
 
 
 @dataclass
@@ -58,23 +58,16 @@ def _raise(job: Any, reason: str) -> Any:
 _WORKER: Any = None
 
 
-def _watch_driver(pid: int) -> None:
-    """Exit when the driver is gone (kill -9): pool workers would otherwise wait forever."""
-    import time
-
-    while True:
-        time.sleep(1.0)
-        try:
-            os.kill(pid, 0)
-        except (ProcessLookupError, PermissionError):  # gone, or the pid reused by another user
-            os._exit(0)
-
-
 def _start_worker(spec: WorkerSpec, driver_pid: int | None = None) -> None:
+    """Build this process's worker; a pool worker first ties its life to the driver's
+    (:func:`avf_data.lifetime.exit_with`: killed with its fork server, or by a pidfd watch on
+    the driver), so that a ``kill -9`` of the driver leaves no worker behind."""
     global _WORKER
     os.environ["OMP_NUM_THREADS"] = "1"
     if driver_pid is not None and driver_pid != os.getpid():
-        threading.Thread(target=_watch_driver, args=(driver_pid,), daemon=True, name="avf-watch-driver").start()
+        from .lifetime import exit_with
+
+        exit_with(driver_pid)
     _WORKER = spec.cls(*spec.args)
 
 
@@ -131,8 +124,8 @@ def run_local(
     # libraries once (the driver may run threads: tqdm, Ray, torch); spawn where unsupported
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        if spec.preload:
-            ctx.set_forkserver_preload([spec.preload])
+        # the server exits at once (not after Python's shutdown) when the driver is gone
+        ctx.set_forkserver_preload([*filter(None, [spec.preload]), "avf_data.fork_server"])
     else:  # pragma: no cover
         ctx = mp.get_context("spawn")
     fresh = iter(jobs)
@@ -209,22 +202,89 @@ def _pool_phase(pool: ProcessPoolExecutor, first: Any, more, window: int, requeu
 
 
 def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT) -> None:
-    """Fail fast when ``host:port`` does not answer: ``ray.init`` would wait for minutes."""
-    import socket
-
-    if address in ("auto", "local") or address.startswith(("ray://", "anyscale://")):
+    """Fail fast, in one line, when no Ray cluster answers at ``address``. Why: ``ray.init``
+    retries for 20 s to minutes, a warning line each time, at a closed port, a host that drops
+    packets or a port where something else listens. A TCP connect, then (for a GCS
+    ``HOST:PORT``) one gRPC call that only a Ray GCS answers, each within ``timeout`` s."""
+    if address in ("auto", "local") or address.startswith("anyscale://"):
         return
-    host, _, port = address.rpartition(":")
+    client = address.startswith("ray://")
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if client and not port.isdigit():  # ray://HOST: the client server's default port
+        host, port, target = target, "10001", f"{target}:10001"
     if not host or not port.isdigit():
         raise ValueError(f"--ray-address {address!r}: expected HOST:PORT, 'auto' or ray://HOST:PORT")
+    _tcp_answers(address, host.strip("[]"), int(port), timeout)
+    if not client:
+        _gcs_answers(address, target, timeout)
+
+
+def _tcp_answers(address: str, host: str, port: int, timeout: float) -> None:
+    """Something accepts TCP connections at ``host:port`` within ``timeout`` s (else one line)."""
+    import socket
+
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as exc:
+        why = f"no answer within {timeout:g} s" if isinstance(exc, TimeoutError) else exc.strerror
         raise ValueError(
-            f"--ray-address {address!r}: no Ray cluster answers there "
-            f"({exc.strerror or type(exc).__name__}); is `ray start --head` running?"
+            f"--ray-address {address!r}: no Ray cluster answers there ({why or type(exc).__name__}); "
+            "is `ray start --head` running?"
         ) from None
+
+
+def _gcs_answers(address: str, target: str, timeout: float) -> None:
+    """A Ray GCS answers ``GetClusterId`` at ``target`` (an empty request, no Ray import);
+    anything else that listens there (another server, a proxy) fails in one line, and so does
+    a cluster that wants a token this process will not send (``ray.init`` would retry for 20 s)."""
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover - Ray brings grpcio
+        return
+    channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
+    call = channel.unary_unary("/ray.rpc.NodeInfoGcsService/GetClusterId")
+    try:
+        call(b"", timeout=timeout)
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            _check_ray_token(address, call, timeout)
+            return
+        name = code.name if code is not None else type(exc).__name__
+        raise ValueError(
+            f"--ray-address {address!r}: something listens there but no Ray cluster answers ({name}); "
+            "is this the head node's GCS port (6379 by default) and is `ray start --head` running?"
+        ) from None
+    finally:
+        channel.close()
+
+
+def _check_ray_token(address: str, call: Any, timeout: float) -> None:
+    """The cluster at ``address`` wants a token: fail in one line unless this process sends
+    one it accepts (Ray sends its token only with ``RAY_AUTH_MODE=token``)."""
+    import grpc
+
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        raise ValueError(
+            f"--ray-address {address!r}: the Ray cluster there wants an authentication token; set "
+            "RAY_AUTH_MODE=token (with its token in RAY_AUTH_TOKEN or ~/.ray/auth_token) and run again"
+        )
+    try:
+        from ray._raylet import AuthenticationTokenLoader
+
+        headers = AuthenticationTokenLoader.instance().get_token_for_http_header()
+    except Exception:  # noqa: BLE001 - this Ray cannot say: ray.init will
+        return
+    try:
+        call(b"", timeout=timeout, metadata=tuple(headers.items()))
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+            raise ValueError(
+                f"--ray-address {address!r}: the Ray cluster there rejects this machine's token "
+                "(RAY_AUTH_TOKEN or ~/.ray/auth_token); use the head node's (`ray get-auth-token`)"
+            ) from None
 
 
 class _RayWorker:
@@ -309,8 +369,9 @@ def run_ray(
                     if parts := split(job):
                         retry.extend(parts)
                     else:
-                        first = (str(exc).strip().splitlines() or [""])[0]
-                        yield give_up(job, f"failed on Ray ({type(exc).__name__}: {first})")
+                        cause = getattr(exc, "cause", None) or exc  # the worker's own exception
+                        first = (str(cause).strip().splitlines() or [""])[0]
+                        yield give_up(job, f"failed on Ray ({type(cause).__name__}: {first})")
     finally:
         if started:
             ray.shutdown()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .shards import expand_shards, iter_raw_samples, read_index
+from .tars import ShardReadError
 
 
 def _shards_of(target: Path) -> list[str]:
@@ -33,6 +34,11 @@ def summarize(target: str | os.PathLike, *, verify: bool = False) -> dict[str, A
         raise FileNotFoundError(f"{target} not found")
     info: dict[str, Any] = {"path": str(target), "problems": []}
     shards = _shards_of(target)
+    if not shards and not (target / "stats.json").exists():  # a build that kept no clip has stats
+        raise ValueError(
+            f"{target} holds no avf shards (no *.tar in it{' or in its shards/' if target.is_dir() else ''}); "
+            "give the output folder of `avf-data build` or `import`, or shard files"
+        )
     counts = _tally(shards, info)
     if verify:
         _verify(target, shards, counts, info)
@@ -82,11 +88,18 @@ def _tally(shards: list[str], info: dict[str, Any]) -> dict[str, int]:
 
 
 def _count_tar(shard: str) -> tuple[int, int]:
-    """Samples and bytes of a shard with no (or a stale) index: tar headers only, no member data."""
+    """Samples and bytes of a shard with no (or a stale) index, from its tar headers and its
+    small json members (every header checked before anything is read: a hostile shard is
+    refused in one line naming the member); a tar without any json member is no avf shard."""
+    n = with_json = 0
     try:
-        n = sum(1 for _ in iter_raw_samples([shard], exts=()))
-    except OSError as exc:
-        raise ValueError(f"{shard} is not a tar shard ({exc})") from None
+        for sample in iter_raw_samples([shard], exts=("json",)):
+            n += 1
+            with_json += "json" in sample
+    except ShardReadError as exc:
+        raise ValueError(str(exc)) from None
+    if n and not with_json:
+        raise ValueError(f"{shard}: none of its {n} samples has a .json member: not an avf shard")
     try:
         return n, os.path.getsize(shard)
     except OSError:
@@ -119,8 +132,8 @@ def _verify(target: Path, shards: list[str], counts: dict[str, int], info: dict[
                 exts.update(k for k in s if not k.startswith("__"))
                 if first is None:
                     first = s
-        except OSError as exc:
-            info["problems"].append(str(exc))
+        except ShardReadError as exc:  # a hostile or broken shard: one line naming the member
+            raise ValueError(str(exc)) from None
     for shard in shards:
         if per_shard[shard] != counts.get(shard):
             info["problems"].append(
@@ -164,7 +177,13 @@ def _example(first: dict[str, Any]) -> dict[str, Any]:
     """Decode one sample, proving the members are readable, and describe its shapes."""
     from .shards import decode_sample
 
-    c = decode_sample(first)
+    try:
+        c = decode_sample(first)
+    except Exception as exc:  # noqa: BLE001 - any decoder's failure, named and on one line
+        why = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"{first.get('__url__')}: sample {first.get('__key__')!r} does not decode ({type(exc).__name__}: {why})"
+        ) from None
     return {
         "key": c.key,
         "frames": list(c.frames.shape),

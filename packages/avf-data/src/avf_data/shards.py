@@ -426,10 +426,24 @@ def _sample_name(member: tarfile.TarInfo) -> tuple[str, str]:
     return key, ext
 
 
-def _iter_members(tar: tarfile.TarFile, url: str, exts: Collection[str] | None) -> Iterator[dict[str, Any]]:
+def _iter_members(
+    tar: tarfile.TarFile, url: str, exts: Collection[str] | None, file_size: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Samples of an open tar; every member is checked on its header first
+    (:func:`avf_data.tars.check_member`: no links or devices, no member bigger than a sample's
+    can be, none past the end of the file), and an error names the member at fault."""
     current: dict[str, Any] | None = None
-    for member in tar:
-        if not member.isfile():
+    members = iter(tar)
+    last: tarfile.TarInfo | None = None
+    while True:
+        try:
+            member = next(members, None)
+        except tarfile.TarError as exc:  # the header after ``last`` is bad or missing
+            raise _shard_error(url, exc, last, after=True) from None
+        if member is None:
+            break
+        last = member
+        if not tars.check_member(member, url, file_size):
             continue
         key, ext = _sample_name(member)
         if current is not None and current["__key__"] != key:
@@ -438,8 +452,11 @@ def _iter_members(tar: tarfile.TarFile, url: str, exts: Collection[str] | None) 
         if current is None:
             current = {"__key__": key, "__url__": url}
         if exts is None or ext in exts:
-            handle = tar.extractfile(member)
-            current[ext] = handle.read() if handle is not None else b""
+            try:
+                handle = tar.extractfile(member)
+                current[ext] = handle.read() if handle is not None else b""
+            except (tarfile.TarError, EOFError) as exc:
+                raise _shard_error(url, exc, member) from None
     if current is not None:
         yield current
 
@@ -448,35 +465,65 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(":")
 
 
+def _shard_error(url: str, exc: BaseException, member: tarfile.TarInfo | None, after: bool = False) -> OSError:
+    """One line naming the shard and the member where reading failed (``after``: the failure
+    is in what follows it, e.g. a body shorter than its header said)."""
+    why = _first_line(exc)
+    if member is None:
+        return tars.ShardReadError(f"cannot read shard {url}: not a tar file ({why})")
+    where = f"after member {member.name!r} ({member.size} bytes)" if after else f"member {member.name!r}"
+    return tars.ShardReadError(f"cannot read shard {url}: {where}: {why} (truncated or not a tar file?)")
+
+
 def iter_raw_samples(paths: Iterable[str], exts: Collection[str] | None = None) -> Iterator[dict[str, Any]]:
     """Yield raw ``{ext: bytes, '__key__': key, '__url__': shard}`` samples from shards in order.
 
     ``paths`` are shard names as ``expand_shards`` returns them (local or remote). ``exts``
     keeps only those members (``("json", "cls")`` scans metadata; local shards then seek over
     the media, remote ones stream past it). No worker splitting or shuffling: the trainers add
-    that on top. Errors name the shard.
+    that on top. Errors are :class:`avf_data.tars.ShardReadError`, one line naming the shard
+    and the member; a member's size is checked on its header before it is read.
     """
     for url in paths:
-        if shard_urls.kind(url) == "local" and exts is not None:
+        local = shard_urls.local_path(url) if shard_urls.kind(url) == "local" else None
+        size = _file_size(local)
+        if local is not None and exts is not None:
             try:
-                with tarfile.open(shard_urls.local_path(url)) as tar:
-                    yield from _iter_members(tar, url, exts)
-            except tarfile.TarError as exc:
-                raise OSError(f"cannot read shard {url}: {exc}") from None
+                with tarfile.open(local) as tar:
+                    yield from _iter_members(tar, url, exts, size)
+            except (tarfile.TarError, EOFError) as exc:
+                raise _shard_error(url, exc, None) from None
             continue
         handle = shard_urls.open_url(url)
         try:
             try:
                 with tarfile.open(fileobj=handle, mode="r|*") as tar:
-                    yield from _iter_members(tar, url, exts)
-            except tarfile.TarError as exc:
+                    yield from _iter_members(tar, url, exts, size)
+            except (tarfile.TarError, EOFError) as exc:
                 if isinstance(handle, shard_urls.PipeReader):
                     handle.finish()  # a failed command explains a short or empty stream best
-                raise OSError(f"cannot read shard {url}: {_first_line(exc)}") from None
+                raise _shard_error(url, exc, None) from None
             if isinstance(handle, shard_urls.PipeReader):
                 handle.finish()
         finally:
             handle.close()
+
+
+_COMPRESSED = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x28\xb5\x2f\xfd")  # gzip, bzip2, xz, zstd
+
+
+def _file_size(path: str | None) -> int | None:
+    """Bytes of a local uncompressed shard (its members must end within them); None for a
+    remote or compressed one, whose member offsets count other bytes."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(6).startswith(_COMPRESSED):
+                return None
+            return os.fstat(fh.fileno()).st_size
+    except OSError:
+        return None
 
 
 def iter_shard_from(shard: str, start: int, index: tars.ShardIndex | None = None) -> Iterator[dict[str, Any]]:

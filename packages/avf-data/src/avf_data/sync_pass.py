@@ -56,6 +56,7 @@ import numpy as np
 from .engines import WorkerSpec, run_jobs
 from .settings import gather, update
 from .stages import registry
+from .stages.sync_calibration import apply_calibration
 from .store.folder import FolderLock, OutputFolder, write_atomic
 from .store.log import JsonLog
 from .store.outputs import write_outputs
@@ -135,27 +136,40 @@ def decode_source_crops(
 # --------------------------------------------------------------------------- samples
 
 
-def prepare_sample(sample: dict[str, Any], face_crop_scale: float):
-    """A shard sample -> (:class:`~avf_data.stages.sync.SyncInput`, input kind)."""
-    from .shards import decode_audio, decode_mp4
-    from .stages.sync import FALLBACK_GEOMETRY_NOTE, SyncInput
-    from .stages.syncnet_input import reference_rects
+def clip_num_frames(meta: dict[str, Any]) -> int:
+    """Frames of a clip (25 fps) from its json."""
+    return int(meta.get("num_frames") or round((float(meta["end"]) - float(meta["start"])) * 25.0))
 
-    meta = json.loads(sample["json"])
-    audio, sr = decode_audio(sample["wav"] if "wav" in sample else sample["flac"])
-    n = int(meta.get("num_frames") or round((float(meta["end"]) - float(meta["start"])) * 25.0))
+
+def source_unusable(meta: dict[str, Any]) -> str | None:
+    """Why a clip cannot be scored on the reference crop cut from its source (None: it can).
+    ``avf-train syncnet`` checks its training clips with the same rule."""
+    n = clip_num_frames(meta)
     boxes = meta.get("face_boxes")
     src = meta.get("source")
-    why = None
-    fps = float(meta.get("fps", 25.0))
     if boxes is None:
-        why = "no face_boxes in the sample json (older build)"
-    elif len(boxes) != n:
-        why = f"{len(boxes)} face_boxes for {n} frames"
-    elif abs(fps - 25.0) > 1e-3:
-        why = f"clip at {fps:g} fps, SyncNet's geometry needs 25"
-    elif not src or not os.path.isfile(src):
-        why = f"source file missing: {src}"
+        return "no face_boxes in the sample json (older build)"
+    if len(boxes) != n:
+        return f"{len(boxes)} face_boxes for {n} frames"
+    if abs(float(meta.get("fps", 25.0)) - 25.0) > 1e-3:
+        return f"clip at {float(meta['fps']):g} fps, SyncNet's geometry needs 25"
+    if not src or not os.path.isfile(src):
+        return f"source file missing: {src}"
+    return None
+
+
+def prepare_sample(sample: dict[str, Any], face_crop_scale: float, use_source: bool = True):
+    """A shard sample -> (:class:`~avf_data.stages.sync.SyncInput`, input kind); ``use_source``
+    False (``sync.input: crop``) scores the training crop even when the source is there."""
+    from .shards import decode_audio, decode_mp4, sample_meta
+    from .stages.sync import CROP_INPUT_NOTE, FALLBACK_GEOMETRY_NOTE, SyncInput
+    from .stages.syncnet_input import reference_rects
+
+    meta, audio_ext = sample_meta(sample)  # a sample without its mp4, json or audio: ValueError
+    audio, sr = decode_audio(sample[audio_ext])
+    n = clip_num_frames(meta)
+    boxes, src = meta.get("face_boxes"), meta.get("source")
+    why = source_unusable(meta) if use_source else "sync.input: crop"
     if why is None:
         try:
             crops = decode_source_crops(src, float(meta["start"]), n, reference_rects(np.asarray(boxes, np.float64)))
@@ -163,7 +177,8 @@ def prepare_sample(sample: dict[str, Any], face_crop_scale: float):
         except Exception as exc:  # noqa: BLE001 - an unreadable source falls back, with the reason
             why = f"source not decodable ({type(exc).__name__}: {exc})"
     frames, vfps = decode_mp4(sample["mp4"])
-    return SyncInput(frames, audio, vfps, sr, "face_crop", f"{FALLBACK_GEOMETRY_NOTE}: {why}"), "crop"
+    note = CROP_INPUT_NOTE if not use_source else f"{FALLBACK_GEOMETRY_NOTE}: {why}"
+    return SyncInput(frames, audio, vfps, sr, "face_crop", note), "crop"
 
 
 def _sha1_file(path: Path) -> str:
@@ -350,6 +365,7 @@ def run_sync_pass(
     settings = load_sync_settings(folder, config, sets)
     sync_cfg = _with_overrides(settings.sync, device, batch_size, engine)
     path = _weights_path(weights, sync_cfg)
+    sync_cfg = apply_calibration(sync_cfg, path)[0]  # a sync expert's sidecar rule (sync.calibration)
     return _score_shards(
         folder, settings, sync_cfg, path, clip_frames, engine, workers, ray_address, progress, after_shard
     )
@@ -392,7 +408,7 @@ def _score_shards(
 
             build_sync_scorer(dataclasses.replace(sync_cfg, device="cpu"), path)
             spec = _scorer_spec(path, sync_cfg, settings, clip_frames, engine, workers)
-            results = run_jobs(todo, spec, workers or 0, engine, ray_address)
+            results = run_jobs(todo, spec, workers or 0, engine, ray_address, give_up=_shard_failed)
         if header is None:
             log.append({"kind": "header", "version": LOG_VERSION, **_settings(path, sync_cfg)})
         for rel, res in results:
@@ -404,6 +420,12 @@ def _score_shards(
         rep.wall_seconds = round(time.perf_counter() - t_start, 3)
         stats = _write_outputs(folder, settings, sync_cfg, path, engine, rep, progress)
     return stats
+
+
+def _shard_failed(job: tuple[str, str, str], reason: str) -> Any:
+    """A shard whose scoring failed for good (on Ray after a retry; in the local pool after
+    three worker crashes): the pass stops in one line naming it; finished shards are kept."""
+    raise ValueError(f"scoring shard {job[0]} {reason}; finished shards are kept (rerun to resume)")
 
 
 def _shards_to_score(
@@ -522,12 +544,13 @@ def _write_outputs(folder: OutputFolder, settings: SyncSettings, sync_cfg, path:
         "batch_size": sync_cfg.batch_size,
         "max_offset_frames": sync_cfg.max_offset_frames,
         "min_confidence_syncnet": sync_cfg.min_confidence_syncnet,
+        "expert": apply_calibration(sync_cfg, path)[1],
     }
     old = _read_json(folder.stats)
     return write_outputs(
         folder,
         old.get("run", {}),
-        extra={"pipeline_version": old.get("pipeline_version"), "sync_pass": summary},
+        extra={"pipeline_version": old.get("pipeline_version"), "sync_pass": summary, "sync_expert": summary["expert"]},
         report_examples=settings.report_examples,
         thumbnails=settings.thumbnails,
         progress=progress,
@@ -593,8 +616,11 @@ class ShardScorer:
             batch.clear()
             frames = 0
 
-        for sample in iter_raw_samples([shard]):
-            inp, kind = prepare_sample(sample, self.face_crop_scale)
+        for sample in iter_raw_samples([shard]):  # a link or device member: ShardReadError, one line
+            try:
+                inp, kind = prepare_sample(sample, self.face_crop_scale, self.cfg.input != "crop")
+            except ValueError as exc:
+                raise ValueError(f"shard {shard}: {exc}; the sync pass reads shards `avf-data build` wrote") from None
             batch.append((sample["__key__"], inp, kind))
             frames += len(inp.frames)
             if frames >= self.clip_frames:

@@ -37,6 +37,58 @@ RECORD = 20 * BLOCK  # tar files are padded to whole records (what GNU tar and t
 INDEX_SUFFIX = ".idx.json"
 INDEX_FORMAT = "avf-shard-index/2"
 
+#: The most bytes one member of a sample may hold, checked on its tar header before a byte of
+#: it is read: a header promising more (a corrupt or hostile shard) is refused, so a reader's
+#: memory stays bounded whatever the header says. A curated clip's json is a few kB (its face
+#: boxes ~40 B a frame: 16 MiB is hours of boxes); its media a few MB (1 GiB is hours of video).
+MAX_META_MEMBER_BYTES = 16 * 2**20
+MAX_MEDIA_MEMBER_BYTES = 2**30
+META_EXTENSIONS = frozenset({"json", "cls", "txt"})
+MAX_INDEX_BYTES = 64 * 2**20  # an index lists offsets: ~10 B a sample
+
+
+class ShardReadError(OSError):
+    """A shard that cannot be read as samples; the message names the shard and, where one is
+    at fault, the member. An OSError, so that callers handling unreadable files handle it."""
+
+
+_NOT_FILES = (
+    (tarfile.TarInfo.issym, "symbolic link"),
+    (tarfile.TarInfo.islnk, "hard link"),
+    (tarfile.TarInfo.ischr, "character device"),
+    (tarfile.TarInfo.isblk, "block device"),
+    (tarfile.TarInfo.isfifo, "FIFO"),
+)
+
+
+def member_limit(name: str) -> int:
+    """The largest size a member called ``name`` may have (see :data:`MAX_META_MEMBER_BYTES`)."""
+    ext = os.path.basename(name).partition(".")[2].rsplit(".", 1)[-1].lower()
+    return MAX_META_MEMBER_BYTES if ext in META_EXTENSIONS else MAX_MEDIA_MEMBER_BYTES
+
+
+def check_member(member: tarfile.TarInfo, shard: str, file_size: int | None = None) -> bool:
+    """Whether ``member`` of ``shard`` is a sample file to read (folders are skipped); raises
+    :class:`ShardReadError` for what no avf shard holds: links and devices (their "data" is
+    elsewhere: a sample would silently lack a member), a size over :func:`member_limit`
+    (refused before reading), or one running past the end of a ``file_size``-byte file."""
+    where = f"cannot read shard {shard}: member {member.name!r}"
+    for test, kind in _NOT_FILES:
+        if test(member):
+            raise ShardReadError(f"{where} is a {kind}, not a regular file (avf shards hold regular files only)")
+    if not member.isfile():
+        return False
+    limit = member_limit(member.name)
+    if member.size > limit:
+        raise ShardReadError(
+            f"{where} claims {member.size} bytes, more than the {limit // 2**20} MiB any such member of a "
+            "sample may hold; refused without reading it"
+        )
+    if file_size is not None and member.offset_data + member.size > file_size:
+        left = max(0, file_size - member.offset_data)
+        raise ShardReadError(f"{where} claims {member.size} bytes but the file ends {left} bytes into it (truncated)")
+    return True
+
 
 def tar_end(data_bytes: int) -> bytes:
     """The end-of-archive marker after ``data_bytes`` of members: two zero blocks, padded to a
@@ -135,7 +187,10 @@ def read_local_index(shard: str | os.PathLike, *, check_size: bool = True) -> Sh
     """The index of a local shard, or None when it is missing, unreadable or stale (its
     ``bytes`` is not the shard's size: rewritten since)."""
     try:
-        index = ShardIndex.from_json(json.loads(index_path(shard).read_bytes()))
+        path = index_path(shard)
+        if path.stat().st_size > MAX_INDEX_BYTES:  # not one we wrote: count from the tar instead
+            return None
+        index = ShardIndex.from_json(json.loads(path.read_bytes()))
         if check_size and os.path.getsize(shard) != index.bytes:
             return None
     except (OSError, ValueError, KeyError, TypeError):
@@ -247,14 +302,14 @@ def parse_sample(buf: bytes, where: str = "") -> dict[str, Any]:
     try:
         with tarfile.open(fileobj=io.BytesIO(buf), mode="r:") as tar:
             for member in tar:
-                if not member.isfile():
+                if not check_member(member, where, len(buf)):
                     continue
                 key, _, ext = os.path.basename(member.name).partition(".")
                 sample.setdefault("__key__", key)
                 handle = tar.extractfile(member)
                 sample[ext] = handle.read() if handle is not None else b""
     except tarfile.TarError as exc:
-        raise OSError(f"cannot read sample at {where}: {exc}") from None
+        raise ShardReadError(f"cannot read sample at {where}: {exc}") from None
     return sample
 
 

@@ -109,6 +109,13 @@ class SyncConfig:
     weights: path of ``syncnet_v2.model``; ``--syncnet-weights`` wins over it,
         and it wins over the environment variable ``AVF_SYNCNET_WEIGHTS``.
     precision: ``auto`` (fp32 on CPU, bf16 autocast on CUDA), ``fp32`` or ``bf16``.
+    calibration: ``auto``: a sync expert's sidecar ``WEIGHTS.json`` (written by ``avf-train
+        syncnet``) replaces max_offset_frames, min_confidence_syncnet and input with the values
+        measured for those weights; ``config``: this section's values always apply
+        (:mod:`avf_data.stages.sync_calibration`).
+    input: ``source``: SyncNet sees the reference crop cut from the source video when the clip
+        has face boxes and its source is readable (else the training crop); ``crop``: always the
+        160 px training crop (an expert trained on crops says so in its sidecar).
     mode: off | measure (scores recorded, nothing dropped) | enforce. Enforcement needs
         SyncNet weights: the weight-free fallback cannot tell sync from no sync on real
         faces, so without weights the stage only measures (unless ``enforce_fallback``).
@@ -128,6 +135,8 @@ class SyncConfig:
     batch_size: int = 32
     weights: str | None = None
     precision: str = "auto"
+    calibration: str = "auto"
+    input: str = "source"
 
 
 @dataclass
@@ -580,6 +589,17 @@ class SyncNetScorer:
         :func:`~avf_data.stages.syncnet_input.reference_crops`) with mono audio."""
         return self.score_many([SyncInput(crops, audio, 25.0, sample_rate, "reference", note)])[0]
 
+    def embed_many(self, items: list[SyncInput]) -> list[tuple[torch.Tensor, torch.Tensor]]:  # noqa: F821
+        """(video, audio) embeddings of each clip, as :meth:`score_many` compares them: for
+        callers that pair one clip's video with other audio (a sync expert's calibration,
+        benchmarks) without embedding the video again."""
+        return self._embed_prepared([self._prepare(it) for it in items])
+
+    def result(self, video_emb, audio_emb, note: str | None = None) -> SyncResult:
+        """The offset search and confidence of one pair of embedding sequences (``score_many``'s rule)."""
+        n = min(len(video_emb), len(audio_emb))
+        return self._result(video_emb, audio_emb, n + 4, (n + 4) / 25.0, note)
+
     def score_many(self, items: list[SyncInput]) -> list[SyncResult]:
         """Score several clips, their windows sharing forward passes of ``batch_size``."""
         preps = [self._prepare(it) for it in items]
@@ -589,25 +609,26 @@ class SyncNetScorer:
     def score_clip(self, view: SyncView) -> SyncResult:
         """SyncNet on the reference crops cut from source frames when ``view`` has face
         boxes; otherwise on the training crop (noted in the result)."""
-        inp = reference_input(view)
+        inp = reference_input(view, use_source=self.cfg.input != "crop")
         if inp.geometry == "face_crop" and inp.note is None:
-            inp.note = FALLBACK_GEOMETRY_NOTE
+            inp.note = FALLBACK_GEOMETRY_NOTE if self.cfg.input != "crop" else CROP_INPUT_NOTE
         return self.score_many([inp])[0]
 
 
 FALLBACK_GEOMETRY_NOTE = "SyncNet input rebuilt from the 160 px training crop (no face boxes / source frames)"
+CROP_INPUT_NOTE = "SyncNet input rebuilt from the 160 px training crop (sync.input: crop)"
 
 
-def reference_input(view: SyncView) -> SyncInput:
+def reference_input(view: SyncView, use_source: bool = True) -> SyncInput:
     """The :class:`SyncInput` for a clip view: reference crops cut from the source when the
-    view has ``face_boxes`` and ``cut_region``, else its training crop."""
+    view has ``face_boxes`` and ``cut_region`` (and ``use_source``), else its training crop."""
     from .syncnet_input import reference_crops
 
     boxes = getattr(view, "face_boxes", None)
     cut = getattr(view, "cut_region", None)
     fps = float(getattr(view, "fps", 25.0))
     sr = int(getattr(view, "sample_rate", 16000))
-    if boxes is not None and cut is not None and len(boxes) and abs(fps - 25.0) < 1e-3:
+    if use_source and boxes is not None and cut is not None and len(boxes) and abs(fps - 25.0) < 1e-3:
         return SyncInput(reference_crops(cut, np.asarray(boxes, dtype=np.float64)), view.audio, 25.0, sr, "reference")
     return SyncInput(view.crop_frames, view.audio, fps, sr, "face_crop")
 
@@ -691,6 +712,9 @@ class SyncStage(Stage):
         self.scorer: Any = None
         self.note: str | None = None
         if cfg.mode != "off":
+            from .sync_calibration import apply_calibration  # a sync expert's own rule, when it has one
+
+            cfg = self.cfg = apply_calibration(cfg, resolve_weights(weights or None, cfg)[0])[0]
             try:
                 self.scorer = build_sync_scorer(cfg, weights or None)
             except ImportError as exc:  # the curation extra without torch: recorded, not fatal

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,6 +213,12 @@ class SyncNetV2(nn.Module):
         mid = self.netcnnlip(video)
         return self.netfclip(mid.flatten(1))
 
+    def forward(self, video: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches in one call (what DDP wraps when ``avf-train syncnet`` trains this
+        network): ``(B, 3, T, 224, 224)`` BGR runs -> ``(B * (T - 4), 1024)`` window
+        embeddings, ``(N, 1, 13, 20)`` MFCC blocks -> ``(N, 1024)``."""
+        return self.lip_features(video), self.forward_aud(mfcc)
+
 
 class SyncNetWeightsError(ValueError):
     """The SyncNet weights file is missing, not a state dict, or does not match."""
@@ -244,11 +251,13 @@ def _read_state_dict(p: Path) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise SyncNetWeightsError(f"SyncNet weights file not found: {p}")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise SyncNetWeightsError(
             f"cannot read SyncNet weights {p}: not a torch.save'd state dict "
-            f"loadable with weights_only=True{_file_hint(p)} ({type(exc).__name__}: {exc})"
+            f"loadable with weights_only=True{_file_hint(p)} ({_load_error(exc)})"
         ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
@@ -304,20 +313,45 @@ OFFICIAL_TENSOR_BYTES = 4 * sum(math.prod(s) for s in OFFICIAL_STATE_DICT_SHAPES
 
 def _file_hint(p: Path) -> str:
     """Why a file that torch cannot read is probably not the weights: a web page saved in
-    its place (a failed download) or a truncated download."""
+    its place (a failed download), a plain pickle (not what torch.save writes, and a pickle
+    runs code when loaded: never unpickled here) or a truncated download."""
     try:
-        head = p.read_bytes()[:64].lstrip().lower()
+        with open(p, "rb") as fh:
+            raw = fh.read(64)
         size = p.stat().st_size
     except OSError:
         return ""
+    head = raw.lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml")):
         return " (it is an HTML/XML page: the download failed; fetch syncnet_v2.model again)"
+    if raw[:1] == b"\x80" and not raw.startswith(_LEGACY_TORCH_MAGIC):
+        return " (it is a plain pickle, not a torch.save file; a pickle can run code, so it is not unpickled)"
     if size < 0.9 * OFFICIAL_TENSOR_BYTES:
         return (
             f" (it has {size} bytes, the official file about {OFFICIAL_TENSOR_BYTES / 2**20:.0f} MiB: "
             "a truncated download?)"
         )
     return ""
+
+
+#: How torch.save's legacy (pre-1.6, non-zip) format starts: pickle protocol 2, then its magic
+#: number as a LONG1 (the official syncnet_v2.model of 2017 is in this format).
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+
+
+def _load_error(exc: BaseException) -> str:
+    """torch.load's error on one line: its weights-only refusal runs over a dozen lines of
+    advice; the line naming the problem (and the one after an ``error:`` heading) is enough."""
+    import re
+
+    lines = [" ".join(ln.split()) for ln in str(exc).splitlines() if ln.strip()]
+    at = next((i for i, ln in enumerate(lines) if "unpickler error" in ln.lower()), None)
+    text = lines[0] if lines else ""
+    if at is not None:  # "... use case: WeightsUnpickler error:" then the reason on the next line
+        found = re.search(r"\w*unpickler error:?.*", " ".join(lines[at : at + 2]), re.IGNORECASE)
+        text = found.group(0) if found else text
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _short(items: list[str], n: int = 6) -> str:

@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from ..stages.sync_calibration import expert_line
 from .folder import write_atomic
 from .stats import sync_banner
 
@@ -115,6 +116,7 @@ def _summary_lines(stats: dict[str, Any]) -> list[str]:
     return lines + [
         f"- pipeline: `{stats.get('pipeline_version')}`",
         f"- sync scorer: `{stats.get('sync_scorer')}`, enforced: **{stats.get('sync_enforced')}**",
+        *([f"- sync expert: {expert_line(stats['sync_expert'])}"] if stats.get("sync_expert") else []),
         f"- inputs: {stats['inputs']} ({stats['inputs_rejected']} rejected whole, "
         f"{stats.get('inputs_vfr', 0)} variable frame rate), accepted clips: {stats['clips']}",
         f"- seconds: {stats['seconds_in']:.2f} in, {stats['seconds_accepted']:.2f} accepted, "
@@ -208,7 +210,8 @@ def _sync_pass_lines(info: dict[str, Any]) -> list[str]:
         f"- weights `{info['weights']}` on `{info['device']}` ({info['precision']}), "
         f"batch {info['batch_size']} windows",
         f"- rule: reject |offset| > {info['max_offset_frames']} frames or confidence < "
-        f"{info['min_confidence_syncnet']:g} (see avf_data/stages/sync.py for the provenance)",
+        f"{info['min_confidence_syncnet']:g} (thresholds from "
+        f"{(info.get('expert') or {}).get('calibration', 'the config; see avf_data/stages/sync.py')})",
         f"- clips judged: {info['kept'] + info['rejected']}, kept {info['kept']}, "
         f"rejected {info['rejected']} ({codes})",
         f"- SyncNet input: {info['inputs'].get('source', 0)} from source frames (reference geometry), "
