@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from avf_models import InputSpec, PretrainOutput, create_model, get_config
+from avf_models.config import TINY_WIDTHS
 from avf_models.encoder import LGIEncoder
 from avf_models.losses import audio_target, hcmcl_loss, masked_mse, video_target
 
@@ -104,18 +105,7 @@ def test_pretrain_gradients_reach_everything_but_last_stage_iv() -> None:
 
 
 def test_hicmae_tiny_variant_runs() -> None:
-    model = create_model(
-        "hicmae_base",
-        depth=2,
-        depth_audio=2,
-        embed_dim=64,
-        num_heads=4,
-        fusion_num_heads=4,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        decoder_depth=3,
-        skip_layers=(0, 1),
-    )
+    model = create_model("hicmae_base", **TINY_WIDTHS)
     out = model(*_inputs())
     assert out.pred_video.shape == (2, 720, 1536) and out.pred_audio.shape == (2, 102, 256)
     assert math.isfinite(out.loss.item())

@@ -24,6 +24,7 @@ import time
 import torch
 
 from avf_models import count_parameters, create_model
+from avf_models.config import TINY_WIDTHS
 
 ALIASES = {
     "base": "avfmae_pp_base",
@@ -32,17 +33,6 @@ ALIASES = {
     "tiny": "avfmae_pp_tiny",
     "hicmae": "hicmae_base",
 }
-TINY_HICMAE = dict(
-    depth=2,
-    depth_audio=2,
-    embed_dim=64,
-    num_heads=4,
-    fusion_num_heads=4,
-    decoder_embed_dim=32,
-    decoder_num_heads=4,
-    decoder_depth=3,
-    skip_layers=(0, 1),
-)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(name: str, tiny: bool, device: str) -> torch.nn.Module:
     full = ALIASES.get(name, name)
-    overrides = TINY_HICMAE if (tiny and full == "hicmae_base") else {}
+    overrides = TINY_WIDTHS if (tiny and full == "hicmae_base") else {}
     return create_model(full, "pretrain", **overrides).to(device)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,20 @@ class ModelConfig:
 
 _BASE = ModelConfig()
 
+# The widths and depths of the CPU-sized model; applied to another architecture (e.g.
+# ``create_model("hicmae_base", **TINY_WIDTHS)``) they give its CPU-sized twin for dry runs.
+TINY_WIDTHS: dict[str, Any] = dict(
+    embed_dim=64,
+    num_heads=4,
+    depth=2,
+    depth_audio=2,
+    fusion_num_heads=4,
+    decoder_embed_dim=32,
+    decoder_num_heads=4,
+    decoder_depth=3,
+    skip_layers=(0, 1),
+)
+
 CONFIGS: dict[str, ModelConfig] = {
     "avfmae_pp_base": _BASE,
     "avfmae_pp_large": dataclasses.replace(
@@ -228,19 +242,7 @@ CONFIGS: dict[str, ModelConfig] = {
     ),
     # CPU-sized model with the full input sizes (16x160x160 video, 256x128 fbank) and the official
     # region layout, so every code path of the big models runs in tests.
-    "avfmae_pp_tiny": dataclasses.replace(
-        _BASE,
-        name="avfmae_pp_tiny",
-        embed_dim=64,
-        num_heads=4,
-        depth=2,
-        depth_audio=2,
-        fusion_num_heads=4,
-        decoder_embed_dim=32,
-        decoder_num_heads=4,
-        decoder_depth=3,
-        skip_layers=(0, 1),
-    ),
+    "avfmae_pp_tiny": dataclasses.replace(_BASE, name="avfmae_pp_tiny", **TINY_WIDTHS),
 }
 
 
