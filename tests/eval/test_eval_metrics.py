@@ -9,7 +9,18 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from avf_eval.metrics import ccc, confusion_matrix, macro_f1, pcc, pcc_per_dimension, uar, uf1, wa_f1, war
+from avf_eval.metrics import (
+    ccc,
+    confusion_matrix,
+    macro_f1,
+    pcc,
+    pcc_per_dimension,
+    per_class_recall,
+    uar,
+    uf1,
+    wa_f1,
+    war,
+)
 from avf_eval.metrics.registry import compute_metric
 
 SEEDS = range(20)
@@ -123,3 +134,38 @@ def test_pcc_per_dimension_and_registry() -> None:
     scores = compute_metric(["pcc"], truth, pred, dimensions=("arousal", "valence", "dominance"))
     assert scores["pcc_mean"] == pytest.approx(per_dim.mean())
     assert set(scores) == {"pcc_arousal", "pcc_valence", "pcc_dominance", "pcc_mean"}
+
+
+def test_uar_with_a_class_absent_from_the_truth() -> None:
+    """UAR averages recall over the classes that occur in the truth, as sklearn's
+    balanced_accuracy_score and the emotion literature do: a class with no true clip has no recall
+    (0/0), so it is left out, neither counted as 0 nor as 1, however often it is predicted."""
+    # 4 classes; class 2 never occurs in the truth but is predicted twice (wrongly, of course)
+    y_true = np.array([0, 0, 0, 0, 1, 1, 3, 3, 3])
+    y_pred = np.array([0, 0, 2, 1, 1, 2, 3, 3, 0])
+    recalls = {0: 2 / 4, 1: 1 / 2, 3: 2 / 3}  # by hand: hits / true clips of each present class
+    expected = sum(recalls.values()) / 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns: y_pred contains classes not in y_true
+        assert skm.balanced_accuracy_score(y_true, y_pred) == pytest.approx(expected)
+    assert skm.recall_score(y_true, y_pred, labels=[0, 1, 3], average="macro") == pytest.approx(expected)
+    assert uar(y_true, y_pred, 4) == pytest.approx(expected)
+    # the two wrong conventions give other numbers: the absent class as recall 0 (averaged over all
+    # 4 classes) or as recall 1 (nothing of it was missed)
+    assert uar(y_true, y_pred, 4) != pytest.approx(sum(recalls.values()) / 4)
+    assert uar(y_true, y_pred, 4) != pytest.approx((sum(recalls.values()) + 1) / 4)
+    # its recall is NaN (reports print a dash), its predictions still cost the classes they were taken from
+    matrix = confusion_matrix(y_true, y_pred, 4)
+    assert matrix[2].sum() == 0 and matrix[:, 2].tolist() == [1, 1, 0, 0]
+    assert np.isnan(per_class_recall(matrix)[2])
+    # the size of the label map does not change UAR: classes nobody has add nothing
+    assert uar(y_true, y_pred) == uar(y_true, y_pred, 4) == uar(y_true, y_pred, 11)
+    # and WAR (accuracy) is unaffected by the convention
+    assert war(y_true, y_pred) == pytest.approx(skm.accuracy_score(y_true, y_pred))
+
+
+def test_uar_when_every_prediction_is_a_class_absent_from_the_truth() -> None:
+    y_true = np.array([0, 1, 1])
+    y_pred = np.array([2, 2, 2])
+    assert uar(y_true, y_pred, 3) == 0.0  # recall 0 for both present classes; the absent one is not averaged in
+    assert uar([1, 1], [1, 1], 3) == 1.0  # one present class, perfectly recalled: classes 0 and 2 do not dilute it

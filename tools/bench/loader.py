@@ -72,10 +72,8 @@ def _cpu_seconds(pids: list[int]) -> float:
 
 
 def _transform_config(cfg, mode: str):
-    try:
-        from avf_train.config import transform_config
-    except ImportError:  # older layout
-        from avf_train.trainer import transform_config
+    from avf_train.transforms import transform_config
+
     return transform_config(cfg, mode)
 
 

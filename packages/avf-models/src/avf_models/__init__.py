@@ -3,7 +3,7 @@
 Public API::
 
     create_model(name, stage="pretrain"|"finetune", num_classes=None, **overrides) -> nn.Module
-    load_pretrained_into_finetune(model, state_dict) -> LoadReport
+    load_pretrained_into_finetune(model, state_dict, allow_partial=False) -> LoadReport
     load_model(path, stage=None, **overrides) -> nn.Module   (our converted or official .pth)
     optim.param_groups(model, weight_decay, layer_decay) -> AdamW groups (official rules)
     convert_checkpoint(src, dst) / convert_official_state_dict(state_dict)
@@ -15,7 +15,9 @@ Public API::
 from . import attention, features, masking, optim
 from .config import CONFIGS, InputSpec, ModelConfig, get_config
 from .convert import (
+    CheckpointMismatchError,
     LoadReport,
+    PartialInitError,
     convert_checkpoint,
     convert_official_state_dict,
     load_checkpoint,
@@ -33,10 +35,12 @@ __all__ = [
     "AVFMAEFinetune",
     "AVFMAEPretrain",
     "CONFIGS",
+    "CheckpointMismatchError",
     "InputSpec",
     "LoadReport",
     "MODEL_NAMES",
     "ModelConfig",
+    "PartialInitError",
     "PretrainMasks",
     "PretrainOutput",
     "attention",

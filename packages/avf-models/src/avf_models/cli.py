@@ -7,7 +7,9 @@ User errors (an unknown model, a missing or foreign checkpoint, a wrong flag) pr
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+import typing
 from collections import Counter
 from pathlib import Path
 from typing import NoReturn
@@ -37,6 +39,11 @@ The size (Base/Large/Huge), depth and stage are read from the tensor shapes; ski
 from the checkpoint's args when present.  Conversion is strict: it fails, listing the keys, if any
 official key has no counterpart or any model tensor would stay unfilled.  Files are read with
 torch.load(weights_only=True), so untrusted pickles cannot execute code.
+
+A bare state dict (no args) of a depth other than the named sizes' does not say its skip-connection
+layers; give them with --set model.skip_layers=I,J,... (one per decoder block after the first).  Any
+ModelConfig field can be set this way; a value that contradicts the tensors (depth, width, decoder
+depth, classes) or the checkpoint's args is refused with the reason.
 
 Use the result with:
   avf-train finetune --init OUT ...                       # avf-train reads OUT/{CONVERTED}
@@ -86,10 +93,51 @@ def _convert(args: argparse.Namespace) -> int:
     src, dst = _convert_paths(args)
     if not Path(src).is_file():
         raise FileNotFoundError(f"checkpoint {src} does not exist")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    cfg = convert_checkpoint(src, dst)
+    cfg = convert_checkpoint(src, dst, _model_overrides(args.set or []))
     print(f"wrote {dst} ({cfg.name}-sized, depth {cfg.depth}, skips {list(cfg.skip_layers)})")
     return 0
+
+
+def _model_overrides(assignments: list[str]) -> dict[str, object]:
+    """``--set model.skip_layers=3,6,9`` (``model.`` optional) -> ``{"skip_layers": (3, 6, 9)}``, typed as
+    the ModelConfig field, so a typo or a bad value fails before the checkpoint is read."""
+    from .config import ModelConfig
+
+    hints = typing.get_type_hints(ModelConfig)
+    out: dict[str, object] = {}
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        key = key.strip().removeprefix("model.")
+        if not sep or key not in hints:
+            close = difflib.get_close_matches(key, hints, 1)
+            raise ValueError(
+                f"--set {assignment!r}: expected model.FIELD=VALUE with a ModelConfig field"
+                + (f" (did you mean model.{close[0]}?)" if close else " such as model.skip_layers=3,6,9")
+            )
+        out[key] = _typed(key, raw.strip(), hints[key])
+    return out
+
+
+def _typed(key: str, raw: str, hint: object) -> object:
+    """One ``--set`` value as its field's type: tuples as ``1,3`` or ``[1,3]``, booleans as true/false."""
+    choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+    try:
+        if typing.get_origin(hint) is tuple:
+            value: object = tuple(int(x) for x in raw.strip("[]() ").split(",") if x.strip())
+            if not value:
+                raise ValueError
+        elif hint is bool:
+            value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[raw.lower()]
+        elif hint in (int, float):
+            value = hint(raw)  # type: ignore[operator]
+        elif choices and raw not in choices:
+            raise ValueError
+        else:
+            value = raw
+    except (ValueError, KeyError):
+        kind = f"one of {', '.join(choices)}" if choices else getattr(hint, "__name__", str(hint))
+        raise ValueError(f"--set model.{key}={raw}: expected {kind}") from None
+    return value
 
 
 def _convert_paths(args: argparse.Namespace) -> tuple[str, Path]:
@@ -127,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", metavar="FILE.pth", help="official checkpoint to convert (required)")
     p.add_argument("--out", metavar="DIR", help=f"folder for {CONVERTED} (required; created)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="model.FIELD=VALUE",
+        help="an architecture value the checkpoint does not say, checked against its tensors (repeatable), "
+        "e.g. --set model.skip_layers=1,3 for a bare state dict of non-default depth",
+    )
     p.add_argument("legacy", nargs="*", help=argparse.SUPPRESS)
     p.set_defaults(run=_convert)
     return parser

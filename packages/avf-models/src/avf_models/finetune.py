@@ -76,26 +76,57 @@ class AVFMAEFinetune(nn.Module):
         """sum_l softmax(w)_l F_l over the layer axis of (B, K, L, C)."""
         return torch.einsum("bklc,l->bkc", feats, weights.softmax(dim=0).to(feats.dtype))
 
+    def _pooled(
+        self, video: torch.Tensor | None, audio: torch.Tensor | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The pooled feature before fc_norm and, per present modality, its pre-fusion vector.
+
+        Both come from one pass through the encoders, so ``embed`` costs what ``forward`` does. The
+        per-modality vector is the layer-weighted region tokens sum_l softmax(a)_l F_l (a half of X0,
+        Eq. (11)) mean-pooled over the regions: exactly the feature a single-modality model pools.
+        """
+        m = self.config.modality
+        if m == "av" and (video is None or audio is None):
+            raise ValueError("the audio-visual model needs both video and audio")
+        if m == "video" and video is None:
+            raise ValueError("the video-only model needs video")
+        if m == "audio" and audio is None:
+            raise ValueError("the audio-only model needs audio")
+        regions: dict[str, torch.Tensor] = {}
+        weighted: dict[str, torch.Tensor] = {}
+        if m in ("av", "video"):
+            regions["video"] = self.encoder.forward_regions(video)  # (B, K, L, C)
+            weighted["video"] = self._weighted(regions["video"], self.layer_weights_video)
+        if m in ("av", "audio"):
+            regions["audio"] = self.encoder_audio.forward_regions(audio)
+            weighted["audio"] = self._weighted(regions["audio"], self.layer_weights_audio)
+        parts = {name: w.mean(dim=1) for name, w in weighted.items()}
+        if m != "av":
+            return parts[m], parts
+        x0 = torch.cat((weighted["video"], weighted["audio"]), dim=-1)  # Eq. (11), video first
+        v4, a4, *_ = self.encoder_fusion(regions["video"][:, :, -1], regions["audio"][:, :, -1], x0)
+        return torch.cat((v4.mean(dim=1), a4.mean(dim=1)), dim=-1), parts
+
     def forward_features(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
         """Pooled feature before fc_norm: (B, 2C) for "av", (B, C) for single-modality variants."""
-        m = self.config.modality
-        if m == "av":
-            if video is None or audio is None:
-                raise ValueError("the audio-visual model needs both video and audio")
-            fv = self.encoder.forward_regions(video)  # (B, K, L, C)
-            fa = self.encoder_audio.forward_regions(audio)
-            x0 = torch.cat(
-                (self._weighted(fv, self.layer_weights_video), self._weighted(fa, self.layer_weights_audio)), dim=-1
-            )  # Eq. (11)
-            v4, a4, *_ = self.encoder_fusion(fv[:, :, -1], fa[:, :, -1], x0)
-            return torch.cat((v4.mean(dim=1), a4.mean(dim=1)), dim=-1)
-        if m == "video":
-            if video is None:
-                raise ValueError("the video-only model needs video")
-            return self._weighted(self.encoder.forward_regions(video), self.layer_weights_video).mean(dim=1)
-        if audio is None:
-            raise ValueError("the audio-only model needs audio")
-        return self._weighted(self.encoder_audio.forward_regions(audio), self.layer_weights_audio).mean(dim=1)
+        return self._pooled(video, audio)[0]
+
+    def embed(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Clip embeddings, for users who want features rather than logits (probing, retrieval).
+
+        Returns ``{"video": (B, C), "audio": (B, C), "fused": (B, D)}``; a single-modality model
+        returns its own modality and ``fused`` only. ``video``/``audio`` are pre-fusion: each
+        encoder's layer-weighted region tokens (its half of X0, Eq. (11)) mean-pooled over the
+        regions. ``fused`` is the vector the head sees: fc_norm of the pooled [video; audio]
+        tokens that IAV-CL (paper §3.3-3.4) returns (D = 2C), or of the one modality's vector
+        (D = C). So in eval mode ``head_activation(head(embed(v, a)["fused"])) == model(v, a)``;
+        in train mode the head also sees ``fc_dropout``. Inputs are taken positionally as in
+        ``forward``. Gradients flow: wrap the call in ``torch.no_grad()`` for inference.
+        """
+        if self.config.modality == "audio" and audio is None:
+            video, audio = None, video
+        pooled, parts = self._pooled(video, audio)
+        return {**parts, "fused": self.fc_norm(pooled)}
 
     def forward(self, video: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, num_classes) for classification, activated outputs for regression.
@@ -103,9 +134,7 @@ class AVFMAEFinetune(nn.Module):
         Single-modality models accept their input positionally: ``model(video)`` or ``model(audio)``
         (a (B,1,256,128) tensor passed first to an audio model is taken as audio).
         """
-        if self.config.modality == "audio" and audio is None:
-            video, audio = None, video
-        feat = self.fc_norm(self.forward_features(video, audio))
+        feat = self.embed(video, audio)["fused"]  # one definition of what the head sees
         return self.head_activation(self.head(self.fc_dropout(feat)))
 
     def compute_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

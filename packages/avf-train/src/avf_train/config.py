@@ -13,17 +13,16 @@ be YAML booleans, ``--set`` values are parsed as YAML) and every problem is a :c
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
 from avf_data.settings import ConfigError, merge, parse_set, read_yaml, to_dict, update
-
-if TYPE_CHECKING:
-    from .transforms import ClipTransformConfig
+from avf_data.shard_urls import expand_braces, kind, split_list
 
 __all__ = [
     "ClipArgs",
@@ -33,6 +32,7 @@ __all__ = [
     "ModelArgs",
     "OptimArgs",
     "RunArgs",
+    "SyncnetArgs",
     "TrainConfig",
     "config_path",
     "from_dict",
@@ -43,11 +43,10 @@ __all__ = [
     "save_yaml",
     "stage_defaults",
     "to_dict",
-    "transform_config",
 ]
 
-Stage = Literal["pretrain", "postpretrain", "finetune"]
-STAGES: tuple[str, ...] = ("pretrain", "postpretrain", "finetune")
+Stage = Literal["pretrain", "postpretrain", "finetune", "syncnet"]
+STAGES: tuple[str, ...] = ("pretrain", "postpretrain", "finetune", "syncnet")
 MODEL_SIZES: tuple[str, ...] = ("tiny", "base", "large", "huge")
 SHIPPED = Path(__file__).parent / "configs"  # the --config recipes, by name
 
@@ -106,9 +105,17 @@ class DataArgs:
     # Resolved once before training into the full map (a mapping), which checkpoints carry and a
     # resumed run checks its shards against.
     label_map: str | dict[str, Any] = ""
+    # shell commands as shards ("pipe:CMD") given by a config file (--config, RUN/config.yaml) are
+    # refused unless this is set on the command line (--set data.allow_pipe=true), so a config
+    # received from someone else cannot run code; pipe: specs given as --data / --val-data / --set
+    # data.shards=... are the user's own and always accepted. avf-train records the consent in
+    # RUN/config.yaml (true when the run's shards use pipe:), which is what a --resume honours.
+    allow_pipe: bool = False
     # streaming
     shuffle_buffer: int = 256
-    num_workers: int = 4
+    # loader worker processes per rank; "auto" = min(4, the CPUs this process may use / the
+    # processes of this node), resolved once by ``resolve`` (``loader_workers``) into a number
+    num_workers: int | Literal["auto"] = "auto"
     epoch_size: int = 0  # clips per nominal epoch; 0 = count the samples in the shards
 
 
@@ -145,6 +152,32 @@ class FinetuneArgs:
     mix_audio: bool = False  # official code mixes only the video (labels mixed); True mixes audio too
     label_smoothing: float = 0.1
     init: str = ""  # checkpoint (or run folder) to start from
+    # load --init even when its encoder/fusion blocks differ from the model's (the extra blocks are
+    # dropped, the missing ones start at random init); off, that is an error naming the blocks
+    allow_partial_init: bool = False
+
+
+@dataclass
+class SyncnetArgs:
+    """The sync expert (``avf-train syncnet``, :mod:`avf_train.sync_expert`): a SyncNet v2 network
+    trained on one's own shards; its weights and calibration score corpora in avf-data."""
+
+    # what SyncNet sees, as avf-data's scoring feeds it: "source" = the reference crop cut from the
+    # source video by the clip's face boxes (needs the sources where the build found them), "crop" =
+    # the shards' 160 px training crop (the sidecar then tells avf-data to score crops too)
+    input: Literal["source", "crop"] = "source"
+    face_crop_scale: float = 1.8  # input "crop": face-crop side / face-box side (avf-data's crop.margin)
+    windows: int = 8  # consecutive 5-frame windows per clip visit (they share audio embeddings)
+    max_shift: int = 15  # in-clip negatives: audio shifted by up to this many frames (avf-data searches ±15)
+    min_shift: int = 2  # shifts of 1 frame are neither positive nor negative (codec delays, 80 % overlap)
+    temperature: float = 1.0  # logits = -distance / temperature
+    flip: bool = True  # mirror a clip visit's frames with probability 1/2
+    # robustness to out-of-sync clips in a corpus not yet sync-filtered: after trim_after steps, the
+    # trim share of each batch's clips with the highest loss is left out of the gradient
+    trim: float = 0.0
+    trim_after: int = 0
+    calibration_clips: int = 64  # clips scored to calibrate the threshold (--val-data, else training shards)
+    export: str = "syncnet_expert.model"  # weights file written into the run folder, beside its .json
 
 
 @dataclass
@@ -180,6 +213,7 @@ class TrainConfig:
     data: DataArgs = field(default_factory=DataArgs)
     optim: OptimArgs = field(default_factory=OptimArgs)
     finetune: FinetuneArgs = field(default_factory=FinetuneArgs)
+    syncnet: SyncnetArgs = field(default_factory=SyncnetArgs)
     run: RunArgs = field(default_factory=RunArgs)
 
 
@@ -189,6 +223,7 @@ STAGE_RECIPES: dict[str, str] = {
     "pretrain": "pretrain_base",
     "postpretrain": "postpretrain_cea",
     "finetune": "finetune_cea",
+    "syncnet": "syncnet",
 }
 
 
@@ -258,27 +293,106 @@ def resolve(
     per-field flags (dotted keys, ``None`` = not given) <- ``--set a.b=v`` (later wins).
 
     Everything is merged as nested dicts first and converted once (avf_data.settings), so every
-    wrong key or value is one :class:`ConfigError` naming it.
+    wrong key or value is one :class:`ConfigError` naming it. Each layer is kept apart until then,
+    because who wrote a value matters for one field: ``pipe:`` shards run a shell command, which
+    a config file may only do with the command line's consent (:func:`check_pipes`), and that is
+    decided here, before anything reads a shard.
     """
-    values: dict[str, Any] = {}
+    layers: list[tuple[str, dict[str, Any]]] = []
     saved = Path(resume_dir) / "config.yaml" if resume_dir else None
     if saved is not None and saved.is_file():
-        values = merge(values, read_yaml(saved))
+        layers.append((RUN_CONFIG, read_yaml(saved)))
     if config:
         given = read_yaml(config_path(config))
         named = given.get("stage")
         if named is not None and named != stage:
             raise ConfigError(f"--config {config} is for stage {named!r}, not {stage!r}")
-        values = merge(values, given)
-    values.pop("stage", None)
+        layers.append((f"--config {config}", given))
+    values: dict[str, Any] = {}
+    for _, layer in layers:
+        values = merge(values, {k: v for k, v in layer.items() if k != "stage"})
+    command_line: dict[str, Any] = {}
     for dotted, value in (flags or {}).items():
         if value is not None:
-            values = merge(values, parse_dotted(dotted, value))
+            command_line = merge(command_line, parse_dotted(dotted, value))
     for assignment in sets:
-        values = merge(values, parse_override(assignment))
-    cfg = from_dict(values, stage)
+        command_line = merge(command_line, parse_override(assignment))
+    cfg = from_dict(merge(values, command_line), stage)
     validate(cfg)
+    cfg.data.allow_pipe = check_pipes(cfg, [*layers, (COMMAND_LINE, command_line)])
+    cfg.data.num_workers = loader_workers(cfg.data.num_workers)
     return cfg
+
+
+RUN_CONFIG = "RUN/config.yaml"  # the layer names check_pipes tells apart
+COMMAND_LINE = "the command line"
+SHARD_KEYS = ("shards", "val_shards")
+
+
+def uses_pipe(spec: str) -> bool:
+    """Whether a shard spec names a ``pipe:`` command, in any part of it after brace expansion
+    (exactly what :func:`avf_data.shard_urls.expand_urls` would hand to a shell)."""
+    return any(kind(item) == "pipe" for part in split_list(spec) for item in expand_braces(part))
+
+
+def check_pipes(cfg: TrainConfig, layers: list[tuple[str, dict[str, Any]]]) -> bool:
+    """Refuse ``pipe:`` shards that a config file gave without the command line's consent.
+
+    A shard spec ``pipe:CMD`` runs CMD in a shell, so a config file received from someone else
+    would be code. The spec is accepted when the layer that set it is the command line (--data,
+    --val-data, --set data.shards=...), or when the command line opts in with
+    ``--set data.allow_pipe=true``; a ``RUN/config.yaml`` being resumed also counts when it
+    records that opt-in (avf-train writes it there when the run started with pipe: shards, from
+    the command line or with the opt-in). ``data.allow_pipe`` in a ``--config`` file does not
+    count: a file cannot consent for itself. Returns the consent to record in the run's config.
+    """
+    data = {name: layer.get("data") if isinstance(layer.get("data"), dict) else {} for name, layer in layers}
+    consent = data.get(COMMAND_LINE, {}).get("allow_pipe") is True
+    accepted = False
+    for key in SHARD_KEYS:
+        spec = getattr(cfg.data, key)
+        if not spec or not uses_pipe(spec):
+            continue
+        source = next((name for name, values in reversed(data.items()) if key in values), "the stage recipe")
+        recorded = source == RUN_CONFIG and data[RUN_CONFIG].get("allow_pipe") is True
+        if source != COMMAND_LINE and not consent and not recorded:
+            flag = "--data" if key == "shards" else "--val-data"
+            raise ConfigError(
+                f"data.{key} {spec!r} from {source} runs a shell command (pipe:); a config file may run "
+                f"commands only when you opt in on the command line with --set data.allow_pipe=true "
+                f"(data.allow_pipe in the file does not count), or give the shards with {flag}"
+            )
+        accepted = True
+    return consent or accepted
+
+
+def loader_workers(value: int | str) -> int:
+    """``data.num_workers`` as a number: ``"auto"`` is min(4, the CPUs this process may use divided
+    by the training processes of this node), at least 1.
+
+    Why not a fixed 4: on a 2-core machine four decoding workers and the trainer fight for two
+    cores. The CPUs are the process's affinity (taskset, Slurm) capped by a cgroup quota (docker
+    --cpus), and torchrun's ranks on one node share them (``LOCAL_WORLD_SIZE``).
+    """
+    if value != "auto":
+        return int(value)
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        local = 1
+    return max(1, min(4, available_cpus() // local))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
@@ -314,11 +428,30 @@ def parse_dotted(dotted: str, value: Any) -> dict[str, Any]:
 
 def validate(cfg: TrainConfig) -> None:
     """Combinations that no single field's type rules out."""
+    if cfg.stage == "syncnet":
+        check_syncnet(cfg)
     if cfg.stage == "postpretrain" and cfg.finetune.task == "dea":
         raise ConfigError(
             "post-pre-training has labelled hybrids for cea and mer only, not dea (paper §4.2): "
             "fine-tune a DEA head from a pre-trained or post-pre-trained checkpoint instead"
         )
+    if isinstance(cfg.data.num_workers, int) and cfg.data.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers' must be 0 or more, or auto, got {cfg.data.num_workers}")
+
+
+def check_syncnet(cfg: TrainConfig) -> None:
+    """The sync expert trains SyncNet v2 only (its weights must load as syncnet_v2.model does)."""
+    s = cfg.syncnet
+    if cfg.model.name not in ("", "syncnet_v2"):
+        raise ConfigError(f"avf-train syncnet trains the SyncNet v2 network only, not model {cfg.model.name!r}")
+    cfg.model.name = "syncnet_v2"
+    if s.windows < 1 or not 1 <= s.min_shift <= s.max_shift:
+        raise ConfigError(
+            f"syncnet needs windows >= 1 and 1 <= min_shift <= max_shift, got windows {s.windows}, "
+            f"min_shift {s.min_shift}, max_shift {s.max_shift}"
+        )
+    if not 0.0 <= s.trim < 1.0 or s.temperature <= 0:
+        raise ConfigError(f"syncnet.trim must be in [0, 1) and temperature > 0, got {s.trim}, {s.temperature}")
 
 
 def task_label_map(task: str) -> str:
@@ -331,10 +464,3 @@ def resolve_model_name(name: str) -> str:
     if not name:
         return "avfmae_pp_base"
     return f"avfmae_pp_{name}" if name in MODEL_SIZES else name
-
-
-def transform_config(cfg: TrainConfig, mode: str) -> ClipTransformConfig:
-    """The loader's per-clip settings (``data.clip``) for ``mode``: pretrain, finetune or test."""
-    from .transforms import ClipTransformConfig
-
-    return ClipTransformConfig.for_mode(cfg.data.clip, mode)

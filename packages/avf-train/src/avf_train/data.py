@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +59,7 @@ from .batches import BatchBuilder, BufferPool, collate, model_inputs, release
 from .errors import DataError
 from .labels import RunLabels
 from .sample_order import SeekableShuffle, UnitSamples, skip_state
+from .shardinfo import clip_label
 from .transforms import ClipTransformConfig, audio_span, finish_view, view_frames, view_start
 
 __all__ = [
@@ -225,6 +225,10 @@ class ClipStream(IterableDataset):
             self._buffer_pool = BufferPool()
         return self._buffer_pool
 
+    def _new_batch(self) -> BatchBuilder:
+        """An empty batch (a stream of other items, e.g. the sync expert's windows, brings its own)."""
+        return BatchBuilder(self.views_per_batch, self.transform, self._video_dtype, self._pool())
+
     @property
     def views_per_batch(self) -> int:
         return self.batch_size * (self.repeats if self.train else self.transform.num_views)
@@ -252,10 +256,16 @@ class ClipStream(IterableDataset):
 
     def _label(self, meta: dict[str, Any], key: str) -> tuple[int, list[float] | None]:
         targets = meta.get("targets")
+        if self.train and not self.labelled and self.labels is None:
+            try:  # pre-training: labels ride along unused, so a malformed one must not stop the run
+                label = clip_label(meta.get("label"), f"clip {key!r}")
+            except DataError:
+                label = None
+            return (-1 if label is None else label), targets
         if self.labels is not None:
             label = self.labels.index(meta, key)
         else:
-            label = None if meta.get("label") is None else int(meta["label"])
+            label = clip_label(meta.get("label"), f"clip {key!r}")
             if label is not None and self.num_classes > 0 and not 0 <= label < self.num_classes:
                 raise DataError(f"clip {key!r} has label {label}, outside the label map's {self.num_classes} classes")
         if label is None:
@@ -364,7 +374,7 @@ class ClipStream(IterableDataset):
             shuffle = SeekableShuffle(size, fresh)
         else:
             shuffle = SeekableShuffle.restore(size, state, samples.read(state["buffer"]))
-        batch = BatchBuilder(self.views_per_batch, self.transform, self._video_dtype, self._pool())
+        batch = self._new_batch()
         batch_index, produced = skip_batches, 0
         before = shuffle.state()  # the shuffle before it gives out sample i (a cursor to start at i)
         for i, (_, raw) in enumerate(shuffle(samples.iter_from(shuffle.read)), start=first_sample):
@@ -390,7 +400,7 @@ class ClipStream(IterableDataset):
         return produced
 
     def _eval_batches(self, unit: int, worker: int) -> Iterator[dict[str, Any]]:
-        batch = BatchBuilder(self.views_per_batch, self.transform, self._video_dtype, self._pool())
+        batch = self._new_batch()
         batch_index = 0
         for i, raw in enumerate(self._unit_samples(unit, 0).iter_from(0)):
             for item in self._views(raw, unit, 0, i, 0, batch):
@@ -402,54 +412,25 @@ class ClipStream(IterableDataset):
             yield batch.collate(worker=worker, pass_index=0, batch_index=batch_index)
 
 
-def _watch_owner(pid: int, pidfd: int | None) -> None:
-    """Exit this worker as soon as process ``pid`` (the loader's owner) has ended."""
-    if pidfd is not None:
-        import select
-
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        while not poller.poll(None):  # readable once the process has exited (zombie included)
-            pass
-        os._exit(0)
-    import time
-
-    while True:  # no pidfd (not Linux): poll; a zombie owner still counts as gone
-        time.sleep(0.5)
-        try:
-            os.kill(pid, 0)
-            with open(f"/proc/{pid}/stat", "rb") as fh:
-                if fh.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
-                    os._exit(0)
-        except (ProcessLookupError, PermissionError):
-            os._exit(0)
-        except OSError:
-            pass
-
-
 class _WorkerInit:
     """``worker_init_fn``: one thread per worker, and exit when the owner process dies.
 
     Workers are children of the forkserver, not of the trainer, so torch's own check of the
-    parent pid does not see a killed trainer; they watch the owner's pid themselves (a pidfd
-    where the OS has one, so a reused pid cannot fool them).
+    parent pid does not see a killed trainer (and the forkserver lives as long as any worker);
+    ``avf_data.lifetime.exit_with`` ends them when the owner ends: a pidfd watch on the owner,
+    plus the kernel's parent-death signal where the forking thread is known to live as long as
+    its process.
     """
 
     def __init__(self, owner: int) -> None:
         self.owner = owner
 
     def __call__(self, _: int) -> None:
+        from avf_data.lifetime import exit_with
+
+        exit_with(self.owner)
         # one intra-op thread per loader worker: the workers are many, the cores are shared
         torch.set_num_threads(1)
-        pidfd = None
-        if hasattr(os, "pidfd_open"):
-            try:
-                pidfd = os.pidfd_open(self.owner)
-            except ProcessLookupError:  # the owner died while this worker was starting
-                os._exit(0)
-            except OSError:
-                pidfd = None
-        threading.Thread(target=_watch_owner, args=(self.owner, pidfd), daemon=True, name="avf-watch-owner").start()
 
 
 def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkserver") -> DataLoader:
@@ -463,7 +444,9 @@ def make_loader(stream: ClipStream, num_workers: int, mp_context: str = "forkser
     if num_workers > 0:
         ctx = torch.multiprocessing.get_context(mp_context)
         if mp_context == "forkserver":  # import the heavy modules once in the server, not per worker
-            ctx.set_forkserver_preload(["torch", "numpy", "avf_models.features", "avf_train.data"])
+            ctx.set_forkserver_preload(
+                ["torch", "numpy", "avf_models.features", "avf_train.data", "avf_data.fork_server"]
+            )
         kwargs.update(
             prefetch_factor=2,
             persistent_workers=False,

@@ -19,10 +19,11 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from .config import ConfigError, TrainConfig, from_dict, resolve_model_name, transform_config, update
+from .config import ConfigError, TrainConfig, from_dict, resolve_model_name, update
 from .errors import StageError
 from .labels import run_labels
 from .preflight import check_init_classes
+from .transforms import transform_config
 
 if TYPE_CHECKING:
     from .transforms import ClipTransformConfig
@@ -97,9 +98,17 @@ def model_from_init(cfg: TrainConfig, log: Callable[[str], None]) -> None:
     log(f"model {name} (from --init)")
 
 
+PARTIAL_INIT_HINT = (
+    "give the model the checkpoint's architecture (--model, --set model.overrides.depth=N), or pass "
+    "--allow-partial-init (--set finetune.allow_partial_init=true) to load only the blocks both have"
+)
+
+
 def init_from(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) -> None:
-    """Load ``finetune.init`` into a supervised model, refusing checkpoints of the wrong stage."""
-    from avf_models import load_pretrained_into_finetune
+    """Load ``finetune.init`` into a supervised model, refusing checkpoints of the wrong stage and,
+    unless ``finetune.allow_partial_init``, backbones whose blocks differ from the model's (a silently
+    truncated backbone trains without any sign of what was lost)."""
+    from avf_models import PartialInitError, load_pretrained_into_finetune
 
     ckpt = ckpt_io.load(cfg.finetune.init)
     stage = ckpt.get("stage", "unknown")
@@ -113,13 +122,14 @@ def init_from(model: nn.Module, cfg: TrainConfig, log: Callable[[str], None]) ->
     if note:
         log(note)
     try:
-        report = load_pretrained_into_finetune(model, ckpt["model"])
+        report = load_pretrained_into_finetune(model, ckpt["model"], allow_partial=cfg.finetune.allow_partial_init)
+    except PartialInitError as exc:  # blocks one side lacks: name them and this CLI's opt-in
+        raise StageError(
+            f"cannot load {ckpt['path']} into {cfg.model.name}: {exc.describe(PARTIAL_INIT_HINT)}"
+        ) from exc
     except Exception as exc:  # shape mismatch etc.: say which file and model
         raise StageError(f"cannot load {ckpt['path']} into {cfg.model.name}: {exc}") from exc
-    log(
-        f"init from {ckpt['path']} ({stage}): {len(report.loaded)} tensors loaded, "
-        f"{len(report.missing)} left at init, {len(report.ignored)} ignored"
-    )
+    log(f"init from {ckpt['path']} ({stage}): {report.summary()}")
 
 
 # --------------------------------------------------------------------------- inference

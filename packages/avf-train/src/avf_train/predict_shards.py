@@ -79,32 +79,26 @@ def _write_rows(
     info: D.DistInfo,
 ) -> None:
     """This rank's rows into ``out.part<rank>`` (or ``out.tmp``, renamed to ``out`` when complete)."""
-    cfg, ckpt = predictor.config, predictor.checkpoint
-    views = predictor.views
     regression = predictor.regression
     names = [] if regression else list(predictor.names()[0])
     paths = resolve_shards(data)
     labels = None if regression else _predict_labels(predictor, names)
     if labels is not None and not labels.remap:  # the shards' map must be the model's (before any decoding)
-        space = scan_shards(paths, read_meta=True).label_space()
-        if space is not None and space.classes != labels.space.classes:
-            raise DataError(
-                f"{data} number classes as {list(space.classes)} ({space.title}) but "
-                f"{predictor.path} was trained on {list(labels.space.classes)}; import the test data with the "
-                "training data's --protocol / --classes"
-            )
+        _check_test_labels(predictor, data, paths, labels)
     stream = ClipStream(
         paths,
-        views,
+        predictor.views,
         batch_size,
         train=False,
-        seed=cfg.run.seed,
+        seed=predictor.config.run.seed,
         rank=info.rank,
         world_size=info.world_size,
         num_workers=num_workers,
         labels=labels,
     )
-    epoch = int(math.ceil(float(ckpt.get("epoch", 0)) - 1e-9))  # epochs completed (partial counts as one)
+    fixed: dict[str, Any] = {"epoch": int(math.ceil(float(predictor.checkpoint.get("epoch", 0)) - 1e-9))}
+    if fold is not None:  # epochs completed (partial counts as one) and the fold, on every row
+        fixed["fold"] = fold
     part = out.with_name(out.name + (f".part{info.rank}" if info.distributed else ".tmp"))
     batches = iter(make_loader(stream, num_workers))
     with open(part, "w") as fh:
@@ -117,33 +111,47 @@ def _write_rows(
                 part.unlink(missing_ok=True)
                 raise DataError(one_line(exc)) from None
             outputs = predictor(batch["video"], batch["audio"], precision)
-            probs = None if regression else outputs.softmax(dim=-1)
-            for i, key in enumerate(batch["key"]):
-                view = int(batch["view"][i])
-                row: dict[str, Any] = {
-                    "key": key,
-                    "label": int(batch["label"][i]),
-                    "view": view,
-                    "segment": view // views.test_crops,
-                    "crop": view % views.test_crops,
-                    "epoch": epoch,
-                }
-                if fold is not None:
-                    row["fold"] = fold
-                if regression:
-                    if "targets" in batch:
-                        row["label"] = batch["targets"][i].tolist()
-                    row["prediction"] = outputs[i].tolist()
-                else:
-                    row["logits"] = outputs[i].tolist()
-                    row["probs"] = probs[i].tolist()
-                    if names:
-                        row["classes"] = names
-                        if ckpt.get("label_protocol"):
-                            row["protocol"] = ckpt["label_protocol"]
+            for row in _rows(predictor, batch, outputs, names, fixed):
                 fh.write(json.dumps(row) + "\n")
     if not info.distributed:
         part.replace(out)
+
+
+def _check_test_labels(predictor: Predictor, data: str, paths: list[str], labels: RunLabels) -> None:
+    """A test fold numbered differently from the training folds is refused, not scored wrongly later."""
+    space = scan_shards(paths, read_meta=True).label_space()
+    if space is not None and space.classes != labels.space.classes:
+        raise DataError(
+            f"{data} number classes as {list(space.classes)} ({space.title}) but "
+            f"{predictor.path} was trained on {list(labels.space.classes)}; import the test data with the "
+            "training data's --protocol / --classes"
+        )
+
+
+def _rows(
+    predictor: Predictor, batch: dict[str, Any], outputs: torch.Tensor, names: list[str], fixed: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per view in avf-eval's field names (see the module docstring)."""
+    crops = predictor.views.test_crops
+    probs = None if predictor.regression else outputs.softmax(dim=-1)
+    protocol = predictor.checkpoint.get("label_protocol")
+    rows = []
+    for i, key in enumerate(batch["key"]):
+        view = int(batch["view"][i])
+        row: dict[str, Any] = {"key": key, "label": int(batch["label"][i]), "view": view}
+        row.update(segment=view // crops, crop=view % crops, **fixed)
+        if predictor.regression:
+            if "targets" in batch:
+                row["label"] = batch["targets"][i].tolist()
+            row["prediction"] = outputs[i].tolist()
+        else:
+            row.update(logits=outputs[i].tolist(), probs=probs[i].tolist())
+            if names:
+                row["classes"] = names
+                if protocol:
+                    row["protocol"] = protocol
+        rows.append(row)
+    return rows
 
 
 def _predict_labels(predictor: Predictor, names: list[str]) -> RunLabels | None:

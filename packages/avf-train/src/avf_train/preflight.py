@@ -35,20 +35,42 @@ def stream_clips(counts: list[int], units: int) -> int:
 
 
 def check_batch_fits(info: ShardInfo, batch_size: int, world_size: int, num_workers: int) -> None:
-    """Refuse a run whose loader would find no full batch in some pass (before workers start)."""
+    """Refuse a run whose loader would find no full batch in some pass (before workers start).
+
+    The fix is a pair: a batch size and a worker count that work *together* (fewer workers give
+    each stream more clips), so the message names whole command lines' worth of both.
+    """
     workers = max(1, num_workers)
     units = world_size * workers
     least = stream_clips(info.counts, units)
     if least >= batch_size:
         return
-    fits = [w for w in range(workers - 1, 0, -1) if stream_clips(info.counts, world_size * w) >= batch_size]
-    hint = f"--num-workers {fits[0]}" if fits else "fewer loader workers"
-    raise DataError(
-        f"too few clips for the batch size: {info.total} clips in {len(info.counts)} shard(s) "
-        f"({info.where()}) are split over {world_size} rank(s) x {workers} loader worker(s) = {units} streams; "
-        f"the smallest stream gets {least} clips per pass, fewer than --batch-size {batch_size} "
-        f"(clips per process). Use --batch-size {max(1, least)} or less, {hint}, or more clips"
+    pairs = " or ".join(
+        f"--batch-size {b} --num-workers {w}" for b, w in batch_fixes(info.counts, batch_size, world_size, workers)
     )
+    fix = f"use {pairs}, or add clips" if pairs else "add clips or run on fewer processes"
+    raise DataError(
+        f"too few clips for the batch size: {info.total} clips in {len(info.counts)} shard(s) ({info.where()}) "
+        f"cannot fill --batch-size {batch_size} on {workers} loader worker(s) x {world_size} process(es): "
+        f"each of the {units} streams fills whole batches and the smallest gets {least} clips per pass; {fix}"
+    )
+
+
+def batch_fixes(counts: list[int], batch_size: int, world_size: int, workers: int) -> list[tuple[int, int]]:
+    """(batch size, workers) pairs that fit the shards: the batch kept with fewer workers, the workers
+    kept with a smaller batch, else the most workers that get any clip with the batch they can fill."""
+    fixes = []
+    keep_batch = [w for w in range(workers - 1, 0, -1) if stream_clips(counts, world_size * w) >= batch_size]
+    least = stream_clips(counts, world_size * workers)
+    if least >= 1:
+        fixes.append((least, workers))
+    if keep_batch:
+        fixes.append((batch_size, keep_batch[0]))
+    if not fixes:
+        some = [w for w in range(workers - 1, 0, -1) if stream_clips(counts, world_size * w) >= 1]
+        if some:
+            fixes.append((stream_clips(counts, world_size * some[0]), some[0]))
+    return fixes
 
 
 def _labels_outside(info: ShardInfo, num_classes: int) -> list[int]:

@@ -10,14 +10,18 @@ tell which label map (``classes``) the shards were imported with.
 from __future__ import annotations
 
 import json
+import math
+import re
 import tarfile
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from avf_data.labels import LabelSpace
-from avf_data.shards import iter_raw_samples, shard_counts
+from avf_data.shard_urls import kind, local_path
+from avf_data.shards import iter_raw_samples, read_index, shard_counts
 
 from .errors import DataError
 
@@ -98,6 +102,7 @@ def scan_shards(paths: list[str], read_meta: bool = False) -> ShardInfo:
     ones stream past it).
     """
     info = ShardInfo(paths=list(paths), counts=[], with_meta=read_meta)
+    check_members(info.paths)
     if not read_meta:
         try:
             info.counts = shard_counts(paths)
@@ -105,36 +110,98 @@ def scan_shards(paths: list[str], read_meta: bool = False) -> ShardInfo:
             raise DataError(f"cannot read shards: {exc}") from None
         return info
     for path in paths:
-        keys: dict[str, dict[str, Any]] = {}
-        try:
-            for sample in iter_raw_samples([path], exts=("json", "cls")):
-                entry = keys.setdefault(sample["__key__"], {})
-                if "json" in sample:
-                    try:
-                        entry["meta"] = json.loads(sample["json"])
-                    except json.JSONDecodeError:
-                        entry["meta"] = {}
-                if "cls" in sample:
-                    entry["cls"] = sample["cls"].decode(errors="replace").strip()
-        except (tarfile.TarError, OSError) as exc:
-            raise DataError(f"cannot read shard {path}: {exc}") from None
+        keys = _read_meta(path)
         info.counts.append(len(keys))
         for key, entry in keys.items():
             _note(info, key, path, entry)
     return info
 
 
+def _read_meta(path: str) -> dict[str, dict[str, Any]]:
+    """Each clip's json (``meta``; {} when it does not parse) and ``.cls`` text, by key."""
+    keys: dict[str, dict[str, Any]] = {}
+    try:
+        for sample in iter_raw_samples([path], exts=("json", "cls")):
+            entry = keys.setdefault(sample["__key__"], {})
+            if "json" in sample:
+                try:
+                    entry["meta"] = json.loads(sample["json"])
+                except ValueError:  # not JSON, or not UTF-8: the loader skips such a clip
+                    entry["meta"] = {}
+            if "cls" in sample:
+                entry["cls"] = sample["cls"].decode(errors="replace").strip()
+    except (tarfile.TarError, OSError) as exc:
+        raise DataError(f"cannot read shard {path}: {exc}") from None
+    return keys
+
+
+AVF_MEMBERS = ("json", "mp4")  # and wav or flac: what avf_data.shards.sample_meta needs of a clip
+
+
+def check_members(paths: list[str]) -> None:
+    """Refuse shards that hold no avf clip at all: no ``.json``, ``.mp4`` or audio members.
+
+    Why here: the loader skips every such sample with a warning and the run then ends in "too
+    few clips for the batch size", which says nothing about the shards. Every local shard is
+    checked (its index, else its tar headers) and the first remote one (its index, if it has one:
+    a remote shard is not downloaded for this).
+    """
+    remote_seen = False
+    for path in paths:
+        if kind(path) != "local":
+            if remote_seen:
+                continue
+            remote_seen = True
+        kinds = _member_kinds(path)
+        if not kinds:
+            continue  # unknown (or an empty shard, which the sample count reports)
+        missing = [f".{ext}" for ext in AVF_MEMBERS if not kinds.get(ext)]
+        if not kinds.get("wav") and not kinds.get("flac"):
+            missing.append(".wav|.flac")
+        if missing:
+            found = " ".join(f".{ext}" for ext in sorted(kinds))
+            raise DataError(
+                f"{path} has no {', '.join(missing)} members: not avf-data shards? (members: {found}); "
+                "make shards with `avf-data build` or `avf-data import`"
+            )
+
+
+def _member_kinds(path: str) -> Counter[str] | None:
+    """Member extensions of a shard and how often each occurs: from its index, else (local shards)
+    from its tar headers; None when that cannot be known without downloading it."""
+    index = read_index(path)
+    if index is not None and index.extensions:
+        return Counter(index.extensions)
+    if kind(path) != "local":
+        return None
+    kinds: Counter[str] = Counter()
+    try:
+        with tarfile.open(local_path(path)) as tar:
+            for member in tar:
+                if member.isfile():
+                    kinds[Path(member.name).name.partition(".")[2]] += 1
+    except (tarfile.TarError, OSError):
+        return None  # reading the shard names the problem
+    return kinds
+
+
 def _note(info: ShardInfo, key: str, path: str, entry: dict[str, Any]) -> None:
     meta = entry.get("meta") or {}
-    label = meta.get("label")
-    if label is None and entry.get("cls", "").lstrip("-").isdigit():
-        label = int(entry["cls"])
+    where = f"clip {key!r} in {path}"
+    if not isinstance(meta, dict):
+        raise DataError(f"{where}: its .json holds {type(meta).__name__}, not an object of clip metadata")
+    label = clip_label(meta.get("label"), where)
+    if label is None and entry.get("cls"):
+        label = clip_label(entry["cls"], where, ".cls")
+    classes = meta.get("classes") if isinstance(meta.get("classes"), list) else []
+    for name in [meta.get("label_name"), meta.get("protocol"), *classes]:
+        check_text(name, where)
     if isinstance(meta.get("classes"), list):
         info.label_maps[tuple(str(c) for c in meta["classes"])] += 1
         if meta.get("protocol"):
             info.protocols[str(meta["protocol"])] += 1
     if label is not None:
-        info.labels[int(label)] += 1
+        info.labels[label] += 1
     if meta.get("label_name") is not None:
         info.label_names[str(meta["label_name"])] += 1
         if label is None:
@@ -148,3 +215,36 @@ def _note(info: ShardInfo, key: str, path: str, entry: dict[str, Any]) -> None:
         info.target_sizes[len(targets)] += 1
     else:
         info.no_targets += 1
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def clip_label(value: Any, where: str, member: str = "json 'label'") -> int | None:
+    """A clip's integer label (None: it has none), or a DataError naming the clip.
+
+    Why strict: ``int()`` crashes on NaN and text and silently truncates 1.5 to 1, a wrong class.
+    Accepted: a JSON integer, an integral number (``2.0``), and for ``.cls`` members decimal text.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and member == ".cls" and _INTEGER.fullmatch(value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    raise DataError(
+        f"{where} has {member} {value!r}: a label is an integer class index; fix the shard or re-import "
+        "it with `avf-data import`"
+    )
+
+
+def check_text(value: Any, where: str) -> None:
+    """Refuse a label name with control or format characters (newlines, ESC, bidi overrides).
+
+    Why: label names reach terminals, one-line errors, checkpoints and predictions.jsonl; an ANSI
+    escape there rewrites the screen, a newline splits an error, a bidi override disguises a name.
+    """
+    if isinstance(value, str) and any(unicodedata.category(ch) in ("Cc", "Cf") for ch in value):
+        raise DataError(f"{where} has the label name {value!r} with control characters; fix the shard's json")

@@ -20,12 +20,13 @@ from torch import nn
 
 from . import distributed as D
 from .config import TrainConfig
-from .data import model_inputs, resolve_shards
+from .data import ClipStream, StreamState, model_inputs, resolve_shards
 from .labels import run_labels
 from .mixup import mix_targets
-from .modeling import init_from, model_from_init, num_classes_for
+from .modeling import build_model, init_from, model_from_init, num_classes_for
 from .preflight import resolve_labels
 from .shardinfo import ShardInfo, scan_shards
+from .transforms import transform_config
 
 Log = Callable[[str], None]
 
@@ -48,6 +49,28 @@ class Pretraining:
 
     def stream_options(self) -> dict[str, Any]:
         return {"labels": None, "labelled": False, "num_classes": 0, "device_features": True}
+
+    def build_model(self) -> nn.Module:
+        """The avf-models network of the stage (pre-training model, or the supervised one)."""
+        return build_model(self.cfg)
+
+    def stream(self, shards: list[str], state: StreamState | None) -> ClipStream:
+        """This rank's share of the training clips, resumed at ``state``."""
+        cfg = self.cfg
+        return ClipStream(
+            shards,
+            transform_config(cfg, self.mode),
+            cfg.run.batch_size,
+            train=True,
+            seed=cfg.run.seed,
+            rank=self.info.rank,
+            world_size=self.info.world_size,
+            num_workers=cfg.data.num_workers,
+            shuffle_buffer=cfg.data.shuffle_buffer,
+            repeats=self.repeats,
+            state=state,
+            **self.stream_options(),
+        )
 
     def loss(
         self, model: nn.Module, forward: nn.Module, batch: dict[str, Any], step: int, micro: int
@@ -112,5 +135,9 @@ class Supervised(Pretraining):
 
 
 def strategy_for(cfg: TrainConfig, info: D.DistInfo) -> Pretraining:
-    """The stage's strategy (``cfg.stage``: pretrain, postpretrain or finetune)."""
+    """The stage's strategy (``cfg.stage``: pretrain, postpretrain, finetune or syncnet)."""
+    if cfg.stage == "syncnet":
+        from .sync_expert import SyncExpert
+
+        return SyncExpert(cfg, info)
     return Pretraining(cfg, info) if cfg.stage == "pretrain" else Supervised(cfg, info)

@@ -23,39 +23,25 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
-from .config import TrainConfig, resolve_model_name, save_yaml, to_dict, transform_config
+from .config import TrainConfig, resolve_model_name, save_yaml, to_dict
 from .data import ClipStream, StreamState, make_loader, resolve_shards
 from .errors import DataError, StageError, one_line
 from .labels import class_names, run_labels
 from .metrics import MetricsLog, truncate_metrics
-from .modeling import build_model, check_input_spec
+from .modeling import check_input_spec
 from .optim import SchedulePlan, build_optimizer, plan_schedule
 from .preflight import check_batch_fits
 from .progress import Progress
+from .run_folder import check_new_run, check_writable
 from .shardinfo import ShardInfo, scan_shards
 from .strategy import Pretraining, strategy_for
 
-# transform_config is also what tools/bench/loader.py imports from here
-__all__ = ["TrainResult", "train", "train_stream", "transform_config"]
+__all__ = ["TrainResult", "train", "train_stream"]
 
 
 def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: StreamState | None) -> ClipStream:
-    """This rank's share of the training clips, resumed at ``state``."""
-    strategy = strategy_for(cfg, info)
-    return ClipStream(
-        shards,
-        transform_config(cfg, strategy.mode),
-        cfg.run.batch_size,
-        train=True,
-        seed=cfg.run.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-        num_workers=cfg.data.num_workers,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        repeats=strategy.repeats,
-        state=state,
-        **strategy.stream_options(),
-    )
+    """This rank's share of the training clips, resumed at ``state`` (the stage's stream)."""
+    return strategy_for(cfg, info).stream(shards, state)
 
 
 @dataclass
@@ -101,8 +87,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     shards = resolve_shards(cfg.data.shards)
     data_info = scan_shards(shards, read_meta=strategy.labelled)  # pre-flight, before any worker starts
     check_batch_fits(data_info, cfg.run.batch_size, info.world_size, cfg.data.num_workers)
-    if strategy.labelled:
-        strategy.check_data(data_info, progress.log)
+    strategy.check_data(data_info, progress.log)
     run = _set_up(cfg, info, strategy, data_info, resume_ckpt, run_dir, progress.log)
     progress = Progress(cfg.stage, info.is_main, run.step, run.stop_at, cfg.run.log_every)
     _announce(run, shards, data_info, progress.log)
@@ -110,11 +95,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
 
 
 def _resume_point(run_dir: Path, stage: str, resume: bool, info: D.DistInfo) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from (None for a new run), after checking that
+    ``--out`` can hold the run (run_folder.py): the first look at the folder, so a wrong one
+    is refused before any shard is read, any worker started or any file written."""
     if not resume:
-        if info.is_main and (run_dir / "checkpoint").exists():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
+        if info.is_main:
+            check_new_run(run_dir)
         return None
     ckpt = ckpt_io.load(run_dir, map_location="cpu")
+    if info.is_main:
+        check_writable(run_dir)
     if ckpt.get("stage") != stage:
         raise StageError(f"{ckpt['path']} is a {ckpt.get('stage')!r} checkpoint; cannot resume it as {stage}")
     return ckpt
@@ -129,7 +119,7 @@ def _set_up(
     strategy.start_model(None, resumed, log)  # --init's architecture, before the model is built
     cfg.model.name = resolve_model_name(cfg.model.name)
     torch.manual_seed(cfg.run.seed)  # same init on every rank (FSDP2 does not broadcast it)
-    model = build_model(cfg)
+    model = strategy.build_model()
     if cfg.run.batch_size * strategy.repeats < 2 and any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()
     ):
@@ -148,7 +138,8 @@ def _set_up(
     data_state = StreamState(
         num_workers=max(1, cfg.data.num_workers), world_size=info.world_size, batch_size=cfg.run.batch_size
     )
-    forward = torch.compile(model) if cfg.run.compile else model
+    # static shapes: the masks' torch.rand must not see symbolic sizes (dynamic tracing breaks there)
+    forward = torch.compile(model, dynamic=False) if cfg.run.compile else model
     run = _Run(cfg, info, strategy, plan, model, forward, optimizer, scaler, data_state, 0, run_dir)
     if resume_ckpt is not None:
         _restore(run, resume_ckpt, log)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from avf_models.features import IMAGENET_MEAN, IMAGENET_STD, log_mel_fbank_batch, normalize_video
 
-from .config import ClipArgs
+from .config import ClipArgs, TrainConfig
 
 
 @dataclass
@@ -52,6 +52,11 @@ class ClipTransformConfig(ClipArgs):
     @property
     def num_views(self) -> int:
         return self.test_segments * self.test_crops if self.mode == "test" else 1
+
+
+def transform_config(cfg: TrainConfig, mode: str) -> ClipTransformConfig:
+    """The loader's per-clip settings (``data.clip``) for ``mode``: pretrain, finetune or test."""
+    return ClipTransformConfig.for_mode(cfg.data.clip, mode)
 
 
 # --------------------------------------------------------------------------- frame sampling
@@ -439,37 +444,10 @@ def finish_view(
     raw = out is not None and out.dtype == torch.uint8
     if raw and cfg.mode != "pretrain":
         raise ValueError(f"uint8 video output is for pre-training views, not {cfg.mode!r}")
-    box = None
     if cfg.mode == "pretrain":
-        assert rng is not None
-        size = cfg.image_size
-        box = multi_scale_crop_box(frames.shape[1], frames.shape[2], size, cfg.crop_scales, rng)
-        if raw and frames.shape[1:3] == (size, size):
-            # the consumer crops and resizes (normalize_u8_batch, on the device): the frames go as they are
-            if not np.may_share_memory(frames, out.numpy()):  # the loader may have decoded them in place
-                out.copy_(torch.from_numpy(frames))
-            video = out
-        else:
-            x = crop_resize_u8(frames, box, size)  # (T, 3, S, S) uint8
-            video = out.copy_(x.permute(0, 2, 3, 1)) if raw else normalize_u8(x, out)  # raw: a plain copy
-            box = (0, 0, size, size)  # nothing left to crop
+        video, box = _pretrain_video(frames, cfg, rng, out, raw)
     else:
-        x = to_float(frames)  # (T, 3, H, W)
-        if cfg.mode == "finetune":
-            assert rng is not None
-            x = resize(x, (cfg.image_size, cfg.image_size))
-            if cfg.rand_augment:
-                x = rand_augment(x, cfg.rand_augment, rng)
-            x = random_resized_crop(x, cfg.image_size, cfg.random_resized_crop_scale, rng)
-            if cfg.flip and rng.random() < 0.5:
-                x = x.flip(-1)
-        else:
-            x = short_side_crop(x, cfg.image_size, view % cfg.test_crops, cfg.test_crops)
-        video = normalize_video(x.permute(1, 0, 2, 3).contiguous())  # (3, T, H, W)
-        if cfg.mode == "finetune" and cfg.random_erase > 0 and rng.random() < cfg.random_erase:
-            video = random_erase(video, rng)
-        if out is not None:
-            video = out.copy_(video)
+        video, box = _supervised_video(frames, cfg, rng, view, out), None
     segment = audio_window(audio, sample_rate, fps, first_frame, span, audio_offset)
     rng = rng if cfg.mode != "test" else None
     crop = {"box": box} if raw else {}
@@ -477,3 +455,42 @@ def finish_view(
         wave = np.ascontiguousarray(segment, dtype=np.float32)
         return {"video": video, "wave": wave, "gain": audio_gain(cfg, rng), **crop}
     return {"video": video, "audio": audio_features(segment, cfg, rng), **crop}
+
+
+def _pretrain_video(
+    frames: np.ndarray, cfg: ClipTransformConfig, rng: np.random.Generator | None, out: torch.Tensor | None, raw: bool
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """A pre-training view's video and the crop box left to the consumer (multi-scale crop)."""
+    assert rng is not None
+    size = cfg.image_size
+    box = multi_scale_crop_box(frames.shape[1], frames.shape[2], size, cfg.crop_scales, rng)
+    if raw and frames.shape[1:3] == (size, size):
+        # the consumer crops and resizes (normalize_u8_batch, on the device): the frames go as they are
+        if not np.may_share_memory(frames, out.numpy()):  # the loader may have decoded them in place
+            out.copy_(torch.from_numpy(frames))
+        return out, box
+    x = crop_resize_u8(frames, box, size)  # (T, 3, S, S) uint8
+    video = out.copy_(x.permute(0, 2, 3, 1)) if raw else normalize_u8(x, out)  # raw: a plain copy
+    return video, (0, 0, size, size)  # nothing left to crop
+
+
+def _supervised_video(
+    frames: np.ndarray, cfg: ClipTransformConfig, rng: np.random.Generator | None, view: int, out: torch.Tensor | None
+) -> torch.Tensor:
+    """A fine-tuning view (resize, RandAugment, random resized crop, flip, erase) or a test view
+    (short-side crop number ``view % test_crops``), normalised, (3, T, S, S)."""
+    x = to_float(frames)  # (T, 3, H, W)
+    if cfg.mode == "finetune":
+        assert rng is not None
+        x = resize(x, (cfg.image_size, cfg.image_size))
+        if cfg.rand_augment:
+            x = rand_augment(x, cfg.rand_augment, rng)
+        x = random_resized_crop(x, cfg.image_size, cfg.random_resized_crop_scale, rng)
+        if cfg.flip and rng.random() < 0.5:
+            x = x.flip(-1)
+    else:
+        x = short_side_crop(x, cfg.image_size, view % cfg.test_crops, cfg.test_crops)
+    video = normalize_video(x.permute(1, 0, 2, 3).contiguous())  # (3, T, H, W)
+    if cfg.mode == "finetune" and cfg.random_erase > 0 and rng.random() < cfg.random_erase:
+        video = random_erase(video, rng)
+    return out.copy_(video) if out is not None else video
