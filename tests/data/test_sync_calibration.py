@@ -48,3 +48,18 @@ def test_a_sidecar_of_other_weights_or_a_broken_one_is_refused(weights, tmp_path
         read_calibration(weights)
     with pytest.raises(ValueError, match="sync.calibration must be one of"):
         apply_calibration(SyncConfig(calibration="sometimes"), weights)
+
+
+def test_a_weak_expert_is_obeyed_and_warned_about(weights):
+    """An expert its own sidecar calls weak still decides (the user chose it), but every output
+    that names it says so: a rule measured near chance rejects good clips as readily as bad."""
+    weak = {**RULE, "calibration": {"measured_on": "6 training clips", "weak": True, "in_sync_kept": 0.5,
+                                    "mismatched_rejected": 0.6}}  # fmt: skip
+    write_calibration(weights, weak)
+    cfg, expert = apply_calibration(SyncConfig(), weights)
+    assert cfg.min_confidence_syncnet == 1.25  # obeyed
+    assert "is weak" in expert["warning"] and "kept 50%" in expert["warning"] and "rejected 60%" in expert["warning"]
+    assert "WARNING: sync expert expert.model is weak" in expert_line(expert)
+    write_calibration(weights, RULE)  # not weak: no warning anywhere
+    expert = apply_calibration(SyncConfig(), weights)[1]
+    assert expert["warning"] is None and "WARNING" not in expert_line(expert)

@@ -410,17 +410,17 @@ def test_loader_workers_default_to_what_the_process_may_use(monkeypatch, tmp_pat
     from avf_train.config import ConfigError, loader_workers, resolve
 
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    for cpus, workers in ((1, 1), (2, 2), (3, 3), (16, 4)):
+    for cpus, workers in ((1, 1), (2, 1), (3, 2), (5, 4), (16, 4)):
         monkeypatch.setattr(config, "available_cpus", lambda cpus=cpus: cpus)
         assert loader_workers("auto") == workers
     monkeypatch.setattr(config, "available_cpus", lambda: 8)
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: four ranks share the node's 8 CPUs
-    assert loader_workers("auto") == 2 and loader_workers(3) == 3
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two ranks share the node's 8 CPUs
+    assert loader_workers("auto") == 3 and loader_workers(3) == 3
     cfg = resolve("pretrain")  # the default is auto, resolved once into the number the run records
-    assert cfg.data.num_workers == 2
+    assert cfg.data.num_workers == 3
     config_file = tmp_path / "c.yaml"
     config_file.write_text(yaml.safe_dump({"data": {"num_workers": "auto"}}))
-    assert resolve("pretrain", config=str(config_file)).data.num_workers == 2
+    assert resolve("pretrain", config=str(config_file)).data.num_workers == 3
     with pytest.raises(ConfigError, match="data.num_workers"):
         resolve("pretrain", sets=["data.num_workers=-1"])
     monkeypatch.undo()

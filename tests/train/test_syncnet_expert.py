@@ -72,7 +72,7 @@ def test_the_run_exports_weights_avf_data_loads_with_a_calibrated_sidecar(expert
     assert [r["step"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) and "top1" in r for r in records)
 
 
-def test_avf_data_sync_scores_with_the_expert_and_its_rule(corpus, expert, tmp_path):
+def test_avf_data_sync_scores_with_the_expert_and_its_rule(corpus, expert, tmp_path, capsys):
     from avf_data.cli import main as avf_data
     from avf_data.shards import iter_raw_samples
     from avf_data.stages.sync_calibration import read_calibration
@@ -95,6 +95,8 @@ def test_avf_data_sync_scores_with_the_expert_and_its_rule(corpus, expert, tmp_p
     assert (rule["min_confidence_syncnet"], rule["max_offset_frames"]) == (cal.min_confidence, cal.max_offset_frames)
     assert stats["sync_expert"]["weights_sha1"] == cal.weights_sha1 and "sidecar" in stats["sync_expert"]["calibration"]
     assert "sync expert: `syncnet_expert.model`" in (out / "report.md").read_text()
+    weak = json.loads((expert / "syncnet_expert.model.json").read_text())["calibration"]["weak"]
+    assert ("is weak" in capsys.readouterr().err) == weak  # a weak expert is warned about where it is used
     # accounting: every clip is in a shard or in the rejects, every input second still counted
     kept = {s["__key__"] for s in iter_raw_samples(sorted(str(p) for p in (out / "shards").glob("*.tar")))}
     moved = {r["key"] for r in _jsonl(out / "rejects.jsonl") if r.get("stage") == "sync"}
@@ -113,6 +115,7 @@ def test_resume_is_bit_identical(corpus, expert, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     side = json.loads((run / "syncnet_expert.model.json").read_text())
     assert side["calibration"]["calibrated"] is False  # nothing measured: the reference's rule, said so
+    assert side["calibration"]["weak"] is True
     assert side["rule"]["min_confidence"] == 3.0
 
 

@@ -170,7 +170,7 @@ def shifted(audio: np.ndarray, frames: int, sr: int = 16000) -> np.ndarray:
 # --------------------------------------------------------------------------- training
 
 
-def train_expert(data: Path, out: Path, steps: int, extra: list[str]) -> dict:
+def train_expert(data: Path, out: Path, steps: int, extra: list[str], device: str = "cpu") -> dict:
     """``avf-train syncnet`` in a subprocess, its lr schedule spanning ``steps``; its CPU seconds
     (all threads) and windows trained."""
     from avf_data.shards import shard_counts
@@ -179,7 +179,7 @@ def train_expert(data: Path, out: Path, steps: int, extra: list[str]) -> dict:
     cmd = [
         sys.executable, "-m", "avf_train.cli", "syncnet", "--data", str(data / "shards" / "*.tar"), "--out", str(out),
         "--max-steps", str(steps), "--batch-size", str(BATCH), "--num-workers", "0", "--precision", "bf16",
-        "--device", "cpu", "--epochs", f"{epochs:g}", "--set", "run.tensorboard=false", "--set", "run.log_every=10",
+        "--device", device, "--epochs", f"{epochs:g}", "--set", "run.tensorboard=false", "--set", "run.log_every=10",
         "--set", f"syncnet.windows={WINDOWS}", "--set", f"syncnet.max_shift={MAX_SHIFT}",
         "--set", "syncnet.calibration_clips=6", "--set", "optim.warmup_epochs=0", "--lr", "3e-4", *extra,
     ]  # fmt: skip
@@ -198,7 +198,7 @@ def train_expert(data: Path, out: Path, steps: int, extra: list[str]) -> dict:
 # --------------------------------------------------------------------------- evaluation
 
 
-def embed_clips(weights: Path, corpus: Path) -> tuple[object, list[dict]]:
+def embed_clips(weights: Path, corpus: Path, device: str = "cpu") -> tuple[object, list[dict]]:
     """The expert's scorer (its sidecar rule applied) and every clip's embeddings, through
     avf-data's scoring path (the inputs its sync pass builds)."""
     from avf_data.shards import iter_raw_samples
@@ -206,7 +206,7 @@ def embed_clips(weights: Path, corpus: Path) -> tuple[object, list[dict]]:
     from avf_data.stages.sync_calibration import apply_calibration
     from avf_data.sync_pass import prepare_sample
 
-    cfg = apply_calibration(SyncConfig(batch_size=64), weights)[0]
+    cfg = apply_calibration(SyncConfig(batch_size=64, device=device), weights)[0]
     scorer = build_sync_scorer(cfg, weights)
     clips = []
     for sample in iter_raw_samples(sorted(str(p) for p in (corpus / "shards").glob("*.tar"))):
@@ -250,9 +250,9 @@ def auc(pos: list[float], neg: list[float]) -> float:
     return float((p > q).mean() + 0.5 * (p == q).mean())
 
 
-def evaluate(weights: Path, corpus: Path) -> dict[str, dict]:
+def evaluate(weights: Path, corpus: Path, device: str = "cpu") -> dict[str, dict]:
     """Per negative kind: segments, AUC, balanced accuracy of the expert's own rule."""
-    scorer, clips = embed_clips(weights, corpus)
+    scorer, clips = embed_clips(weights, corpus, device)
     res = segment_results(scorer, clips)
     cfg = scorer.cfg
 
@@ -273,11 +273,11 @@ def evaluate(weights: Path, corpus: Path) -> dict[str, dict]:
     return table
 
 
-def score_training_clips(weights: Path, corpus: Path) -> dict[str, bool]:
+def score_training_clips(weights: Path, corpus: Path, device: str = "cpu") -> dict[str, bool]:
     """Which clips of ``corpus`` an expert's rule keeps (the sync pass's decision, in memory)."""
     from avf_data.stages.sync import sync_reject_code
 
-    scorer, clips = embed_clips(weights, corpus)
+    scorer, clips = embed_clips(weights, corpus, device)
     return {c["key"]: sync_reject_code(scorer.result(c["v"], c["a"]), scorer.cfg) is None for c in clips}
 
 
@@ -308,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trim", type=float, default=0.0, help="also train a trim expert with this syncnet.trim")
     ap.add_argument("--no-robustness", action="store_true", help="the clean expert only")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="where the experts train and score (cuda on a GPU machine)")
     ap.add_argument("--keep", type=Path, help="work here (kept) instead of a temporary folder")
     args = ap.parse_args(argv)
     files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in {".mp4", ".mkv", ".mov", ".webm"})
@@ -318,18 +319,17 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict] = {}
 
     def expert(name: str, data: Path, extra: list[str] | None = None) -> Path:
-        run = train_expert(
-            data, tmp / "runs" / name.replace(" ", "_"), args.steps, ["--seed", str(args.seed), *(extra or [])]
-        )
+        seed = ["--seed", str(args.seed), *(extra or [])]
+        run = train_expert(data, tmp / "runs" / name.replace(" ", "_"), args.steps, seed, args.device)
         weights = run["out"] / "syncnet_expert.model"
-        rows[name] = {"train": run, "eval": evaluate(weights, corpora["test"])}
+        rows[name] = {"train": run, "eval": evaluate(weights, corpora["test"], args.device)}
         return weights
 
     expert("clean", corpora["train"])
     if not args.no_robustness:
         planted = plant(corpora["train"], tmp / "planted", args.planted, args.seed)
         first = expert(f"planted {args.planted:.0%}", tmp / "planted")
-        keep = score_training_clips(first, tmp / "planted")
+        keep = score_training_clips(first, tmp / "planted", args.device)
         rewrite_shards(tmp / "planted", tmp / "round2", lambda r: r if keep.get(r["__key__"]) else None)
         caught = sum(not keep[k] for k in planted) / max(len(planted), 1)
         dropped = sum(not v for k, v in keep.items() if k not in planted) / max(len(keep) - len(planted), 1)

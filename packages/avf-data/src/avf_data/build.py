@@ -257,7 +257,8 @@ def _commit_preface(store: BuildStore, preface: list[dict[str, Any]]) -> DoneSet
 
 
 def _check_start(plan: InputPlan, cfg: BuildConfig, weights: str | None, warn: Any) -> None:
-    """Refuse a build without inputs; say so when sync will be measured but not enforced."""
+    """Refuse a build without inputs; say so when sync will be measured but not enforced, or
+    enforced by an expert that its own sidecar calls weak."""
     if plan.given == 0:
         raise ValueError("no inputs to curate" + (": " + "; ".join(plan.notes[:3]) if plan.notes else ""))
     if warn is not None and not weights and cfg.sync.mode == "enforce" and not cfg.sync.enforce_fallback:
@@ -265,6 +266,9 @@ def _check_start(plan: InputPlan, cfg: BuildConfig, weights: str | None, warn: A
             "no SyncNet weights: sync is measured with the weight-free fallback and NOT enforced "
             "(see --syncnet-weights, --require-syncnet)"
         )
+    expert = sync_expert(weights, cfg) if weights else None
+    if warn is not None and expert and expert.get("warning"):
+        warn(expert["warning"])
 
 
 class _CrashPolicy:

@@ -511,6 +511,8 @@ def _sync(args) -> int:
         f"now {stats['clips']} clips, {stats['seconds_accepted']:.1f} s of {stats['seconds_in']:.1f} s; "
         f"outputs in {args.out}: shards/, manifest.jsonl, rejects.jsonl, stats.json, report.md, sync.jsonl"
     )
+    if (stats.get("sync_expert") or {}).get("warning"):
+        print(f"avf-data: warning: {stats['sync_expert']['warning']}", file=sys.stderr)
     return 0
 
 

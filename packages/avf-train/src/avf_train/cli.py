@@ -130,8 +130,8 @@ FLAGS: tuple[Flag, ...] = (
        "a smoke run is --max-steps 2", type=int),
     _f("--lr", "optim.lr", TRAINING, "absolute peak lr (otherwise base_lr x global batch / 256)", type=float),
     _f("--base-lr", "optim.base_lr", TRAINING, "peak lr per 256 clips of global batch", type=float),
-    _f("--num-workers", "data.num_workers", ALL, "loader worker processes per rank, or auto (the default: what "
-       "the machine has, at most 4)", type=_workers, metavar="N|auto"),
+    _f("--num-workers", "data.num_workers", ALL, "loader worker processes per rank, or auto (the default: the "
+       "CPUs per rank less one, 1 to 4)", type=_workers, metavar="N|auto"),
     _f("--precision", "run.precision", ALL, "bf16 | fp16 | fp32 (predict, embed: bf16 | fp32)",
        choices=["bf16", "fp16", "fp32"]),
     _f("--grad-accum", "optim.grad_accum", TRAINING, "micro-steps per optimizer step", type=int),

@@ -368,11 +368,12 @@ def check_pipes(cfg: TrainConfig, layers: list[tuple[str, dict[str, Any]]]) -> b
 
 def loader_workers(value: int | str) -> int:
     """``data.num_workers`` as a number: ``"auto"`` is min(4, the CPUs this process may use divided
-    by the training processes of this node), at least 1.
+    by the training processes of this node, less one for the process itself), at least 1.
 
     Why not a fixed 4: on a 2-core machine four decoding workers and the trainer fight for two
-    cores. The CPUs are the process's affinity (taskset, Slurm) capped by a cgroup quota (docker
-    --cpus), and torchrun's ranks on one node share them (``LOCAL_WORLD_SIZE``).
+    cores (the trainer's own step needs one: 2 cores get 1 worker, 16 get 4). The CPUs are the
+    process's affinity (taskset, Slurm) capped by a cgroup quota (docker --cpus), and torchrun's
+    ranks on one node share them (``LOCAL_WORLD_SIZE``).
     """
     if value != "auto":
         return int(value)
@@ -380,7 +381,7 @@ def loader_workers(value: int | str) -> int:
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
     except ValueError:
         local = 1
-    return max(1, min(4, available_cpus() // local))
+    return max(1, min(4, available_cpus() // local - 1))
 
 
 def available_cpus() -> int:

@@ -6,7 +6,8 @@ device-side pre-training crops, or ``data.repeated_aug`` augmented views per cli
 shards must hold (labels and a label map, or nothing), how the model starts (``--init``) and
 the loss (the pre-training model returns its own; the supervised one is called on
 Mixup/CutMix-mixed views and scored by ``compute_loss``). torchtitan's shape: the stage picks
-one of these objects and the loop calls it.
+one of these objects (``trainer.strategy_for``) and the loop calls it. The sync expert's
+strategy derives from ``Pretraining`` in ``sync_expert.py``.
 """
 
 from __future__ import annotations
@@ -132,12 +133,3 @@ class Supervised(Pretraining):
         video, audio, target = mix_targets(batch, self.cfg, self.num_classes, rng)
         outputs = forward(video.to(device), audio.to(device))
         return D.unwrap(model).compute_loss(outputs, target.to(device)), {}
-
-
-def strategy_for(cfg: TrainConfig, info: D.DistInfo) -> Pretraining:
-    """The stage's strategy (``cfg.stage``: pretrain, postpretrain, finetune or syncnet)."""
-    if cfg.stage == "syncnet":
-        from .sync_expert import SyncExpert
-
-        return SyncExpert(cfg, info)
-    return Pretraining(cfg, info) if cfg.stage == "pretrain" else Supervised(cfg, info)

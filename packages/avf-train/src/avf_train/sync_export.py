@@ -16,6 +16,11 @@ the 95th percentile of ``|offset|`` over the clips in sync (at least 1, at most 
 separates the clips in sync from the mismatched pairs (highest mean of the two acceptance
 rates; of equally good thresholds the middle one, a margin on both sides). With fewer than
 two clips nothing can be measured and the reference's rule is written, saying so.
+
+An expert whose rule separates the two groups at less than ``WEAK_BELOW`` (the mean of in-sync
+kept and mismatched rejected), or could not be measured, is written as ``weak``: the run warns,
+and avf-data warns again wherever the weights are used, since a rule measured on an expert near
+chance rejects good clips as readily as bad ones.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from .config import TrainConfig
 from .data import resolve_shards
 
 REFERENCE_RULE = {"min_confidence": 3.0, "max_offset_frames": 3}
+WEAK_BELOW = 0.8  # separation under which the sidecar calls its expert weak (0.5: chance)
 EMBED_GROUP = 8  # clips decoded and embedded at a time (their 224 px crops are ~150 kB per frame)
 
 
@@ -117,6 +123,7 @@ def choose_rule(scores: dict[str, list[Any]]) -> dict[str, Any]:
         "max_offset_frames": max_off,
         "in_sync_kept": round(kept(sync, best), 4),
         "mismatched_rejected": round(1.0 - kept(other, best), 4),
+        "separation": round((kept(sync, best) + 1.0 - kept(other, best)) / 2, 4),
         "shifted5_rejected": round(1.0 - kept(shifted, best), 4) if shifted else None,
         "confidence_median_in_sync": round(float(np.median([r.confidence for r in sync])), 4),
         "confidence_median_mismatched": round(float(np.median([r.confidence for r in other])), 4),
@@ -141,6 +148,7 @@ def export_expert(run_dir: Path, cfg: TrainConfig, log: Callable[[str], None]) -
     else:
         rule = dict(choose_rule(scores), calibrated=True)
         measured = f"{n} clips of {where}: in sync vs the next clip's audio"
+    rule["weak"] = not rule["calibrated"] or rule["separation"] < WEAK_BELOW
     payload = {
         "architecture": "syncnet_v2",
         "input": cfg.syncnet.input,
@@ -153,4 +161,10 @@ def export_expert(run_dir: Path, cfg: TrainConfig, log: Callable[[str], None]) -
         f"sync expert {weights} (+ {sidecar.name}): reject |offset| > {rule['max_offset_frames']} or confidence < "
         f"{rule['min_confidence']:g}, measured on {measured}"
     )
+    if rule["weak"]:
+        how = f"separation {rule['separation']:.2f}, 0.5 is chance" if rule["calibrated"] else "nothing measured"
+        log(
+            f"warning: this expert is weak ({how}; {WEAK_BELOW} wanted): avf-data will warn wherever it is used; "
+            "train longer or on more clips before enforcing sync with it"
+        )
     return {"weights": str(weights), "sidecar": str(sidecar), **payload}

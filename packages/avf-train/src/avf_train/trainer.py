@@ -34,9 +34,17 @@ from .preflight import check_batch_fits
 from .progress import Progress
 from .run_folder import check_new_run, check_writable
 from .shardinfo import ShardInfo, scan_shards
-from .strategy import Pretraining, strategy_for
+from .strategy import Pretraining, Supervised
+from .sync_expert import SyncExpert
 
 __all__ = ["TrainResult", "train", "train_stream"]
+
+
+def strategy_for(cfg: TrainConfig, info: D.DistInfo) -> Pretraining:
+    """The stage's strategy (``cfg.stage``: pretrain, postpretrain, finetune or syncnet)."""
+    if cfg.stage == "syncnet":
+        return SyncExpert(cfg, info)
+    return Pretraining(cfg, info) if cfg.stage == "pretrain" else Supervised(cfg, info)
 
 
 def train_stream(cfg: TrainConfig, shards: list[str], info: D.DistInfo, state: StreamState | None) -> ClipStream:

@@ -16,7 +16,10 @@ The rule (``sync.calibration``):
 * ``config``: the config's values always apply (thresholds of one's own choosing).
 
 A sidecar names the SHA-1 of the weights it was measured with; one beside other weights (a
-copied or retrained file) is an error, not a silent mis-calibration.
+copied or retrained file) is an error, not a silent mis-calibration. A sidecar that calls its
+expert weak (``calibration.weak``: it barely told in-sync clips from mismatched pairs, or could
+not be measured) is obeyed but warned about in the build's or sync pass's output and report: a
+rule measured on an expert at chance rejects good clips as readily as bad ones.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class Calibration:
     weights_sha1: str
     measured_on: str  # e.g. "40 clips of --val-data 'held/*.tar' (in sync vs another clip's audio)"
     path: str  # the sidecar file
+    warning: str | None = None  # set when the sidecar calls its expert weak
 
 
 def sidecar_path(weights: str | os.PathLike) -> Path:
@@ -91,6 +95,7 @@ def read_calibration(weights: str | os.PathLike) -> Calibration | None:
             weights_sha1=str(data["weights_sha1"]),
             measured_on=str((data.get("calibration") or {}).get("measured_on", "unknown")),
             path=str(path),
+            warning=_weak_warning(weights, data.get("calibration") or {}),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"sync-expert calibration {path} is not usable ({type(exc).__name__}: {exc})") from None
@@ -104,6 +109,24 @@ def read_calibration(weights: str | os.PathLike) -> Calibration | None:
             "to score with the config's thresholds"
         )
     return cal
+
+
+def _weak_warning(weights: str | os.PathLike, calibration: dict[str, Any]) -> str | None:
+    """The warning for an expert its own sidecar calls weak; None for any other."""
+    if not calibration.get("weak"):
+        return None
+    kept, rejected = calibration.get("in_sync_kept"), calibration.get("mismatched_rejected")
+    how = (
+        f"on its calibration clips it kept {float(kept):.0%} of the clips in sync and rejected {float(rejected):.0%} "
+        "of the mismatched pairs"
+        if kept is not None and rejected is not None
+        else "its rule could not be measured"
+    )
+    return (
+        f"sync expert {Path(weights).name} is weak: {how} ({calibration.get('measured_on', 'unknown')}); enforcing it "
+        "may reject good clips: train it longer or on more clips, or set your own thresholds with "
+        "--set sync.calibration=config"
+    )
 
 
 def write_calibration(weights: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -145,6 +168,7 @@ def apply_calibration(cfg: Any, weights: str | os.PathLike | None) -> tuple[Any,
         "max_offset_frames": int(cfg.max_offset_frames),
         "input": getattr(cfg, "input", "source"),
         "calibration": source,
+        "warning": cal.warning if cal is not None else None,
     }
 
 
@@ -159,4 +183,5 @@ def expert_line(expert: dict[str, Any]) -> str:
         f"`{expert['weights']}` (sha1 {(expert['weights_sha1'] or '?')[:12]}): reject |offset| > "
         f"{expert['max_offset_frames']} frames or confidence < {expert['min_confidence']:g}, SyncNet input "
         f"{expert['input']}; thresholds from {expert['calibration']}"
+        + (f". WARNING: {expert['warning']}" if expert.get("warning") else "")
     )
