@@ -1,9 +1,9 @@
 """Section ``step``: one pre-training step (forward + loss + backward + AdamW) of one model at
 one batch size, eager or compiled, on random inputs; one configuration per process.
 
-Compiled means ``torch.compile(model, dynamic=False)``: the trainer's ``run.compile`` calls
-``torch.compile(model)``, whose automatic dynamic shapes do not trace the mask generation in
-torch 2.11, so the bench measures the static-shape graph that a fixed trainer would run.
+Compiled means ``torch.compile(model, dynamic=False)``, as the trainer's ``run.compile`` does:
+torch's automatic dynamic shapes do not trace the mask generation in torch 2.11, and a step's
+shapes never change.
 
 The step is the trainer's without its data: the model is built by the trainer's own
 ``avf_train.modeling.build_model`` from the pre-training stage defaults (the model draws its own
