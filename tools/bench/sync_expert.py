@@ -112,9 +112,13 @@ def _write_part(dst: Path, frames: list, rate, audio: np.ndarray, sr: int, audio
 
 
 def build_corpora(files: list[Path], tmp: Path) -> dict[str, Path]:
-    """The training and test corpora (avf-data build of the 70 % / 30 % parts)."""
+    """The training and test corpora (avf-data build of the 70 % / 30 % parts); a ``--keep``
+    folder that has both already is reused."""
     from avf_data.build import build
 
+    if all((tmp / part / "stats.json").is_file() for part in ("train", "test")):
+        print(f"corpora reused from {tmp}")
+        return {part: tmp / part for part in ("train", "test")}
     for f in files:
         split_recording(f, tmp / "parts" / "train" / f"{f.stem}.mkv", tmp / "parts" / "test" / f"{f.stem}.mkv")
     out = {}
@@ -172,13 +176,16 @@ def shifted(audio: np.ndarray, frames: int, sr: int = 16000) -> np.ndarray:
 
 def train_expert(data: Path, out: Path, steps: int, extra: list[str], device: str = "cpu") -> dict:
     """``avf-train syncnet`` in a subprocess, its lr schedule spanning ``steps``; its CPU seconds
-    (all threads) and windows trained."""
+    (all threads) and windows trained. Batches of ``BATCH`` clips, or all the clips when fewer
+    are left (a second round on the clips an expert kept)."""
     from avf_data.shards import shard_counts
 
-    epochs = steps / max(1, sum(shard_counts(sorted(str(p) for p in (data / "shards").glob("*.tar")))) // BATCH)
+    clips = sum(shard_counts(sorted(str(p) for p in (data / "shards").glob("*.tar"))))
+    batch = max(2, min(BATCH, clips))
+    epochs = steps / max(1, clips // batch)
     cmd = [
         sys.executable, "-m", "avf_train.cli", "syncnet", "--data", str(data / "shards" / "*.tar"), "--out", str(out),
-        "--max-steps", str(steps), "--batch-size", str(BATCH), "--num-workers", "0", "--precision", "bf16",
+        "--max-steps", str(steps), "--batch-size", str(batch), "--num-workers", "0", "--precision", "bf16",
         "--device", device, "--epochs", f"{epochs:g}", "--set", "run.tensorboard=false", "--set", "run.log_every=10",
         "--set", f"syncnet.windows={WINDOWS}", "--set", f"syncnet.max_shift={MAX_SHIFT}",
         "--set", "syncnet.calibration_clips=6", "--set", "optim.warmup_epochs=0", "--lr", "3e-4", *extra,
@@ -191,7 +198,7 @@ def train_expert(data: Path, out: Path, steps: int, extra: list[str], device: st
         sys.exit(f"avf-train syncnet failed:\n{proc.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     summary = json.loads((out / "summary.json").read_text())
-    windows = summary["steps_run"] * BATCH * WINDOWS
+    windows = summary["steps_run"] * batch * WINDOWS
     return {"out": out, "cpu": cpu, "wall": time.perf_counter() - t0, "windows": windows, "summary": summary}
 
 
@@ -323,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         run = train_expert(data, tmp / "runs" / name.replace(" ", "_"), args.steps, seed, args.device)
         weights = run["out"] / "syncnet_expert.model"
         rows[name] = {"train": run, "eval": evaluate(weights, corpora["test"], args.device)}
+        print_table({name: rows[name]})  # each row as it comes: a later failure keeps it
+        sys.stdout.flush()
         return weights
 
     expert("clean", corpora["train"])
