@@ -5,7 +5,10 @@ one-line errors. Tiny runs: 2 windows per clip visit, shifts of up to 4 frames."
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,19 +29,20 @@ def _jsonl(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """Three 2.2 s talking-face inputs (the demo renderer, real speech) built by avf-data."""
+    """Four 2.2 s talking-face inputs (the demo renderer, real speech) built by avf-data: two
+    ranks of two clips each in the torchrun test."""
     from avf_data.build import build
     from avf_data.demo import FPS, SAMPLE_RATE, load_speech, render_talking_face, speech_envelope, write_av
 
     root = tmp_path_factory.mktemp("sync-expert")
     speech, hop, n = load_speech(1), SAMPLE_RATE // FPS, 55
     inputs = []
-    for i in range(3):
+    for i in range(4):
         audio = speech[i * 40 * hop : (i * 40 + n) * hop].astype(np.float32)
         frames = render_talking_face(speech_envelope(audio, num_frames=n), seed=i, background=i % 2)
         inputs.append(str(write_av(root / "src" / f"talk{i}.mp4", frames, audio)))
     stats = build(inputs, root / "corpus", workers=0, progress=False)
-    assert stats["clips"] == 3, stats["rejects_by_code"]
+    assert stats["clips"] == 4, stats["rejects_by_code"]
     return root / "corpus"
 
 
@@ -130,7 +134,7 @@ def test_missing_sources_and_bad_sidecars_are_one_line_errors(corpus, expert, tm
     finally:
         hidden.rename(src)
     err = capsys.readouterr().err.strip()
-    assert err.startswith("avf-train: error: 3 of 3 clips have no usable source crop") and "\n" not in err
+    assert err.startswith("avf-train: error: 4 of 4 clips have no usable source crop") and "\n" not in err
     assert "syncnet.input=crop" in err
     # a sidecar beside other weights is refused, not applied
     other = tmp_path / "other.model"
@@ -141,3 +145,21 @@ def test_missing_sources_and_bad_sidecars_are_one_line_errors(corpus, expert, tm
     assert avf_data(["sync", str(out), "--syncnet-weights", str(other), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert "measured with other weights" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_export(corpus, tmp_path):
+    """DDP: two CPU ranks, two clips each (the other clips of a rank's batch are its negatives);
+    rank 0 exports the expert once."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    run = tmp_path / "ddp"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "avf_train.cli", "syncnet",
+           "--data", str(corpus / "shards" / "*.tar"), "--out", str(run), "--max-steps", "2", "--device", "cpu",
+           *TINY, "--set", "syncnet.calibration_clips=4"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = torch.load(run / "checkpoint", weights_only=True)
+    assert ckpt["step"] == 2 and len(ckpt["rng"]) == 2 and len(ckpt["data"]) == 2
+    from avf_data.stages.sync_calibration import read_calibration
+
+    assert read_calibration(run / "syncnet_expert.model") is not None
