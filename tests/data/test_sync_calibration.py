@@ -54,11 +54,12 @@ def test_a_weak_expert_is_obeyed_and_warned_about(weights):
     """An expert its own sidecar calls weak still decides (the user chose it), but every output
     that names it says so: a rule measured near chance rejects good clips as readily as bad."""
     weak = {**RULE, "calibration": {"measured_on": "6 training clips", "weak": True, "in_sync_kept": 0.5,
-                                    "mismatched_rejected": 0.6}}  # fmt: skip
+                                    "mismatched_rejected": 0.6, "shifted5_rejected": 0.4}}  # fmt: skip
     write_calibration(weights, weak)
     cfg, expert = apply_calibration(SyncConfig(), weights)
     assert cfg.min_confidence_syncnet == 1.25  # obeyed
     assert "is weak" in expert["warning"] and "kept 50%" in expert["warning"] and "rejected 60%" in expert["warning"]
+    assert "40% of the clips with audio 5 frames late" in expert["warning"]
     assert "WARNING: sync expert expert.model is weak" in expert_line(expert)
     write_calibration(weights, RULE)  # not weak: no warning anywhere
     expert = apply_calibration(SyncConfig(), weights)[1]

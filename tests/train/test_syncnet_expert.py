@@ -163,3 +163,20 @@ def test_torchrun_two_processes_train_and_export(corpus, tmp_path):
     from avf_data.stages.sync_calibration import read_calibration
 
     assert read_calibration(run / "syncnet_expert.model") is not None
+
+
+def test_an_expert_blind_to_delays_is_weak_even_when_it_matches_voices_to_faces():
+    """Realdev's 300-step expert told another clip's audio from the clip's own, but not its own
+    audio five frames late: that expert must be called weak, not trusted as a sync filter."""
+    from types import SimpleNamespace
+
+    from avf_train.sync_export import WEAK_BELOW, choose_rule
+
+    def results(*conf: float) -> list:
+        return [SimpleNamespace(valid=True, offset_frames=0, confidence=c) for c in conf]
+
+    sync, other = results(5, 6, 7, 8), results(0, 0.5, 1, 1.5)
+    blind = choose_rule({"in_sync": sync, "mismatched": other, "shifted5": results(5, 6, 7, 8)})
+    assert blind["mismatched_rejected"] == 1.0 and blind["separation"] < WEAK_BELOW
+    sharp = choose_rule({"in_sync": sync, "mismatched": other, "shifted5": results(1, 2, 2, 3)})
+    assert sharp["separation"] == 1.0

@@ -17,9 +17,10 @@ The rule (``sync.calibration``):
 
 A sidecar names the SHA-1 of the weights it was measured with; one beside other weights (a
 copied or retrained file) is an error, not a silent mis-calibration. A sidecar that calls its
-expert weak (``calibration.weak``: it barely told in-sync clips from mismatched pairs, or could
-not be measured) is obeyed but warned about in the build's or sync pass's output and report: a
-rule measured on an expert at chance rejects good clips as readily as bad ones.
+expert weak (``calibration.weak``: it barely told in-sync clips from mismatched pairs or from
+5-frame-late audio, or could not be measured) is obeyed but warned about in the build's or sync
+pass's output and report: a rule measured on an expert at chance rejects good clips as readily
+as bad ones.
 """
 
 from __future__ import annotations
@@ -116,12 +117,16 @@ def _weak_warning(weights: str | os.PathLike, calibration: dict[str, Any]) -> st
     if not calibration.get("weak"):
         return None
     kept, rejected = calibration.get("in_sync_kept"), calibration.get("mismatched_rejected")
-    how = (
-        f"on its calibration clips it kept {float(kept):.0%} of the clips in sync and rejected {float(rejected):.0%} "
-        "of the mismatched pairs"
-        if kept is not None and rejected is not None
-        else "its rule could not be measured"
-    )
+    late = calibration.get("shifted5_rejected")
+    if kept is None or rejected is None:
+        how = "its rule could not be measured"
+    else:
+        how = (
+            f"on its calibration clips it kept {float(kept):.0%} of the clips in sync and rejected "
+            f"{float(rejected):.0%} of the mismatched pairs"
+        )
+        if late is not None:
+            how += f" and {float(late):.0%} of the clips with audio 5 frames late"
     return (
         f"sync expert {Path(weights).name} is weak: {how} ({calibration.get('measured_on', 'unknown')}); enforcing it "
         "may reject good clips: train it longer or on more clips, or set your own thresholds with "
