@@ -19,3 +19,12 @@ def input_records(out: Path):
     """Every finished input's record in a build folder's log."""
     for line in task_lines(out):
         yield from line["inputs"]
+
+
+def assert_ray_address_refused(result, took: float) -> None:
+    """A command given a Ray address where nothing answers: one line naming the flag, exit 2,
+    in under 10 s."""
+    assert result.returncode == 2 and took < 10, (took, result.stderr[-2000:])
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("avf-data: error: --ray-address"), lines
+    assert "no Ray cluster answers" in lines[0]

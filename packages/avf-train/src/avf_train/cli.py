@@ -276,7 +276,7 @@ def _predict(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         batch_size=args.batch_size or 4,
-        num_workers=loader_workers(args.num_workers if args.num_workers is not None else "auto"),
+        num_workers=loader_workers(args.num_workers),
         device=args.device or "auto",
         precision=args.precision or "fp32",
         fold=args.fold,

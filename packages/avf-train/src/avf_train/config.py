@@ -366,7 +366,7 @@ def check_pipes(cfg: TrainConfig, layers: list[tuple[str, dict[str, Any]]]) -> b
     return consent or accepted
 
 
-def loader_workers(value: int | str) -> int:
+def loader_workers(value: int | str | None) -> int:
     """``data.num_workers`` as a number: ``"auto"`` is min(4, the CPUs this process may use divided
     by the training processes of this node, less one for the process itself), at least 1.
 
@@ -375,7 +375,7 @@ def loader_workers(value: int | str) -> int:
     process's affinity (taskset, Slurm) capped by a cgroup quota (docker --cpus), and torchrun's
     ranks on one node share them (``LOCAL_WORLD_SIZE``).
     """
-    if value != "auto":
+    if value is not None and value != "auto":  # None: not given, i.e. auto
         return int(value)
     try:
         local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))

@@ -296,7 +296,7 @@ def run_embed(args: argparse.Namespace, data_overrides: dict[str, Any]) -> int:
         data=args.data,
         videos=args.video,
         batch_size=args.batch_size or 4,
-        num_workers=loader_workers(args.num_workers if args.num_workers is not None else "auto"),
+        num_workers=loader_workers(args.num_workers),
         device=args.device or "auto",
         precision=args.precision or "fp32",
         data_overrides=data_overrides,
