@@ -21,6 +21,9 @@ fast it trains, and what out-of-sync training clips cost.
    is in sync); accuracy applies the expert's own calibrated rule (``|offset|`` and confidence
    from its sidecar) and is balanced: (in-sync kept + shifted rejected) / 2. The rule keeps
    ``|offset| <= max_offset_frames`` by design, so ±2 is inside it whenever that is 2 or 3.
+   A second table gives the ±5 AUC per test recording: a recording whose sound is not its
+   speaker's voice (a music bed, a voice-over) stays at chance for any expert, and a recording
+   with fewer than 2 s of test clips has no segment (n/a).
 4. Speed: video windows trained per CPU-second of the training process (all its threads),
    and CPU seconds of everything the bench did.
 
@@ -230,23 +233,24 @@ def offset0_score(result) -> float:
 
 
 def segment_results(scorer, clips: list[dict]) -> dict[str, list]:
-    """Scorer results of every test segment: in sync, shifted by ±d, another recording's audio."""
+    """Scorer results of every test segment, each with its recording: in sync, shifted by ±d,
+    another recording's audio."""
     out: dict[str, list] = {"in sync": [], **{f"±{d}": [] for d in SHIFTS}, "other": []}
     for c in clips:
-        v, a = c["v"], c["a"]
+        v, a, rec = c["v"], c["a"], c["recording"]
         n = min(len(v), len(a))
-        others = [o for o in clips if o["recording"] != c["recording"] and len(o["a"]) >= SEGMENT]
+        others = [o for o in clips if o["recording"] != rec and len(o["a"]) >= SEGMENT]
         for s in range(0, n - SEGMENT + 1, STRIDE):
             seg = v[s : s + SEGMENT]
-            out["in sync"].append(scorer.result(seg, a[s : s + SEGMENT]))
+            out["in sync"].append((rec, scorer.result(seg, a[s : s + SEGMENT])))
             for d in SHIFTS:
                 for start in (s - d, s + d):  # audio d frames late / early
                     if 0 <= start and start + SEGMENT <= n:
-                        out[f"±{d}"].append(scorer.result(seg, a[start : start + SEGMENT]))
+                        out[f"±{d}"].append((rec, scorer.result(seg, a[start : start + SEGMENT])))
             if others:
                 o = others[(s // STRIDE) % len(others)]["a"]
                 t = s % (len(o) - SEGMENT + 1)
-                out["other"].append(scorer.result(seg, o[t : t + SEGMENT]))
+                out["other"].append((rec, scorer.result(seg, o[t : t + SEGMENT])))
     return out
 
 
@@ -258,7 +262,9 @@ def auc(pos: list[float], neg: list[float]) -> float:
 
 
 def evaluate(weights: Path, corpus: Path, device: str = "cpu") -> dict[str, dict]:
-    """Per negative kind: segments, AUC, balanced accuracy of the expert's own rule."""
+    """Per negative kind: segments, AUC, balanced accuracy of the expert's own rule; and per
+    test recording the AUC against ±5 frames (``by recording``), which shows whether a
+    recording's sound can be told from its own delay at all."""
     scorer, clips = embed_clips(weights, corpus, device)
     res = segment_results(scorer, clips)
     cfg = scorer.cfg
@@ -266,17 +272,25 @@ def evaluate(weights: Path, corpus: Path, device: str = "cpu") -> dict[str, dict
     def kept(r) -> bool:
         return r.valid and abs(r.offset_frames) <= cfg.max_offset_frames and r.confidence >= cfg.min_confidence_syncnet
 
-    sync = res["in sync"]
+    sync = [r for _, r in res["in sync"]]
     kept_sync = float(np.mean([kept(r) for r in sync]))
-    table = {"in sync": {"n": len(sync), "kept": kept_sync}}
+    table: dict[str, dict] = {"in sync": {"n": len(sync), "kept": kept_sync}}
     for name in [k for k in res if k != "in sync"]:
-        rejected = float(np.mean([not kept(r) for r in res[name]])) if res[name] else float("nan")
+        neg = [r for _, r in res[name]]
+        rejected = float(np.mean([not kept(r) for r in neg])) if neg else float("nan")
         table[name] = {
-            "n": len(res[name]),
-            "auc": auc([offset0_score(r) for r in sync], [offset0_score(r) for r in res[name]]),
+            "n": len(neg),
+            "auc": auc([offset0_score(r) for r in sync], [offset0_score(r) for r in neg]),
             "acc": (kept_sync + rejected) / 2,
             "rejected": rejected,
         }
+    table["by recording"] = {
+        rec: auc(
+            [offset0_score(r) for q, r in res["in sync"] if q == rec],
+            [offset0_score(r) for q, r in res["±5"] if q == rec],
+        )
+        for rec in sorted({q for q, _ in res["in sync"]})
+    }
     return table
 
 
@@ -305,6 +319,17 @@ def print_table(rows: dict[str, dict]) -> None:
         )
     first = next(iter(rows.values()))["eval"]
     print(f"\nsegments: {first['in sync']['n']} in sync, " + ", ".join(f"{k} {first[k]['n']}" for k in kinds))
+
+
+def print_recordings(rows: dict[str, dict]) -> None:
+    """AUC in sync against ±5 frames per test recording: a recording whose sound is not its
+    speaker's voice (music, voice-over) stays at chance for any expert."""
+    recs = list(next(iter(rows.values()))["eval"]["by recording"])
+    print("| expert | " + " | ".join(recs) + " |")
+    print("|---|" + "---:|" * len(recs))
+    for name, r in rows.items():
+        cells = (r["eval"]["by recording"][q] for q in recs)
+        print(f"| {name} | " + " | ".join("n/a" if np.isnan(x) else f"{x:.3f}" for x in cells) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--set", f"syncnet.trim_after={args.steps // 3}"])  # fmt: skip
     print()
     print_table(rows)
+    print("\nAUC in sync against ±5 frames, per test recording:\n")
+    print_recordings(rows)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = time.process_time() - t_cpu + children.ru_utime + children.ru_stime
     print(f"\nCPU: {total:.0f} s in all (this process and the training processes), {os.cpu_count()} cores")
